@@ -1,0 +1,1 @@
+//! Configuration (TO BE WRITTEN).

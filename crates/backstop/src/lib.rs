@@ -1,0 +1,17 @@
+//! Backstop: keeps AI agents answering when model providers fail.
+//!
+//! The engine as a library: configuration ([`config`]), the provider-neutral
+//! chat model ([`chat`]), wire formats ([`wire`]), upstream providers
+//! ([`provider`]) and the failover engine ([`failover`]). It has no HTTP-server
+//! dependency; `backstop-server` puts it behind axum.
+#![forbid(unsafe_code)]
+
+pub mod chat;
+pub mod config;
+pub mod failover;
+pub mod provider;
+pub mod secret;
+pub mod sse;
+pub mod wire;
+
+pub use chat::WireFormat;

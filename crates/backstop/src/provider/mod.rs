@@ -1,0 +1,1 @@
+//! Upstream providers (TO BE WRITTEN).
