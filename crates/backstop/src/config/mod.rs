@@ -208,7 +208,7 @@ impl Default for CooldownConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryConfig {
     /// Attempts per target, the first included. Default 2, at least 1.
     pub max_attempts: u32,
