@@ -1,1 +1,118 @@
+//! The Backstop HTTP gateway: axum routes over the [`backstop`] engine.
+//!
+//! - `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic): [`chat`];
+//! - `GET /v1/models`, `GET /health`, `GET /ready`: [`info`];
+//! - client authentication, limits and headers: [`guard`].
 #![forbid(unsafe_code)]
+
+mod chat;
+mod guard;
+mod info;
+
+use axum::Router;
+use axum::routing::{get, post};
+use backstop::Config;
+use backstop::failover::Engine;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// What every handler shares.
+pub struct AppState {
+    pub engine: Engine,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        Ok(AppState {
+            engine: Engine::new(config)?,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.engine.config
+    }
+}
+
+/// The gateway's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    let security = state.config().server.security_headers;
+    let router = Router::new()
+        .route("/v1/chat/completions", post(chat::openai))
+        .route("/chat/completions", post(chat::openai))
+        .route("/v1/messages", post(chat::anthropic))
+        .route("/v1/models", get(info::models))
+        .route("/health", get(info::health))
+        .route("/ready", get(info::ready))
+        .fallback(info::not_found)
+        .method_not_allowed_fallback(info::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::authenticate,
+        ))
+        .layer(axum::middleware::from_fn(guard::request_id))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            guard::panic_response,
+        ))
+        .with_state(state);
+    if security {
+        guard::with_security_headers(router)
+    } else {
+        router
+    }
+}
+
+/// Why the gateway refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "refusing to listen on {0} without client keys: set server.api_keys (e.g. [\"$BACKSTOP_API_KEY\"]), listen on 127.0.0.1, or pass --allow-unauthenticated"
+    )]
+    Exposed(SocketAddr),
+    #[error("{0}")]
+    Engine(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Listening beyond loopback without client keys is refused unless explicitly allowed.
+pub fn check_exposure(
+    config: &Config,
+    addr: SocketAddr,
+    allow_unauthenticated: bool,
+) -> Result<(), ServeError> {
+    let exposed = !addr.ip().is_loopback();
+    if exposed
+        && config.server.api_keys.is_empty()
+        && !(allow_unauthenticated || config.server.allow_unauthenticated)
+    {
+        return Err(ServeError::Exposed(addr));
+    }
+    Ok(())
+}
+
+/// Bind `addr`, then serve until `shutdown` resolves.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serve on an already bound listener until `shutdown` resolves.
+pub async fn serve(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let state = Arc::new(AppState::new(config).map_err(ServeError::Engine)?);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

@@ -172,7 +172,9 @@ pub enum ResponseFormat {
     /// OpenAI `json_object`.
     JsonObject,
     /// OpenAI `json_schema`: `{name, schema, strict}` as sent.
-    JsonSchema { json_schema: Value },
+    JsonSchema {
+        json_schema: Value,
+    },
 }
 
 /// Why generation stopped.

@@ -10,8 +10,10 @@ pub mod chat;
 pub mod config;
 pub mod failover;
 pub mod provider;
+pub mod render;
 pub mod secret;
 pub mod sse;
 pub mod wire;
 
 pub use chat::WireFormat;
+pub use config::Config;

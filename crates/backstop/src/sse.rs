@@ -29,3 +29,21 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
     }
     out.push(b'\n');
 }
+
+// STUB parser (replaced by the sse-fake branch)
+pub struct SseParser;
+#[allow(clippy::new_without_default, unused_variables)]
+impl SseParser {
+    pub fn new() -> Self {
+        todo!()
+    }
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        todo!()
+    }
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        todo!()
+    }
+    pub fn buffered(&self) -> usize {
+        todo!()
+    }
+}

@@ -309,3 +309,5 @@ impl Config {
         self.agents.iter().find(|a| a.id == id)
     }
 }
+mod stub;
+pub use stub::*;

@@ -1,1 +1,185 @@
-//! Upstream providers (TO BE WRITTEN).
+//! Upstream providers: one file per upstream kind, each with the same shape —
+//! constants, credentials (how a key becomes headers), the endpoint URL — and
+//! this module's [`Upstream`], which owns the pooled HTTP client and sends.
+//!
+//! Wire types and conversions live in [`crate::wire`]; classification of what
+//! comes back lives in [`crate::failover`].
+
+pub mod anthropic;
+pub mod openai;
+
+use crate::chat::WireFormat;
+use crate::config::{AuthProfile, Config, ProviderConfig, Timeouts};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+/// A transport-level failure: no HTTP response was received.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("connection timed out")]
+    ConnectTimeout,
+    #[error("connection reset or closed before a response: {0}")]
+    Reset(String),
+    #[error("request failed: {0}")]
+    Other(String),
+}
+
+impl TransportError {
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        // Keys travel in headers, never in URLs, but strip the URL anyway: messages stay
+        // short and nothing a provider put in a URL can leak.
+        let e = e.without_url();
+        let text = error_chain(&e);
+        if e.is_connect() {
+            if e.is_timeout() {
+                TransportError::ConnectTimeout
+            } else {
+                TransportError::Connect(text)
+            }
+        } else if e.is_timeout() {
+            TransportError::ConnectTimeout
+        } else if e.is_request() || e.is_body() {
+            TransportError::Reset(text)
+        } else {
+            TransportError::Other(text)
+        }
+    }
+}
+
+/// An error's message with its sources, on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// One configured provider with its pooled HTTP client.
+#[derive(Debug)]
+pub struct Upstream {
+    pub config: ProviderConfig,
+    client: reqwest::Client,
+}
+
+static INSTALL_CRYPTO: Once = Once::new();
+
+fn install_crypto_provider() {
+    INSTALL_CRYPTO.call_once(|| {
+        // Another part of the process may have installed one already: that is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl Upstream {
+    pub fn new(config: ProviderConfig, timeouts: &Timeouts) -> Result<Self, String> {
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(timeouts.connect_ms))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("providers.{}: cannot build HTTP client: {e}", config.id))?;
+        Ok(Upstream { config, client })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    pub fn api(&self) -> WireFormat {
+        self.config.api
+    }
+
+    /// The URL a request for `model` goes to.
+    pub fn endpoint(&self, model: &str, stream: bool) -> String {
+        match self.config.api {
+            WireFormat::OpenAi => openai::endpoint(&self.config.base_url),
+            WireFormat::Anthropic => anthropic::endpoint(&self.config.base_url),
+            WireFormat::Gemini => format!(
+                "{}/v1beta/models/{model}:{}",
+                self.config.base_url,
+                if stream {
+                    "streamGenerateContent?alt=sse"
+                } else {
+                    "generateContent"
+                }
+            ),
+        }
+    }
+
+    /// Send a prepared JSON body with `profile`'s credentials. Returns as soon as the
+    /// response head has arrived; the body is read by the caller.
+    pub async fn send(
+        &self,
+        profile: &AuthProfile,
+        model: &str,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<reqwest::Response, TransportError> {
+        let mut rb = self
+            .client
+            .post(self.endpoint(model, stream))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        rb = match self.config.api {
+            WireFormat::OpenAi => openai::authorize(rb, profile),
+            WireFormat::Anthropic => anthropic::authorize(rb, profile),
+            WireFormat::Gemini => match &profile.key {
+                Some(k) => rb.header("x-goog-api-key", k.expose()),
+                None => rb,
+            },
+        };
+        if stream {
+            rb = rb.header(http::header::ACCEPT, "text/event-stream");
+        } else {
+            rb = rb.header(http::header::ACCEPT, "application/json");
+        }
+        for (name, value) in &self.config.headers {
+            rb = rb.header(name.as_str(), value.expose());
+        }
+        rb.send().await.map_err(TransportError::from_reqwest)
+    }
+}
+
+/// Every configured provider, by id.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    by_id: HashMap<String, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let mut by_id = HashMap::new();
+        for p in &config.providers {
+            by_id.insert(
+                p.id.clone(),
+                Arc::new(Upstream::new(p.clone(), &config.timeouts)?),
+            );
+        }
+        Ok(Upstreams { by_id })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Upstream>> {
+        self.by_id.get(id)
+    }
+}
+
+/// Read a body error from reqwest as a transport error (used while streaming).
+pub fn body_error(e: reqwest::Error) -> TransportError {
+    TransportError::from_reqwest(e)
+}

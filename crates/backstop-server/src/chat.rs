@@ -1,0 +1,240 @@
+//! `POST /v1/chat/completions` and `POST /v1/messages`: decode, resolve, execute, render.
+
+use crate::AppState;
+use crate::guard::{RequestId, error_response};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use backstop::WireFormat;
+use backstop::chat::{ClientError, ErrorKind};
+use backstop::config::ResolveError;
+use backstop::failover::{Answer, Call, Success};
+use backstop::render;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use std::sync::Arc;
+
+pub const MODEL: HeaderName = HeaderName::from_static("x-backstop-model");
+pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-backstop-attempts");
+pub const FALLBACK: HeaderName = HeaderName::from_static("x-backstop-fallback");
+pub const FALLBACK_NOTICE: HeaderName = HeaderName::from_static("x-backstop-fallback-notice");
+pub const FALLBACKS_HEADER: &str = "x-backstop-fallbacks";
+
+pub async fn openai(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, WireFormat::OpenAi, req).await
+}
+
+pub async fn anthropic(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    handle(state, WireFormat::Anthropic, req).await
+}
+
+async fn handle(state: Arc<AppState>, ingress: WireFormat, req: Request) -> Response {
+    match serve(state, ingress, req).await {
+        Ok(resp) => resp,
+        Err(err) => error_response(ingress, &err),
+    }
+}
+
+async fn serve(
+    state: Arc<AppState>,
+    ingress: WireFormat,
+    req: Request,
+) -> Result<Response, ClientError> {
+    let config = state.config();
+    let (parts, body) = req.into_parts();
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let limit = config.server.max_body_bytes;
+    let too_large = || {
+        ClientError::new(
+            ErrorKind::RequestTooLarge,
+            format!(
+                "request body is larger than the limit of {limit} bytes (server.max_body_bytes)"
+            ),
+        )
+    };
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    let raw = parse_json(&bytes, config.server.max_json_depth)?;
+    let request = match ingress {
+        WireFormat::Anthropic => backstop::wire::anthropic::decode_request(&raw),
+        _ => backstop::wire::openai::decode_request(&raw),
+    }
+    .map_err(|e| e.to_client_error())?;
+    let fallbacks = match parts.headers.get(FALLBACKS_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ClientError::invalid(format!("{FALLBACKS_HEADER}: not valid text"))
+                .with_param(FALLBACKS_HEADER)
+        })?),
+    };
+    let route = config
+        .resolve(&request.model, fallbacks)
+        .map_err(|e| match e {
+            ResolveError::UnknownModel { message, .. } => {
+                ClientError::new(ErrorKind::NotFound, message)
+                    .with_code("model_not_found")
+                    .with_param("model")
+            }
+            ResolveError::BadFallbacks { message } => {
+                ClientError::invalid(message).with_param(FALLBACKS_HEADER)
+            }
+        })?;
+    let include_usage =
+        ingress == WireFormat::OpenAi && backstop::wire::openai::include_usage(&raw);
+    let call = Call {
+        request_id,
+        ingress,
+        raw: Arc::new(raw),
+        request: Arc::new(request),
+        route,
+    };
+    match state.engine.execute(&call).await {
+        Ok(success) => Ok(respond(ingress, include_usage, success)),
+        Err(failure) => {
+            let e = render::chain_error(ingress, |p| config.provider(p).map(|p| p.api), &failure);
+            let mut resp = match e.passthrough {
+                Some(body) => {
+                    let mut r = Response::new(Body::from(body));
+                    *r.status_mut() =
+                        StatusCode::from_u16(e.error.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                None => error_response(ingress, &e.error),
+            };
+            set_attempts(resp.headers_mut(), failure.failed.len());
+            Ok(resp)
+        }
+    }
+}
+
+fn set_attempts(headers: &mut HeaderMap, n: usize) {
+    headers.insert(ATTEMPTS, HeaderValue::from(n as u64));
+}
+
+fn respond(ingress: WireFormat, include_usage: bool, success: Success) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&success.target.model.to_string()) {
+        headers.insert(MODEL, v);
+    }
+    set_attempts(&mut headers, success.attempts());
+    if let Some((reason, notice)) = success.fallback_notice() {
+        headers.insert(FALLBACK, HeaderValue::from_static(reason.as_str()));
+        if let Ok(v) = HeaderValue::from_str(&notice) {
+            headers.insert(FALLBACK_NOTICE, v);
+        }
+    }
+    let upstream = success.upstream_format;
+    let mut resp = match success.answer {
+        Answer::Complete { body, response } => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Response::new(Body::from(render::complete_body(
+                ingress, upstream, &body, &response,
+            )))
+        }
+        Answer::Stream { head, rest } => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            let rx = render::client_stream(ingress, upstream, include_usage, head, rest);
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
+            });
+            Response::new(Body::from_stream(stream))
+        }
+    };
+    resp.headers_mut().extend(headers);
+    resp
+}
+
+/// Parse a client's JSON body, refusing nesting deeper than `max_depth` before parsing.
+fn parse_json(bytes: &[u8], max_depth: usize) -> Result<serde_json::Value, ClientError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ClientError::invalid(
+            "request body is empty; expected a JSON object",
+        ));
+    }
+    check_depth(bytes, max_depth)?;
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ClientError::invalid(format!("request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ClientError::invalid("request body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ClientError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(ClientError::invalid(format!(
+                        "request body is nested deeper than {max_depth} levels (server.max_json_depth)"
+                    )));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_limit_counts_only_structure() {
+        assert!(check_depth(br#"{"a":[[1]]}"#, 3).is_ok());
+        assert!(check_depth(br#"{"a":[[[1]]]}"#, 3).is_err());
+        assert!(check_depth(br#"{"a":"[[[[[[[["}"#, 2).is_ok());
+        assert!(check_depth(br#"{"a":"\"[[[[["}"#, 2).is_ok());
+    }
+
+    #[test]
+    fn bad_bodies_are_client_errors() {
+        assert_eq!(parse_json(b"", 8).unwrap_err().status, 400);
+        assert_eq!(parse_json(b"{nope", 8).unwrap_err().status, 400);
+        assert_eq!(parse_json(b"[1]", 8).unwrap_err().status, 400);
+        assert!(parse_json(br#"{"model":"x"}"#, 8).is_ok());
+    }
+}

@@ -1,0 +1,144 @@
+//! Client authentication, request ids, security headers, panic safety.
+
+use crate::AppState;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use backstop::WireFormat;
+use backstop::chat::{ClientError, ErrorKind};
+use http::{HeaderName, HeaderValue, header};
+use std::sync::Arc;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-backstop-request-id");
+
+/// The request id of this request (set by [`request_id`]).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Which format a path's errors are written in.
+pub fn format_for_path(path: &str) -> WireFormat {
+    if path.starts_with("/v1/messages") {
+        WireFormat::Anthropic
+    } else {
+        WireFormat::OpenAi
+    }
+}
+
+/// An error response in the client's format.
+pub fn error_response(format: WireFormat, err: &ClientError) -> Response {
+    let body = backstop::render::error_body(format, err);
+    let status =
+        http::StatusCode::from_u16(err.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Give every request an id and echo it on the response.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = format!("req_{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+    resp
+}
+
+/// The client key a request carries: `Authorization: Bearer …`, or `x-api-key` on `/v1/messages`.
+fn presented_key(req: &Request) -> Option<&[u8]> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let v = v.as_bytes();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+            return Some(v[7..].trim_ascii());
+        }
+    }
+    if req.uri().path().starts_with("/v1/messages") {
+        return req
+            .headers()
+            .get("x-api-key")
+            .map(|v| v.as_bytes().trim_ascii());
+    }
+    None
+}
+
+/// When `server.api_keys` is set, every route but `/health` and `/ready` needs one of them.
+pub async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let keys = &state.config().server.api_keys;
+    let path = req.uri().path();
+    if keys.is_empty() || path == "/health" || path == "/ready" {
+        return next.run(req).await;
+    }
+    let format = format_for_path(path);
+    let Some(candidate) = presented_key(&req) else {
+        let msg = match format {
+            WireFormat::Anthropic => {
+                "missing API key: send it in the x-api-key header or as Authorization: Bearer <key>"
+            }
+            _ => "missing API key: send it as Authorization: Bearer <key>",
+        };
+        return error_response(format, &ClientError::new(ErrorKind::Authentication, msg));
+    };
+    // Compare against every key, in constant time each, without stopping early.
+    let mut ok = false;
+    for k in keys {
+        ok |= k.ct_eq(candidate);
+    }
+    if !ok {
+        return error_response(
+            format,
+            &ClientError::new(ErrorKind::Authentication, "invalid API key")
+                .with_code("invalid_api_key"),
+        );
+    }
+    next.run(req).await
+}
+
+/// A panic in a handler becomes a 500 in OpenAI's shape, never a dropped connection.
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    error_response(
+        WireFormat::OpenAi,
+        &ClientError::new(ErrorKind::Api, "internal error in the gateway"),
+    )
+}
+
+/// Strict security headers, when `server.security_headers` is on.
+pub fn with_security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    use tower_http::set_header::SetResponseHeaderLayer;
+    let set = |name: &'static str, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        )
+    };
+    router
+        .layer(set("x-content-type-options", "nosniff"))
+        .layer(set("x-frame-options", "DENY"))
+        .layer(set("referrer-policy", "no-referrer"))
+        .layer(set("cache-control", "no-store"))
+        .layer(set(
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        ))
+        .layer(set(
+            "strict-transport-security",
+            "max-age=63072000; includeSubDomains",
+        ))
+}
+
+impl IntoResponse for RequestId {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}

@@ -1,0 +1,250 @@
+//! Rendering engine results for a client, in the client's own format: complete
+//! answers, streams (with the in-band error when one fails after its commit
+//! point), and errors.
+
+use crate::chat::{self, ClientError, ErrorKind, StreamEvent, WireFormat};
+use crate::failover::stream::{StreamItem, UpstreamStream};
+use crate::failover::{Answer, ChainFailure, Failure, Reason, Success};
+use crate::sse::SseEvent;
+use crate::wire;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// An error body in the client's format.
+pub fn error_body(ingress: WireFormat, err: &ClientError) -> Bytes {
+    let v = match ingress {
+        WireFormat::Anthropic => wire::anthropic::encode_error(err),
+        _ => wire::openai::encode_error(err),
+    };
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// What the client gets when a chain failed.
+pub struct ChainError {
+    pub error: ClientError,
+    /// The upstream's own error body, when it is already in the client's format and
+    /// was returned on purpose (a client-side error like a bad request).
+    pub passthrough: Option<Bytes>,
+}
+
+/// Turn a chain failure into one client error (PRODUCT §8 "When every target fails").
+pub fn chain_error(
+    ingress: WireFormat,
+    upstream_of: impl Fn(&str) -> Option<WireFormat>,
+    f: &ChainFailure,
+) -> ChainError {
+    if f.returned
+        && let Some(last) = f.failed.last()
+    {
+        let status = last.failure.status.unwrap_or(400);
+        let kind = ErrorKind::from_status(status);
+        let mut error = ClientError::new(kind, last.failure.message.clone()).with_status(status);
+        if let Some(code) = last.failure.upstream.as_ref().and_then(|u| u.code.clone()) {
+            error = error.with_code(code);
+        }
+        let passthrough = match (
+            &last.failure.raw_body,
+            upstream_of(&last.target.model.provider),
+        ) {
+            (Some(body), Some(fmt)) if fmt == ingress && !body.is_empty() => {
+                // Only pass bytes through when they parse as an error of the client's format.
+                let ok = match ingress {
+                    WireFormat::Anthropic => wire::anthropic::decode_error(body).is_some(),
+                    _ => wire::openai::decode_error(body).is_some(),
+                };
+                ok.then(|| body.clone())
+            }
+            _ => None,
+        };
+        return ChainError { error, passthrough };
+    }
+    let mut lines: Vec<String> = f
+        .failed
+        .iter()
+        .map(|a| {
+            let status = a
+                .failure
+                .status
+                .map(|s| format!(" [{s}]"))
+                .unwrap_or_default();
+            format!("{}: {}{status}", a.target, a.failure.reason)
+        })
+        .collect();
+    for (m, why) in &f.unusable {
+        lines.push(format!("{m}: {why}"));
+    }
+    let all_rate_limited = !f.failed.is_empty()
+        && f.failed
+            .iter()
+            .all(|a| a.failure.reason == Reason::RateLimit);
+    let (status, kind) = if all_rate_limited {
+        (429, ErrorKind::RateLimit)
+    } else {
+        match f.failed.last().and_then(|a| a.failure.status) {
+            Some(s) if (400..500).contains(&s) && s != 429 => (s, ErrorKind::from_status(s)),
+            _ => (503, ErrorKind::Overloaded),
+        }
+    };
+    let message = if lines.is_empty() {
+        "no target could be tried".to_string()
+    } else {
+        format!("all targets failed: {}", lines.join("; "))
+    };
+    ChainError {
+        error: ClientError::new(kind, message).with_status(status),
+        passthrough: None,
+    }
+}
+
+/// The body of a complete (non-streaming) answer in the client's format.
+pub fn complete_body(
+    ingress: WireFormat,
+    upstream: WireFormat,
+    body: &Bytes,
+    response: &chat::Response,
+) -> Bytes {
+    if ingress == upstream {
+        return body.clone();
+    }
+    let v = match ingress {
+        WireFormat::Anthropic => wire::anthropic::encode_response(response),
+        _ => wire::openai::encode_response(response),
+    };
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// The client's stream encoder: bytes forwarded as they came (same format), or translated.
+enum ClientEncoder {
+    Passthrough(WireFormat),
+    OpenAi(wire::openai::StreamEncoder),
+    Anthropic(wire::anthropic::StreamEncoder),
+}
+
+impl ClientEncoder {
+    fn event(&mut self, raw: &SseEvent, events: &[StreamEvent], out: &mut Vec<u8>) {
+        match self {
+            ClientEncoder::Passthrough(_) => out.extend_from_slice(&raw.raw),
+            ClientEncoder::OpenAi(e) => events.iter().for_each(|ev| e.encode(ev, out)),
+            ClientEncoder::Anthropic(e) => events.iter().for_each(|ev| e.encode(ev, out)),
+        }
+    }
+
+    /// Close a stream whose terminator never came but whose answer was complete.
+    fn finalise(&mut self, out: &mut Vec<u8>) {
+        match self {
+            ClientEncoder::Passthrough(WireFormat::Anthropic) => {
+                crate::sse::write_event(out, Some("message_stop"), r#"{"type":"message_stop"}"#)
+            }
+            ClientEncoder::Passthrough(_) => out.extend_from_slice(b"data: [DONE]\n\n"),
+            ClientEncoder::OpenAi(e) => e.encode(&StreamEvent::Done, out),
+            ClientEncoder::Anthropic(e) => e.encode(&StreamEvent::Done, out),
+        }
+    }
+
+    fn error(&mut self, err: &ClientError, out: &mut Vec<u8>) {
+        match self {
+            ClientEncoder::Passthrough(WireFormat::Anthropic) => {
+                wire::anthropic::StreamEncoder::new().encode_error(err, out)
+            }
+            ClientEncoder::Passthrough(_) => {
+                wire::openai::StreamEncoder::new(false).encode_error(err, out)
+            }
+            ClientEncoder::OpenAi(e) => e.encode_error(err, out),
+            ClientEncoder::Anthropic(e) => e.encode_error(err, out),
+        }
+    }
+}
+
+/// The in-band error a client sees when a stream fails after content reached it.
+pub fn stream_failure_error(first_cause: &Failure) -> ClientError {
+    let kind = match first_cause.reason {
+        Reason::Timeout => ErrorKind::Timeout,
+        Reason::Overloaded => ErrorKind::Overloaded,
+        Reason::RateLimit => ErrorKind::RateLimit,
+        _ => ErrorKind::Api,
+    };
+    ClientError::new(
+        kind,
+        format!(
+            "the answer is incomplete: the upstream stream failed after partial output ({}: {})",
+            first_cause.reason, first_cause.message
+        ),
+    )
+}
+
+/// Pump a committed stream to the client as bytes in its format. The returned receiver
+/// yields frames; dropping it (the client went away) stops the pump and closes the upstream.
+pub fn client_stream(
+    ingress: WireFormat,
+    upstream: WireFormat,
+    include_usage: bool,
+    head: Vec<(SseEvent, Vec<StreamEvent>)>,
+    mut rest: Box<UpstreamStream>,
+) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel::<Bytes>(32);
+    let mut enc = if ingress == upstream {
+        ClientEncoder::Passthrough(ingress)
+    } else {
+        match ingress {
+            WireFormat::Anthropic => {
+                ClientEncoder::Anthropic(wire::anthropic::StreamEncoder::new())
+            }
+            _ => ClientEncoder::OpenAi(wire::openai::StreamEncoder::new(include_usage)),
+        }
+    };
+    tokio::spawn(async move {
+        let mut out = Vec::with_capacity(1024);
+        let is_done =
+            |events: &[StreamEvent]| events.iter().any(|e| matches!(e, StreamEvent::Done));
+        let mut saw_done = false;
+        for (raw, events) in &head {
+            enc.event(raw, events, &mut out);
+            saw_done |= is_done(events);
+        }
+        if !out.is_empty()
+            && tx
+                .send(Bytes::from(std::mem::take(&mut out)))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        while !saw_done {
+            match rest.next_item().await {
+                StreamItem::Event(raw, events) => {
+                    enc.event(&raw, &events, &mut out);
+                    saw_done = is_done(&events);
+                }
+                StreamItem::End => {
+                    // Closed after its finish reason but before its terminator: finish it properly.
+                    enc.finalise(&mut out);
+                    let _ = tx.send(Bytes::from(out)).await;
+                    return;
+                }
+                StreamItem::Failed(f) => {
+                    tracing::warn!(reason = %f.reason, message = %f.message, "stream failed after commit");
+                    enc.error(&stream_failure_error(&f), &mut out);
+                    let _ = tx.send(Bytes::from(out)).await;
+                    return;
+                }
+            }
+            if !out.is_empty()
+                && tx
+                    .send(Bytes::from(std::mem::take(&mut out)))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if !out.is_empty() {
+            let _ = tx.send(Bytes::from(out)).await;
+        }
+    });
+    rx
+}
+
+/// Convenience for callers holding a [`Success`]: `true` when the answer is a stream.
+pub fn is_stream(success: &Success) -> bool {
+    matches!(success.answer, Answer::Stream { .. })
+}
