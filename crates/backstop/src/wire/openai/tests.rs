@@ -1,0 +1,1430 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn text(t: &str) -> Part {
+    Part::Text { text: t.into() }
+}
+
+fn call(id: &str, name: &str, args: &str) -> Part {
+    Part::ToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: args.into(),
+    }
+}
+
+fn result(id: &str, t: &str) -> Part {
+    Part::ToolResult {
+        tool_call_id: id.into(),
+        content: vec![text(t)],
+        is_error: false,
+    }
+}
+
+fn user(parts: Vec<Part>) -> Message {
+    Message {
+        role: Role::User,
+        content: parts,
+        name: None,
+    }
+}
+
+fn assistant(parts: Vec<Part>) -> Message {
+    Message {
+        role: Role::Assistant,
+        content: parts,
+        name: None,
+    }
+}
+
+fn err_of(body: Value) -> String {
+    match decode_request(&body) {
+        Ok(r) => panic!("expected an error, got {r:?}"),
+        Err(e) => e.message,
+    }
+}
+
+fn sse(data: &str) -> SseEvent {
+    SseEvent {
+        event: None,
+        data: data.to_string(),
+        raw: bytes::Bytes::new(),
+    }
+}
+
+/// Split SSE bytes into events (our writer only ever emits single-line data).
+fn parse_sse(bytes: &[u8]) -> Vec<SseEvent> {
+    let text = std::str::from_utf8(bytes).unwrap();
+    assert!(text.ends_with("\n\n"), "frames end with a blank line");
+    text.split("\n\n")
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            let data = f.strip_prefix("data: ").unwrap();
+            assert!(!data.contains('\n'));
+            sse(data)
+        })
+        .collect()
+}
+
+// ---- decode_request -------------------------------------------------
+
+#[test]
+fn decodes_system_developer_and_multi_turn() {
+    let body = json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "developer", "content": [{"type": "text", "text": "Rule one."},
+                                              {"type": "text", "text": "Rule two."}]},
+            {"role": "user", "content": "Hello", "name": "alice"},
+            {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": [{"type": "text", "text": "Again"}]},
+        ],
+        "temperature": 0.2,
+        "top_p": 0.9,
+        "max_tokens": 256,
+        "user": "u-1",
+        "metadata": {"team": "a"},
+        "reasoning_effort": "low",
+        "some_unknown_field": {"x": 1},
+    });
+    let req = decode_request(&body).unwrap();
+    assert_eq!(req.model, "gpt-4o");
+    assert_eq!(
+        req.system,
+        vec![
+            SystemBlock {
+                text: "You are terse.".into()
+            },
+            SystemBlock {
+                text: "Rule one.".into()
+            },
+            SystemBlock {
+                text: "Rule two.".into()
+            },
+        ]
+    );
+    assert_eq!(
+        req.messages,
+        vec![
+            Message {
+                role: Role::User,
+                content: vec![text("Hello")],
+                name: Some("alice".into())
+            },
+            assistant(vec![text("Hi!")]),
+            user(vec![text("Again")]),
+        ]
+    );
+    assert_eq!(req.temperature, Some(0.2));
+    assert_eq!(req.top_p, Some(0.9));
+    assert_eq!(req.max_tokens, Some(256));
+    assert_eq!(req.user.as_deref(), Some("u-1"));
+    assert_eq!(req.metadata, json!({"team": "a"}).as_object().cloned());
+    assert_eq!(req.reasoning, Some(json!({"effort": "low"})));
+    assert!(!req.stream);
+}
+
+#[test]
+fn decodes_images_url_and_base64() {
+    let body = json!({
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in these?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "high"}},
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
+        ]}],
+    });
+    let req = decode_request(&body).unwrap();
+    assert_eq!(
+        req.messages[0].content,
+        vec![
+            text("What is in these?"),
+            Part::Image {
+                source: ImageSource::Url {
+                    url: "https://example.com/cat.png".into()
+                }
+            },
+            Part::Image {
+                source: ImageSource::Base64 {
+                    media_type: "image/jpeg".into(),
+                    data: "/9j/4AAQ".into()
+                }
+            },
+        ]
+    );
+    let out = encode_request(&req, "gpt-4o");
+    assert_eq!(
+        out["messages"][0],
+        json!({"role": "user", "content": [
+            {"type": "text", "text": "What is in these?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
+        ]})
+    );
+}
+
+fn tool_conversation() -> Value {
+    json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "user", "content": "Weather in Paris and Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_a", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_b", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "call_a", "content": "18C"},
+            {"role": "tool", "tool_call_id": "call_b", "content": [{"type": "text", "text": "4C"}]},
+            {"role": "user", "content": "Thanks"},
+        ],
+        "tools": [{"type": "function", "function": {
+            "name": "get_weather", "description": "Current weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]},
+            "strict": true}}],
+        "tool_choice": "required",
+        "parallel_tool_calls": true,
+    })
+}
+
+#[test]
+fn decodes_parallel_tool_calls_and_merges_tool_results() {
+    let req = decode_request(&tool_conversation()).unwrap();
+    assert_eq!(
+        req.messages,
+        vec![
+            user(vec![text("Weather in Paris and Oslo?")]),
+            assistant(vec![
+                call("call_a", "get_weather", "{\"city\":\"Paris\"}"),
+                call("call_b", "get_weather", "{\"city\":\"Oslo\"}"),
+            ]),
+            user(vec![result("call_a", "18C"), result("call_b", "4C")]),
+            user(vec![text("Thanks")]),
+        ]
+    );
+    assert_eq!(req.tools.len(), 1);
+    assert_eq!(req.tools[0].name, "get_weather");
+    assert_eq!(req.tools[0].description.as_deref(), Some("Current weather"));
+    assert_eq!(req.tools[0].parameters["required"], json!(["city"]));
+    assert_eq!(req.tool_choice, Some(ToolChoice::Required));
+    assert_eq!(req.parallel_tool_calls, Some(true));
+}
+
+#[test]
+fn encodes_tool_conversation() {
+    let req = decode_request(&tool_conversation()).unwrap();
+    let out = encode_request(&req, "gpt-4.1");
+    assert_eq!(
+        out,
+        json!({
+            "model": "gpt-4.1",
+            "messages": [
+                {"role": "user", "content": "Weather in Paris and Oslo?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_a", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "call_b", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                ]},
+                {"role": "tool", "tool_call_id": "call_a", "content": "18C"},
+                {"role": "tool", "tool_call_id": "call_b", "content": "4C"},
+                {"role": "user", "content": "Thanks"},
+            ],
+            "tools": [{"type": "function", "function": {
+                "name": "get_weather", "description": "Current weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                               "required": ["city"]}}}],
+            "tool_choice": "required",
+            "parallel_tool_calls": true,
+        })
+    );
+}
+
+#[test]
+fn tool_results_come_before_the_rest_of_a_user_turn() {
+    let req = Request {
+        model: "x".into(),
+        messages: vec![
+            assistant(vec![text("Let me check."), call("c1", "f", "{}")]),
+            user(vec![
+                text("Here you go"),
+                Part::ToolResult {
+                    tool_call_id: "c1".into(),
+                    content: vec![text("line 1"), text("line 2")],
+                    is_error: true,
+                },
+            ]),
+        ],
+        ..Request::default()
+    };
+    let out = encode_request(&req, "gpt-4o");
+    assert_eq!(
+        out["messages"],
+        json!([
+            {"role": "assistant", "content": "Let me check.", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "line 1\nline 2"},
+            {"role": "user", "content": "Here you go"},
+        ])
+    );
+}
+
+#[test]
+fn decodes_json_mode_and_schema() {
+    let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                          "response_format": {"type": "json_object"}});
+    assert_eq!(
+        decode_request(&body).unwrap().response_format,
+        Some(ResponseFormat::JsonObject)
+    );
+    let schema = json!({"name": "person", "strict": true,
+                        "schema": {"type": "object", "properties": {"name": {"type": "string"}}}});
+    body["response_format"] = json!({"type": "json_schema", "json_schema": schema});
+    let req = decode_request(&body).unwrap();
+    assert_eq!(
+        req.response_format,
+        Some(ResponseFormat::JsonSchema {
+            json_schema: schema.clone()
+        })
+    );
+    assert_eq!(
+        encode_request(&req, "gpt-4o")["response_format"],
+        json!({"type": "json_schema", "json_schema": schema})
+    );
+    let json_mode = Request {
+        response_format: Some(ResponseFormat::JsonObject),
+        ..req
+    };
+    assert_eq!(
+        encode_request(&json_mode, "gpt-4o")["response_format"],
+        json!({"type": "json_object"})
+    );
+}
+
+#[test]
+fn decodes_stop_string_and_array() {
+    let mut body = json!({"model": "m", "messages": [], "stop": "END"});
+    assert_eq!(decode_request(&body).unwrap().stop, vec!["END".to_string()]);
+    body["stop"] = json!(["a", "b"]);
+    let req = decode_request(&body).unwrap();
+    assert_eq!(req.stop, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(encode_request(&req, "m")["stop"], json!(["a", "b"]));
+    body["stop"] = json!(null);
+    assert!(decode_request(&body).unwrap().stop.is_empty());
+}
+
+#[test]
+fn decodes_tool_choice_forms_and_token_fields() {
+    let base = json!({"model": "m", "messages": []});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        decode_request(&b).unwrap()
+    };
+    assert_eq!(
+        with("tool_choice", json!("none")).tool_choice,
+        Some(ToolChoice::None)
+    );
+    assert_eq!(
+        with("tool_choice", json!("auto")).tool_choice,
+        Some(ToolChoice::Auto)
+    );
+    assert_eq!(
+        with(
+            "tool_choice",
+            json!({"type": "function", "function": {"name": "f"}})
+        )
+        .tool_choice,
+        Some(ToolChoice::Tool { name: "f".into() })
+    );
+    assert_eq!(
+        with("max_completion_tokens", json!(77)).max_tokens,
+        Some(77)
+    );
+    let mut both = base.clone();
+    both["max_tokens"] = json!(10);
+    both["max_completion_tokens"] = json!(20);
+    assert_eq!(decode_request(&both).unwrap().max_tokens, Some(20));
+    assert!(with("stream", json!(true)).stream);
+}
+
+#[test]
+fn assistant_refusal_and_empty_content() {
+    let body = json!({"model": "m", "messages": [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "assistant", "content": null, "refusal": "I can't help with that."},
+        {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "refusal", "refusal": "b"}]},
+    ]});
+    let req = decode_request(&body).unwrap();
+    assert_eq!(req.messages[0].content, vec![call("c", "f", "{}")]);
+    assert_eq!(
+        req.messages[1].content,
+        vec![text("I can't help with that.")]
+    );
+    assert_eq!(req.messages[2].content, vec![text("a"), text("b")]);
+}
+
+#[test]
+fn path_precise_errors() {
+    assert_eq!(err_of(json!({"messages": []})), "model: required");
+    assert_eq!(
+        err_of(json!({"model": "", "messages": []})),
+        "model: expected a non-empty string"
+    );
+    assert_eq!(
+        err_of(json!({"model": 3, "messages": []})),
+        "model: expected a non-empty string"
+    );
+    assert_eq!(err_of(json!({"model": "m"})), "messages: required");
+    assert_eq!(
+        err_of(json!({"model": "m", "messages": {}})),
+        "messages: expected an array of messages"
+    );
+    assert_eq!(
+        err_of(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"},
+                                                   {"role": "user", "content": 5}]})
+        ),
+        "messages[1].content: expected a string or an array of content parts"
+    );
+    assert_eq!(
+        err_of(json!({"model": "m", "messages": [{"content": "x"}]})),
+        "messages[0].role: required"
+    );
+    assert!(
+        err_of(json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]}))
+            .starts_with("messages[0].role: expected one of")
+    );
+    assert!(
+        err_of(
+            json!({"model": "m", "messages": [{"role": "function", "name": "f", "content": "x"}]})
+        )
+        .contains("legacy \"function\" role")
+    );
+    assert_eq!(
+        err_of(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x"}, {"type": "input_audio", "input_audio": {}}]}]})
+        ),
+        "messages[0].content[1].type: unsupported content part type \"input_audio\"; expected \"text\" or \"image_url\""
+    );
+    assert_eq!(
+        err_of(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {}}]}]})
+        ),
+        "messages[0].content[0].image_url.url: required"
+    );
+    assert_eq!(
+        err_of(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]})),
+        "messages[0].tool_call_id: required"
+    );
+    assert_eq!(
+        err_of(
+            json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"arguments": "{}"}}]}]})
+        ),
+        "messages[0].tool_calls[0].function.name: required"
+    );
+    assert_eq!(
+        err_of(
+            json!({"model": "m", "messages": [{"role": "system", "content": [{"type": "image_url"}]}]})
+        ),
+        "messages[0].content[0].type: unsupported content part type \"image_url\"; expected \"text\""
+    );
+    assert_eq!(
+        err_of(
+            json!({"model": "m", "messages": [], "tools": [{"type": "function", "function": {}}]})
+        ),
+        "tools[0].function.name: required"
+    );
+    assert!(
+        err_of(json!({"model": "m", "messages": [], "tool_choice": "always"}))
+            .starts_with("tool_choice: expected")
+    );
+    assert_eq!(
+        err_of(json!({"model": "m", "messages": [], "stop": 5})),
+        "stop: expected a string or an array of strings"
+    );
+    assert_eq!(
+        err_of(json!({"model": "m", "messages": [], "stop": ["a", 1]})),
+        "stop[1]: expected a string"
+    );
+    assert_eq!(
+        err_of(json!({"model": "m", "messages": [], "max_tokens": -1})),
+        "max_tokens: expected a non-negative integer"
+    );
+    assert_eq!(
+        err_of(json!({"model": "m", "messages": [], "temperature": "hot"})),
+        "temperature: expected a number"
+    );
+    assert_eq!(
+        err_of(json!({"model": "m", "messages": [], "response_format": {"type": "json_schema"}})),
+        "response_format.json_schema: required"
+    );
+    assert!(
+        err_of(json!({"model": "m", "messages": [], "functions": []})).starts_with("functions:")
+    );
+    let e = decode_request(&json!({"model": "m", "messages": [1]})).unwrap_err();
+    assert_eq!(e.path.as_deref(), Some("messages[0]"));
+    assert_eq!(e.to_client_error().param.as_deref(), Some("messages[0]"));
+    assert!(decode_request(&json!([1])).is_err());
+}
+
+#[test]
+fn include_usage_flag() {
+    assert!(include_usage(
+        &json!({"stream": true, "stream_options": {"include_usage": true}})
+    ));
+    assert!(!include_usage(
+        &json!({"stream": true, "stream_options": {"include_usage": false}})
+    ));
+    assert!(!include_usage(&json!({"stream": true})));
+}
+
+// ---- encode_request -------------------------------------------------
+
+#[test]
+fn encodes_full_request() {
+    let req = Request {
+        model: "alias".into(),
+        system: vec![
+            SystemBlock { text: "S1".into() },
+            SystemBlock { text: "S2".into() },
+        ],
+        messages: vec![
+            user(vec![text("hi")]),
+            assistant(vec![
+                Part::Thinking {
+                    text: "hmm".into(),
+                    signature: Some("sig".into()),
+                },
+                text("hello"),
+            ]),
+            user(vec![Part::Image {
+                source: ImageSource::Base64 {
+                    media_type: "image/png".into(),
+                    data: "AAAA".into(),
+                },
+            }]),
+        ],
+        max_tokens: Some(100),
+        temperature: Some(0.5),
+        top_p: Some(1.0),
+        top_k: Some(40),
+        stop: vec!["\n\n".into()],
+        stream: true,
+        user: Some("u".into()),
+        metadata: json!({"k": "v"}).as_object().cloned(),
+        reasoning: Some(json!({"effort": "high"})),
+        tool_choice: Some(ToolChoice::Auto),
+        parallel_tool_calls: Some(false),
+        ..Request::default()
+    };
+    let out = encode_request(&req, "gpt-4o-mini");
+    assert_eq!(
+        out,
+        json!({
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "S1"},
+                {"role": "system", "content": "S2"},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            ],
+            "max_tokens": 100,
+            "temperature": 0.5,
+            "top_p": 1.0,
+            "stop": ["\n\n"],
+            "reasoning_effort": "high",
+            "user": "u",
+            "metadata": {"k": "v"},
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        })
+    );
+    // No tools: tool_choice and parallel_tool_calls are left out; top_k never appears.
+    assert!(out.get("tool_choice").is_none());
+    assert!(out.get("top_k").is_none());
+}
+
+#[test]
+fn reasoning_models_get_max_completion_tokens() {
+    let req = Request {
+        max_tokens: Some(9),
+        ..Request::default()
+    };
+    for m in ["o1", "o1-mini", "o3-mini", "o4-mini", "gpt-5", "gpt-5-nano"] {
+        let out = encode_request(&req, m);
+        assert_eq!(out["max_completion_tokens"], 9, "{m}");
+        assert!(out.get("max_tokens").is_none(), "{m}");
+    }
+    for m in ["gpt-4o", "gpt-4.1", "llama-3"] {
+        let out = encode_request(&req, m);
+        assert_eq!(out["max_tokens"], 9, "{m}");
+        assert!(out.get("max_completion_tokens").is_none(), "{m}");
+    }
+}
+
+#[test]
+fn empty_request_has_only_model_and_messages() {
+    let out = encode_request(&Request::default(), "m");
+    assert_eq!(out, json!({"model": "m", "messages": []}));
+    let only_thinking = Request {
+        messages: vec![assistant(vec![Part::Thinking {
+            text: "t".into(),
+            signature: None,
+        }])],
+        ..Request::default()
+    };
+    assert_eq!(
+        encode_request(&only_thinking, "m")["messages"],
+        json!([{"role": "assistant", "content": ""}])
+    );
+}
+
+// ---- round trip (proptest) -------------------------------------------
+
+fn arb_text() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9 .,!?\n]{1,24}"
+}
+
+fn arb_id() -> impl Strategy<Value = String> {
+    "call_[a-z0-9]{1,8}"
+}
+
+fn arb_image() -> impl Strategy<Value = Part> {
+    prop_oneof![
+        "https://example\\.com/[a-z]{1,8}\\.png".prop_map(|url| Part::Image {
+            source: ImageSource::Url { url }
+        }),
+        ("image/(png|jpeg|webp)", "[A-Za-z0-9+/]{4,16}={0,2}").prop_map(|(media_type, data)| {
+            Part::Image {
+                source: ImageSource::Base64 { media_type, data },
+            }
+        }),
+    ]
+}
+
+fn arb_user() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (
+            prop::collection::vec(
+                prop_oneof![arb_text().prop_map(|t| Part::Text { text: t }), arb_image()],
+                1..4
+            ),
+            prop::option::of("[a-z]{1,8}")
+        )
+            .prop_map(|(content, name)| Message {
+                role: Role::User,
+                content,
+                name
+            }),
+        prop::collection::vec((arb_id(), arb_text()), 1..4).prop_map(|rs| Message {
+            role: Role::User,
+            content: rs.into_iter().map(|(id, t)| result(&id, &t)).collect(),
+            name: None,
+        }),
+    ]
+}
+
+fn arb_assistant() -> impl Strategy<Value = Message> {
+    (
+        prop::collection::vec(arb_text(), 0..3),
+        prop::collection::vec(
+            (arb_id(), "[a-z_]{1,10}", "\\{\"[a-z]{1,5}\":[0-9]{1,3}\\}"),
+            0..3,
+        ),
+        prop::option::of("[a-z]{1,8}"),
+    )
+        .prop_map(|(texts, calls, name)| {
+            let mut content: Vec<Part> =
+                texts.into_iter().map(|t| Part::Text { text: t }).collect();
+            content.extend(calls.into_iter().map(|(id, n, a)| call(&id, &n, &a)));
+            Message {
+                role: Role::Assistant,
+                content,
+                name,
+            }
+        })
+}
+
+fn arb_messages() -> impl Strategy<Value = Vec<Message>> {
+    // Roles alternate, so two tool-result turns are never adjacent (OpenAI
+    // has no way to tell them apart).
+    prop::collection::vec((arb_user(), arb_assistant()), 0..4)
+        .prop_map(|pairs| pairs.into_iter().flat_map(|(u, a)| [u, a]).collect())
+}
+
+fn arb_tools() -> impl Strategy<Value = Vec<Tool>> {
+    prop::collection::vec(
+        ("[a-z_]{1,10}", prop::option::of(arb_text()), "[a-z]{1,6}").prop_map(
+            |(name, description, prop)| Tool {
+                name,
+                description,
+                parameters: json!({"type": "object", "properties": {prop: {"type": "string"}}}),
+            },
+        ),
+        0..3,
+    )
+}
+
+fn arb_tool_choice() -> impl Strategy<Value = ToolChoice> {
+    prop_oneof![
+        Just(ToolChoice::Auto),
+        Just(ToolChoice::None),
+        Just(ToolChoice::Required),
+        "[a-z_]{1,10}".prop_map(|name| ToolChoice::Tool { name }),
+    ]
+}
+
+fn arb_response_format() -> impl Strategy<Value = ResponseFormat> {
+    prop_oneof![
+        Just(ResponseFormat::Text),
+        Just(ResponseFormat::JsonObject),
+        "[a-z]{1,8}".prop_map(|name| ResponseFormat::JsonSchema {
+            json_schema: json!({"name": name, "strict": true, "schema": {"type": "object"}})
+        }),
+    ]
+}
+
+prop_compose! {
+    fn arb_request()(
+        system in prop::collection::vec(arb_text().prop_map(|text| SystemBlock { text }), 0..3),
+        messages in arb_messages(),
+        tools in arb_tools(),
+        tool_choice in prop::option::of(arb_tool_choice()),
+        parallel in prop::option::of(any::<bool>()),
+        max_tokens in prop::option::of(any::<u32>()),
+        temperature in prop::option::of(0.0f64..2.0),
+        top_p in prop::option::of(0.0f64..1.0),
+        stop in prop::collection::vec(arb_text(), 0..4),
+        response_format in prop::option::of(arb_response_format()),
+        stream in any::<bool>(),
+        user in prop::option::of("[a-z0-9-]{1,12}"),
+        metadata in prop::option::of(prop::collection::btree_map("[a-z]{1,6}", "[a-z]{0,6}", 1..3)),
+        effort in prop::option::of(prop_oneof![Just("low"), Just("medium"), Just("high")]),
+    ) -> Request {
+        let has_tools = !tools.is_empty();
+        Request {
+            model: "client-alias".into(),
+            system,
+            messages,
+            tools,
+            tool_choice: tool_choice.filter(|_| has_tools),
+            parallel_tool_calls: parallel.filter(|_| has_tools),
+            max_tokens,
+            temperature,
+            top_p,
+            top_k: None,
+            stop,
+            response_format,
+            stream,
+            user,
+            metadata: metadata.map(|m| m.into_iter().map(|(k, v)| (k, Value::String(v))).collect()),
+            reasoning: effort.map(|e| json!({"effort": e})),
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn request_round_trips(req in arb_request(), reasoning_model in any::<bool>()) {
+        let upstream = if reasoning_model { "o3-mini" } else { "gpt-4o" };
+        let body = encode_request(&req, upstream);
+        let back = decode_request(&body).map_err(|e| TestCaseError::fail(e.message))?;
+        prop_assert_eq!(&back.model, upstream);
+        let back = Request { model: req.model.clone(), ..back };
+        prop_assert_eq!(back, req);
+    }
+}
+
+// ---- responses --------------------------------------------------------
+
+#[test]
+fn decodes_openai_response() {
+    let body = br#"{
+      "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+      "object": "chat.completion",
+      "created": 1741569952,
+      "model": "gpt-4.1-2025-04-14",
+      "choices": [{
+        "index": 0,
+        "message": {
+          "role": "assistant",
+          "content": null,
+          "refusal": null,
+          "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}
+          ],
+          "annotations": []
+        },
+        "logprobs": null,
+        "finish_reason": "tool_calls"
+      }],
+      "usage": {
+        "prompt_tokens": 82, "completion_tokens": 40, "total_tokens": 122,
+        "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0}
+      },
+      "service_tier": "default",
+      "system_fingerprint": "fp_x"
+    }"#;
+    let r = decode_response(body).unwrap();
+    assert_eq!(r.id, "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT");
+    assert_eq!(r.model, "gpt-4.1-2025-04-14");
+    assert_eq!(r.created, 1741569952);
+    assert_eq!(r.finish_reason, Some(FinishReason::ToolCalls));
+    assert_eq!(
+        r.content,
+        vec![
+            call("call_1", "get_weather", "{\"city\":\"Paris\"}"),
+            call("call_2", "get_weather", "{\"city\":\"Oslo\"}"),
+        ]
+    );
+    assert_eq!(
+        r.usage,
+        Usage {
+            input_tokens: 82,
+            output_tokens: 40,
+            cache_read_tokens: Some(64),
+            cache_write_tokens: None
+        }
+    );
+}
+
+#[test]
+fn decodes_reasoning_content_and_finish_reasons() {
+    let body = br#"{"id":"x","object":"chat.completion","created":1,"model":"deepseek-reasoner",
+        "choices":[{"index":0,"message":{"role":"assistant","content":"42","reasoning_content":"think"},
+        "finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
+    let r = decode_response(body).unwrap();
+    assert_eq!(
+        r.content,
+        vec![
+            Part::Thinking {
+                text: "think".into(),
+                signature: None
+            },
+            text("42")
+        ]
+    );
+    assert_eq!(r.finish_reason, Some(FinishReason::Length));
+    assert_eq!(r.usage.cache_read_tokens, None);
+    let body = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"a","reasoning":"r"},
+        "finish_reason":"content_filter"}]}"#;
+    let r = decode_response(body).unwrap();
+    assert_eq!(
+        r.content[0],
+        Part::Thinking {
+            text: "r".into(),
+            signature: None
+        }
+    );
+    assert_eq!(r.finish_reason, Some(FinishReason::ContentFilter));
+    for (s, want) in [
+        ("stop", FinishReason::Stop),
+        ("function_call", FinishReason::ToolCalls),
+        ("weird", FinishReason::Other),
+    ] {
+        assert_eq!(finish_from_str(s), want);
+    }
+}
+
+#[test]
+fn decode_response_rejects_errors_and_garbage() {
+    assert!(decode_response(b"not json").is_err());
+    assert!(decode_response(b"[]").is_err());
+    assert!(decode_response(br#"{"id":"x"}"#).is_err());
+    let e = decode_response(br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#)
+        .unwrap_err();
+    assert!(e.message.contains("Rate limit reached"));
+}
+
+#[test]
+fn encodes_response_exactly() {
+    let resp = chat::Response {
+        id: "chatcmpl-1".into(),
+        model: "claude-sonnet-4-5".into(),
+        content: vec![
+            Part::Thinking {
+                text: "hidden".into(),
+                signature: None,
+            },
+            text("Hello"),
+            text(" world"),
+        ],
+        finish_reason: Some(FinishReason::StopSequence),
+        stop_sequence: Some("END".into()),
+        usage: Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            cache_read_tokens: None,
+            cache_write_tokens: Some(3),
+        },
+        created: 1700000000,
+    };
+    assert_eq!(
+        encode_response(&resp),
+        json!({
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": "claude-sonnet-4-5",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello world", "refusal": null},
+                "logprobs": null,
+                "finish_reason": "stop",
+            }],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+                      "prompt_tokens_details": {"cached_tokens": 0}},
+        })
+    );
+}
+
+#[test]
+fn response_round_trips() {
+    let resp = chat::Response {
+        id: "chatcmpl-9".into(),
+        model: "gpt-4o".into(),
+        content: vec![
+            text("Checking."),
+            call("call_1", "lookup", "{\"q\":\"x\"}"),
+            call("call_2", "lookup", "{}"),
+        ],
+        finish_reason: Some(FinishReason::ToolCalls),
+        stop_sequence: None,
+        usage: Usage {
+            input_tokens: 100,
+            output_tokens: 20,
+            cache_read_tokens: Some(50),
+            cache_write_tokens: None,
+        },
+        created: 1234,
+    };
+    let bytes = serde_json::to_vec(&encode_response(&resp)).unwrap();
+    assert_eq!(decode_response(&bytes).unwrap(), resp);
+    let tools_only = chat::Response {
+        content: vec![call("c", "f", "{}")],
+        ..resp.clone()
+    };
+    let v = encode_response(&tools_only);
+    assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+    for r in [
+        FinishReason::Stop,
+        FinishReason::Length,
+        FinishReason::ContentFilter,
+    ] {
+        let x = chat::Response {
+            finish_reason: Some(r),
+            ..resp.clone()
+        };
+        let back = decode_response(&serde_json::to_vec(&encode_response(&x)).unwrap()).unwrap();
+        assert_eq!(back.finish_reason, Some(r));
+    }
+}
+
+// ---- errors -----------------------------------------------------------
+
+#[test]
+fn encodes_errors() {
+    let e = ClientError::invalid("messages: required").with_param("messages");
+    assert_eq!(
+        encode_error(&e),
+        json!({"error": {"message": "messages: required", "type": "invalid_request_error",
+                         "param": "messages", "code": null}})
+    );
+    let e = ClientError::new(ErrorKind::NotFound, "no such model").with_code("model_not_found");
+    assert_eq!(
+        encode_error(&e),
+        json!({"error": {"message": "no such model", "type": "invalid_request_error",
+                         "param": null, "code": "model_not_found"}})
+    );
+    for (kind, ty) in [
+        (ErrorKind::Authentication, "authentication_error"),
+        (ErrorKind::Permission, "permission_error"),
+        (ErrorKind::RequestTooLarge, "invalid_request_error"),
+        (ErrorKind::RateLimit, "rate_limit_error"),
+        (ErrorKind::Api, "server_error"),
+        (ErrorKind::Overloaded, "server_error"),
+        (ErrorKind::Timeout, "server_error"),
+    ] {
+        assert_eq!(
+            encode_error(&ClientError::new(kind, "m"))["error"]["type"],
+            ty
+        );
+    }
+}
+
+#[test]
+fn decodes_provider_error_bodies() {
+    let openai = br#"{"error":{"message":"Incorrect API key provided: sk-abc***.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+    assert_eq!(
+        decode_error(openai),
+        Some(UpstreamErrorBody {
+            kind: Some("invalid_request_error".into()),
+            code: Some("invalid_api_key".into()),
+            message: "Incorrect API key provided: sk-abc***.".into(),
+        })
+    );
+    let quota = br#"{"error":{"message":"You exceeded your current quota.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+    assert_eq!(
+        decode_error(quota).unwrap().code.as_deref(),
+        Some("insufficient_quota")
+    );
+    let server = br#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#;
+    let s = decode_error(server).unwrap();
+    assert_eq!((s.kind.as_deref(), s.code), (Some("server_error"), None));
+
+    let openrouter = br#"{"error":{"code":429,"message":"Provider returned error","metadata":{"raw":"rate limited upstream","provider_name":"Together"}}}"#;
+    let o = decode_error(openrouter).unwrap();
+    assert_eq!(o.code.as_deref(), Some("429"));
+    assert_eq!(o.kind, None);
+    assert_eq!(o.message, "Provider returned error: rate limited upstream");
+
+    let gemini = br#"[{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}]"#;
+    assert_eq!(
+        decode_error(gemini),
+        Some(UpstreamErrorBody {
+            kind: Some("RESOURCE_EXHAUSTED".into()),
+            code: Some("429".into()),
+            message: "Resource has been exhausted (e.g. check quota).".into(),
+        })
+    );
+    let vllm = br#"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","param":null,"code":404}"#;
+    let v = decode_error(vllm).unwrap();
+    assert_eq!(
+        (v.kind.as_deref(), v.code.as_deref()),
+        (Some("NotFoundError"), Some("404"))
+    );
+    let ollama = br#"{"error":"model 'llama9' not found"}"#;
+    assert_eq!(
+        decode_error(ollama).unwrap().message,
+        "model 'llama9' not found"
+    );
+
+    assert_eq!(decode_error(b"<html>Bad Gateway</html>"), None);
+    assert_eq!(decode_error(br#"{"id":"chatcmpl-1","choices":[]}"#), None);
+    assert_eq!(decode_error(br#"{"error":null}"#), None);
+}
+
+// ---- stream decoder ---------------------------------------------------
+
+fn decode_all(dec: &mut StreamDecoder, datas: &[&str]) -> Vec<StreamEvent> {
+    datas
+        .iter()
+        .flat_map(|d| dec.push(&sse(d)).unwrap())
+        .collect()
+}
+
+#[test]
+fn decodes_realistic_stream() {
+    let chunks = [
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"content":"Let me "},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"content":"check."},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_P","type":"function","function":{"name":"get_weather","arguments":""}}]},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"ci"}}]},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"ty\":\"Paris\"}"}}]},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_O","type":"function","function":{"name":"get_weather","arguments":""}}]},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":"{\"city\":\"Oslo\"}"}}]},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"tool_calls"}],"usage":null}"#,
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-2024-08-06","choices":[],"usage":{"prompt_tokens":80,"completion_tokens":30,"total_tokens":110,"prompt_tokens_details":{"cached_tokens":0}}}"#,
+        "",
+        "[DONE]",
+    ];
+    let mut dec = StreamDecoder::new();
+    let events = decode_all(&mut dec, &chunks);
+    assert_eq!(
+        events,
+        vec![
+            StreamEvent::Start {
+                id: "chatcmpl-1".into(),
+                model: "gpt-4o-2024-08-06".into(),
+                input_tokens: None
+            },
+            StreamEvent::TextDelta {
+                text: "Let me ".into()
+            },
+            StreamEvent::TextDelta {
+                text: "check.".into()
+            },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "call_P".into(),
+                name: "get_weather".into()
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "{\"ci".into()
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "ty\":\"Paris\"}".into()
+            },
+            StreamEvent::ToolCallStart {
+                index: 1,
+                id: "call_O".into(),
+                name: "get_weather".into()
+            },
+            StreamEvent::ToolCallDelta {
+                index: 1,
+                arguments: "{\"city\":\"Oslo\"}".into()
+            },
+            StreamEvent::Finish {
+                reason: FinishReason::ToolCalls,
+                stop_sequence: None
+            },
+            StreamEvent::Usage {
+                usage: Usage {
+                    input_tokens: 80,
+                    output_tokens: 30,
+                    cache_read_tokens: Some(0),
+                    cache_write_tokens: None
+                }
+            },
+            StreamEvent::Done,
+        ]
+    );
+}
+
+#[test]
+fn renumbers_tool_calls_and_reads_reasoning() {
+    let mut dec = StreamDecoder::new();
+    let events = decode_all(
+        &mut dec,
+        &[
+            r#"{"id":"g","model":"m","choices":[{"index":0,"delta":{"reasoning_content":"hmm"}}]}"#,
+            r#"{"id":"g","model":"m","choices":[{"index":0,"delta":{"reasoning":"more"}}]}"#,
+            // Upstream indices need not start at 0.
+            r#"{"id":"g","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":3,"id":"a","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+            // No index at all, but a new id: a new call.
+            r#"{"id":"g","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"id":"b","function":{"name":"g","arguments":{"x":1}}}]}}]}"#,
+            // Same upstream index as the first, different id: a new call too.
+            r#"{"id":"g","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":3,"id":"c","function":{"name":"h"}}]}}]}"#,
+            r#"{"id":"g","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":3,"function":{"arguments":"[]"}}]}}]}"#,
+        ],
+    );
+    assert_eq!(
+        events,
+        vec![
+            StreamEvent::Start {
+                id: "g".into(),
+                model: "m".into(),
+                input_tokens: None
+            },
+            StreamEvent::ThinkingDelta { text: "hmm".into() },
+            StreamEvent::ThinkingDelta {
+                text: "more".into()
+            },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "a".into(),
+                name: "f".into()
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "{}".into()
+            },
+            StreamEvent::ToolCallStart {
+                index: 1,
+                id: "b".into(),
+                name: "g".into()
+            },
+            StreamEvent::ToolCallDelta {
+                index: 1,
+                arguments: "{\"x\":1}".into()
+            },
+            StreamEvent::ToolCallStart {
+                index: 2,
+                id: "c".into(),
+                name: "h".into()
+            },
+            StreamEvent::ToolCallDelta {
+                index: 2,
+                arguments: "[]".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn stream_decoder_handles_errors_and_garbage() {
+    let mut dec = StreamDecoder::new();
+    // OpenRouter's mid-stream error chunk.
+    let ev = dec
+        .push(&sse(r#"{"id":"cmpl-abc","object":"chat.completion.chunk","created":1,"model":"openai/gpt-4o","provider":"OpenAI","error":{"code":"server_error","message":"Provider disconnected unexpectedly"},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error","native_finish_reason":"error"}]}"#))
+        .unwrap();
+    assert_eq!(
+        ev,
+        vec![StreamEvent::Error {
+            error: UpstreamErrorBody {
+                kind: None,
+                code: Some("server_error".into()),
+                message: "Provider disconnected unexpectedly".into(),
+            }
+        }]
+    );
+    let ev = dec
+        .push(&sse(
+            r#"{"error":{"message":"overloaded","type":"server_error","param":null,"code":null}}"#,
+        ))
+        .unwrap();
+    assert!(matches!(&ev[..], [StreamEvent::Error { error }] if error.message == "overloaded"));
+    assert!(dec.push(&sse("{not json")).is_err());
+    assert!(dec.push(&sse("   ")).unwrap().is_empty());
+    let plain = SseEvent {
+        event: Some("error".into()),
+        data: "upstream went away".into(),
+        raw: bytes::Bytes::new(),
+    };
+    assert!(
+        matches!(&dec.push(&plain).unwrap()[..], [StreamEvent::Error { error }] if error.message == "upstream went away")
+    );
+}
+
+// ---- stream encoder ---------------------------------------------------
+
+fn sample_events() -> Vec<StreamEvent> {
+    vec![
+        StreamEvent::Start {
+            id: "chatcmpl-77".into(),
+            model: "gpt-4o".into(),
+            input_tokens: None,
+        },
+        StreamEvent::TextDelta { text: "Hi ".into() },
+        StreamEvent::ThinkingDelta {
+            text: "dropped".into(),
+        },
+        StreamEvent::TextDelta {
+            text: "there".into(),
+        },
+        StreamEvent::ToolCallStart {
+            index: 0,
+            id: "call_1".into(),
+            name: "f".into(),
+        },
+        StreamEvent::ToolCallDelta {
+            index: 0,
+            arguments: "{\"a\":".into(),
+        },
+        StreamEvent::ToolCallStart {
+            index: 1,
+            id: "call_2".into(),
+            name: "g".into(),
+        },
+        StreamEvent::ToolCallDelta {
+            index: 0,
+            arguments: "1}".into(),
+        },
+        StreamEvent::ToolCallDelta {
+            index: 1,
+            arguments: "{}".into(),
+        },
+        StreamEvent::Usage {
+            usage: Usage {
+                input_tokens: 9,
+                output_tokens: 4,
+                cache_read_tokens: Some(2),
+                cache_write_tokens: None,
+            },
+        },
+        StreamEvent::Finish {
+            reason: FinishReason::ToolCalls,
+            stop_sequence: None,
+        },
+        StreamEvent::Done,
+    ]
+}
+
+#[test]
+fn encoder_output_decodes_back() {
+    let events = sample_events();
+    let mut enc = StreamEncoder::new(true);
+    let mut out = Vec::new();
+    for ev in &events {
+        enc.encode(ev, &mut out);
+    }
+    let frames = parse_sse(&out);
+    let mut dec = StreamDecoder::new();
+    let mut back = Vec::new();
+    for f in &frames {
+        back.extend(dec.push(f).unwrap());
+    }
+    // Thinking is dropped; usage moves to the end, just before [DONE].
+    let mut want: Vec<StreamEvent> = events
+        .iter()
+        .filter(|e| {
+            !matches!(
+                e,
+                StreamEvent::ThinkingDelta { .. } | StreamEvent::Usage { .. }
+            )
+        })
+        .cloned()
+        .collect();
+    want.insert(want.len() - 1, events[9].clone());
+    assert_eq!(back, want);
+}
+
+#[test]
+fn encoder_frames_match_openai_shapes() {
+    let mut enc = StreamEncoder::new(true);
+    let mut out = Vec::new();
+    for ev in sample_events() {
+        enc.encode(&ev, &mut out);
+    }
+    let frames = parse_sse(&out);
+    let chunks: Vec<Value> = frames[..frames.len() - 1]
+        .iter()
+        .map(|f| serde_json::from_str(&f.data).unwrap())
+        .collect();
+    assert_eq!(frames.last().unwrap().data, "[DONE]");
+    let created = chunks[0]["created"].clone();
+    assert!(created.as_u64().unwrap() > 0);
+    for c in &chunks {
+        assert_eq!(c["id"], "chatcmpl-77");
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["model"], "gpt-4o");
+        assert_eq!(c["created"], created);
+        assert!(c.get("system_fingerprint").is_none());
+    }
+    assert_eq!(
+        chunks[0],
+        json!({"id": "chatcmpl-77", "object": "chat.completion.chunk", "created": created, "model": "gpt-4o",
+               "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                            "logprobs": null, "finish_reason": null}],
+               "usage": null})
+    );
+    assert_eq!(chunks[1]["choices"][0]["delta"], json!({"content": "Hi "}));
+    assert_eq!(
+        chunks[3]["choices"][0]["delta"],
+        json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                               "function": {"name": "f", "arguments": ""}}]})
+    );
+    assert_eq!(
+        chunks[4]["choices"][0]["delta"],
+        json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]})
+    );
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["delta"], json!({}));
+    assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(
+        usage["usage"],
+        json!({"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13,
+               "prompt_tokens_details": {"cached_tokens": 2}})
+    );
+}
+
+#[test]
+fn encoder_without_usage_or_start() {
+    let mut enc = StreamEncoder::new(false);
+    let mut out = Vec::new();
+    enc.encode(&StreamEvent::TextDelta { text: "x".into() }, &mut out);
+    enc.encode(
+        &StreamEvent::Usage {
+            usage: Usage::default(),
+        },
+        &mut out,
+    );
+    enc.encode(
+        &StreamEvent::Finish {
+            reason: FinishReason::StopSequence,
+            stop_sequence: Some("E".into()),
+        },
+        &mut out,
+    );
+    enc.encode(&StreamEvent::Done, &mut out);
+    enc.encode(
+        &StreamEvent::TextDelta {
+            text: "after done".into(),
+        },
+        &mut out,
+    );
+    let frames = parse_sse(&out);
+    assert_eq!(frames.len(), 4, "role, text, finish, [DONE]");
+    let first: Value = serde_json::from_str(&frames[0].data).unwrap();
+    assert_eq!(first["id"], SYNTHETIC_ID);
+    assert!(first.get("usage").is_none());
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    let finish: Value = serde_json::from_str(&frames[2].data).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    assert_eq!(frames[3].data, "[DONE]");
+}
+
+#[test]
+fn encoder_in_band_error_has_no_done() {
+    let mut enc = StreamEncoder::new(true);
+    let mut out = Vec::new();
+    enc.encode(
+        &StreamEvent::Start {
+            id: "c".into(),
+            model: "m".into(),
+            input_tokens: None,
+        },
+        &mut out,
+    );
+    enc.encode(
+        &StreamEvent::TextDelta {
+            text: "partial".into(),
+        },
+        &mut out,
+    );
+    let err = ClientError::new(ErrorKind::Overloaded, "all targets failed");
+    enc.encode_error(&err, &mut out);
+    enc.encode(&StreamEvent::Done, &mut out);
+    let frames = parse_sse(&out);
+    assert_eq!(frames.len(), 3);
+    let last: Value = serde_json::from_str(&frames[2].data).unwrap();
+    assert_eq!(
+        last,
+        json!({"error": {"message": "all targets failed", "type": "server_error", "param": null, "code": null}})
+    );
+    assert!(!String::from_utf8(out).unwrap().contains("[DONE]"));
+    // Our decoder reads it back as an in-band error.
+    let mut dec = StreamDecoder::new();
+    let ev = dec.push(&frames[2]).unwrap();
+    assert!(
+        matches!(&ev[..], [StreamEvent::Error { error }] if error.message == "all targets failed")
+    );
+}
+
+#[test]
+fn encoder_writes_upstream_error_events() {
+    let mut enc = StreamEncoder::default();
+    let mut out = Vec::new();
+    let error = UpstreamErrorBody {
+        kind: None,
+        code: Some("502".into()),
+        message: "bad gateway".into(),
+    };
+    enc.encode(
+        &StreamEvent::Error {
+            error: error.clone(),
+        },
+        &mut out,
+    );
+    enc.encode(&StreamEvent::Done, &mut out);
+    let frames = parse_sse(&out);
+    assert_eq!(frames.len(), 1);
+    let back = StreamDecoder::new().push(&frames[0]).unwrap();
+    assert_eq!(
+        back,
+        vec![StreamEvent::Error {
+            error: UpstreamErrorBody {
+                kind: Some("server_error".into()),
+                ..error
+            }
+        }]
+    );
+}
