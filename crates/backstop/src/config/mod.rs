@@ -309,5 +309,3 @@ impl Config {
         self.agents.iter().find(|a| a.id == id)
     }
 }
-mod stub;
-pub use stub::*;
