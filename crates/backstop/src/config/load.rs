@@ -53,7 +53,7 @@ pub fn load(path: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigErrors> 
         return load_file(p, env);
     }
     if let Some(p) = env.var("BACKSTOP_CONFIG").filter(|p| !p.trim().is_empty()) {
-        let p = super::expand::expand_path(p.trim(), env, None)
+        let p = super::expand::expand_path(p.trim(), env, env.current_dir().as_deref())
             .map_err(|m| ConfigErrors::single("$BACKSTOP_CONFIG", "", m))?;
         return load_file(&p, env);
     }
