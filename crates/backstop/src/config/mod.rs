@@ -6,6 +6,32 @@
 //! the bad value and what would be valid. Chains are resolved per request by
 //! `resolve.rs`.
 
+mod chains;
+mod env;
+mod error;
+mod expand;
+mod from_env;
+mod load;
+mod providers;
+mod raw;
+mod redact;
+mod resolve;
+mod suggest;
+mod validate;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
+
+pub use env::{Env, MapEnv, ProcessEnv};
+pub use error::{ConfigError, ConfigErrors};
+pub use from_env::from_env;
+pub use load::{DEFAULT_FILE, Format, from_str, load, load_file, parse_value};
+pub use providers::{WELL_KNOWN, well_known};
+pub use redact::describe_secret;
+pub use resolve::{FALLBACKS_HEADER, ResolveError, Route};
+pub use suggest::{did_you_mean, levenshtein};
+
 use crate::chat::WireFormat;
 use crate::secret::Secret;
 use std::collections::BTreeMap;
