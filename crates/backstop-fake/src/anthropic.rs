@@ -50,6 +50,18 @@ fn usage(input: u64, output: u64) -> Value {
     })
 }
 
+/// The text delta of block 0, written without building a JSON tree (hot path).
+fn text_delta(text: &str) -> Vec<u8> {
+    const PREFIX: &[u8] = br#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"#;
+    let mut out = Vec::with_capacity(PREFIX.len() + text.len() + 8);
+    out.extend_from_slice(PREFIX);
+    // Serializing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, text);
+    out.extend_from_slice(b"}}\n\n");
+    out
+}
+
 impl Wire for Anthropic {
     fn success_headers(&self, stream: bool) -> Vec<(String, String)> {
         let content_type = if stream {
@@ -126,12 +138,7 @@ impl Wire for Anthropic {
             // The API sends its first ping right after the first block starts.
             frames.push(Frame::new(FrameKind::Preamble, ping()));
             for piece in &content.text_pieces {
-                let delta = json!({"type": "content_block_delta", "index": 0,
-                                   "delta": {"type": "text_delta", "text": piece}});
-                frames.push(Frame::new(
-                    FrameKind::Content,
-                    sse_event("content_block_delta", &delta),
-                ));
+                frames.push(Frame::new(FrameKind::Content, text_delta(piece)));
             }
             frames.push(Frame::new(
                 FrameKind::Inner,
@@ -345,10 +352,17 @@ mod tests {
             ]
         );
         for (name, data) in &evs {
-            assert_eq!(data["type"], name.as_str(), "data.type matches the event name");
+            assert_eq!(
+                data["type"],
+                name.as_str(),
+                "data.type matches the event name"
+            );
         }
         assert_eq!(evs[0].1["message"]["content"], json!([]));
-        assert_eq!(evs[3].1["delta"], json!({"type": "text_delta", "text": "a "}));
+        assert_eq!(
+            evs[3].1["delta"],
+            json!({"type": "text_delta", "text": "a "})
+        );
         assert_eq!(evs[6].1["index"], 1);
         assert_eq!(evs[6].1["content_block"]["id"], "toolu_fixed");
         assert_eq!(evs[7].1["delta"]["partial_json"], "");
@@ -359,6 +373,21 @@ mod tests {
         assert_eq!(json, r#"{"city":"Paris"}"#);
         assert_eq!(evs[11].1["delta"]["stop_reason"], "tool_use");
         assert_eq!(evs[11].1["usage"]["output_tokens"], 3);
+    }
+
+    #[test]
+    fn text_delta_matches_the_json_tree() {
+        for text in ["plain", "a \"q\" \\ \n 🌍", ""] {
+            let slow = sse_event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 0,
+                        "delta": {"type": "text_delta", "text": text}}),
+            );
+            assert_eq!(
+                String::from_utf8(text_delta(text)).unwrap(),
+                String::from_utf8(slow).unwrap()
+            );
+        }
     }
 
     #[test]

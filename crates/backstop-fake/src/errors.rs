@@ -39,9 +39,7 @@ impl ErrKind {
             "context_overflow" | "context_length" | "context_length_exceeded" => {
                 ErrKind::ContextLength
             }
-            "bad_request" | "invalid_request" | "invalid_request_error" => {
-                ErrKind::InvalidRequest
-            }
+            "bad_request" | "invalid_request" | "invalid_request_error" => ErrKind::InvalidRequest,
             "not_found" | "not_found_error" | "model_not_found" => ErrKind::NotFound,
             "request_too_large" => ErrKind::RequestTooLarge,
             "server" | "server_error" | "api_error" => ErrKind::Server,
@@ -74,10 +72,22 @@ mod tests {
 
     #[test]
     fn names_in_either_vocabulary() {
-        assert_eq!(ErrKind::resolve(Some("rate_limit_error"), 0), ErrKind::RateLimit);
-        assert_eq!(ErrKind::resolve(Some("rate_limit_exceeded"), 0), ErrKind::RateLimit);
-        assert_eq!(ErrKind::resolve(Some("insufficient_quota"), 429), ErrKind::Quota);
-        assert_eq!(ErrKind::resolve(Some("overloaded_error"), 0), ErrKind::Overloaded);
+        assert_eq!(
+            ErrKind::resolve(Some("rate_limit_error"), 0),
+            ErrKind::RateLimit
+        );
+        assert_eq!(
+            ErrKind::resolve(Some("rate_limit_exceeded"), 0),
+            ErrKind::RateLimit
+        );
+        assert_eq!(
+            ErrKind::resolve(Some("insufficient_quota"), 429),
+            ErrKind::Quota
+        );
+        assert_eq!(
+            ErrKind::resolve(Some("overloaded_error"), 0),
+            ErrKind::Overloaded
+        );
         assert_eq!(
             ErrKind::resolve(Some("weird_error"), 418),
             ErrKind::Other("weird_error".into())

@@ -5,9 +5,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::errors::ErrKind;
-use crate::plan::{
-    Content, Frame, FrameKind, Wire, random_hex, random_id, sse_data, unix_now,
-};
+use crate::plan::{Content, Frame, FrameKind, Wire, random_hex, random_id, sse_data, unix_now};
 
 pub(crate) struct OpenAi;
 
@@ -55,9 +53,52 @@ struct Chunks {
     model: String,
     fingerprint: String,
     include_usage: bool,
+    /// A text-delta frame is `prefix + JSON string + suffix`: built once per
+    /// stream so each text chunk costs one string escape, not a JSON tree.
+    text_template: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// Stands in for the text in the text-delta template (serialized as `"\u0001"`).
+const SENTINEL: &str = "\u{1}";
+
 impl Chunks {
+    fn new(model: &str, include_usage: bool) -> Chunks {
+        let mut chunks = Chunks {
+            id: random_id("chatcmpl-", 29),
+            created: unix_now(),
+            model: model.to_string(),
+            fingerprint: random_hex("fp_", 10),
+            include_usage,
+            text_template: None,
+        };
+        let sample = chunks.delta(json!({"content": SENTINEL}), None);
+        let marker = br#""\u0001""#;
+        let mut found = sample
+            .windows(marker.len())
+            .enumerate()
+            .filter(|(_, w)| w == marker);
+        if let (Some((at, _)), None) = (found.next(), found.next()) {
+            let prefix = sample[..at].to_vec();
+            let suffix = sample[at + marker.len()..].to_vec();
+            chunks.text_template = Some((prefix, suffix));
+        }
+        chunks
+    }
+
+    fn text_delta(&self, text: &str) -> Vec<u8> {
+        match &self.text_template {
+            Some((prefix, suffix)) => {
+                let mut out = Vec::with_capacity(prefix.len() + text.len() + suffix.len() + 8);
+                out.extend_from_slice(prefix);
+                // Serializing a string into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut out, text);
+                out.extend_from_slice(suffix);
+                out
+            }
+            None => self.delta(json!({"content": text}), None),
+        }
+    }
+
     fn chunk(&self, choices: Value, usage: Option<Value>) -> Value {
         let mut chunk = json!({
             "id": self.id,
@@ -145,13 +186,7 @@ impl Wire for OpenAi {
     }
 
     fn stream_frames(&self, content: &Content, include_usage: bool) -> Vec<Frame> {
-        let c = Chunks {
-            id: random_id("chatcmpl-", 29),
-            created: unix_now(),
-            model: content.model.clone(),
-            fingerprint: random_hex("fp_", 10),
-            include_usage,
-        };
+        let c = Chunks::new(&content.model, include_usage);
         let mut frames = Vec::with_capacity(content.text_pieces.len() + 6);
         frames.push(Frame::new(
             FrameKind::Preamble,
@@ -161,10 +196,7 @@ impl Wire for OpenAi {
             ),
         ));
         for piece in &content.text_pieces {
-            frames.push(Frame::new(
-                FrameKind::Content,
-                c.delta(json!({"content": piece}), None),
-            ));
+            frames.push(Frame::new(FrameKind::Content, c.text_delta(piece)));
         }
         for (index, tool) in content.tools.iter().enumerate() {
             let start = json!({"tool_calls": [{
@@ -366,9 +398,17 @@ mod tests {
             serde_json::from_slice(&OpenAi.success_body(&content("", vec![tool]))).unwrap();
         let msg = &body["choices"][0]["message"];
         assert_eq!(msg["content"], Value::Null);
-        assert!(msg["tool_calls"][0]["id"].as_str().unwrap().starts_with("call_"));
+        assert!(
+            msg["tool_calls"][0]["id"]
+                .as_str()
+                .unwrap()
+                .starts_with("call_")
+        );
         assert_eq!(msg["tool_calls"][0]["type"], "function");
-        assert_eq!(msg["tool_calls"][0]["function"]["arguments"], r#"{"city":"Paris"}"#);
+        assert_eq!(
+            msg["tool_calls"][0]["function"]["arguments"],
+            r#"{"city":"Paris"}"#
+        );
         assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
     }
 
@@ -388,13 +428,33 @@ mod tests {
     }
 
     #[test]
+    fn text_template_matches_the_json_tree() {
+        for include_usage in [false, true] {
+            let c = Chunks::new("model \"quoted\" é", include_usage);
+            assert!(c.text_template.is_some());
+            for text in ["plain", "a \"q\" \\ \n\t 🌍", ""] {
+                let fast = c.text_delta(text);
+                let slow = c.delta(json!({"content": text}), None);
+                assert_eq!(
+                    String::from_utf8(fast).unwrap(),
+                    String::from_utf8(slow).unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn stream_with_usage_chunk() {
         let frames = OpenAi.stream_frames(&content("a", vec![]), true);
         let chunks = frames_json(&frames);
         let last = chunks.last().unwrap();
         assert_eq!(last["choices"], json!([]));
         assert_eq!(last["usage"]["prompt_tokens"], 10);
-        assert!(chunks[..chunks.len() - 1].iter().all(|c| c["usage"].is_null()));
+        assert!(
+            chunks[..chunks.len() - 1]
+                .iter()
+                .all(|c| c["usage"].is_null())
+        );
     }
 
     #[test]

@@ -222,9 +222,12 @@ pub(crate) fn plan(step: &Step, ctx: &Ctx, body: &Value) -> Plan {
             &text_reply(text),
             Fault::Error(*after_chunks, error),
         ),
-        Step::StreamMalformed { text, after_chunks } => {
-            reply_plan(wire, ctx, &text_reply(text), Fault::Malformed(*after_chunks))
-        }
+        Step::StreamMalformed { text, after_chunks } => reply_plan(
+            wire,
+            ctx,
+            &text_reply(text),
+            Fault::Malformed(*after_chunks),
+        ),
         Step::StreamNoDone { text } => {
             reply_plan(wire, ctx, &text_reply(text), Fault::NoTerminator)
         }
@@ -291,8 +294,8 @@ fn reply_plan(wire: &dyn Wire, ctx: &Ctx, reply: &Reply, fault: Fault<'_>) -> Pl
             body: PlanBody::Stream(stream_pieces(wire, ctx, frames, fault, first, between)),
         }
     } else {
-        let chunks = content.text_pieces.len()
-            + content.tools.iter().map(|t| t.pieces.len()).sum::<usize>();
+        let chunks =
+            content.text_pieces.len() + content.tools.iter().map(|t| t.pieces.len()).sum::<usize>();
         let delay = first + between * (chunks.max(1) as u32 - 1);
         non_stream_plan(wire, ctx, &content, fault, delay)
     }
@@ -309,7 +312,9 @@ fn non_stream_plan(
     let body = wire.success_body(content);
     let half = || Piece::Data(body.slice(..body.len() / 2));
     let (status, headers, body) = match fault {
-        Fault::None | Fault::NoTerminator => (200, wire.success_headers(false), PlanBody::Full(body)),
+        Fault::None | Fault::NoTerminator => {
+            (200, wire.success_headers(false), PlanBody::Full(body))
+        }
         Fault::Cut(_) => (
             200,
             wire.success_headers(false),
@@ -597,7 +602,10 @@ mod tests {
 
     #[test]
     fn paths_pick_formats() {
-        assert_eq!(Format::for_path("/v1/chat/completions"), Some(Format::OpenAi));
+        assert_eq!(
+            Format::for_path("/v1/chat/completions"),
+            Some(Format::OpenAi)
+        );
         assert_eq!(
             Format::for_path("/api/v1/chat/completions"),
             Some(Format::OpenAi)
@@ -689,7 +697,11 @@ mod tests {
 
     #[test]
     fn no_delays_means_one_write() {
-        let plan = plan(&Step::text("a b c"), &ctx(Format::Anthropic, true), &Value::Null);
+        let plan = plan(
+            &Step::text("a b c"),
+            &ctx(Format::Anthropic, true),
+            &Value::Null,
+        );
         let PlanBody::Stream(pieces) = &plan.body else {
             panic!("{plan:?}")
         };
@@ -756,7 +768,11 @@ mod tests {
 
     #[test]
     fn error_plan_sets_retry_after() {
-        let p = plan(&Step::rate_limited(7), &ctx(Format::OpenAi, false), &Value::Null);
+        let p = plan(
+            &Step::rate_limited(7),
+            &ctx(Format::OpenAi, false),
+            &Value::Null,
+        );
         assert_eq!(p.status, 429);
         assert!(
             p.headers

@@ -271,8 +271,16 @@ mod tests {
         assert_eq!(reply.chunks, None);
         assert_eq!(steps[1], Step::Echo);
         assert!(matches!(&steps[2], Step::Error(e) if e.retry_after.as_deref() == Some("3")));
-        assert!(matches!(&steps[3], Step::StreamThenError { error: Value::Null, .. }));
-        assert!(matches!(&steps[4], Step::Raw { headers, body, .. } if headers.is_empty() && body.is_empty()));
+        assert!(matches!(
+            &steps[3],
+            Step::StreamThenError {
+                error: Value::Null,
+                ..
+            }
+        ));
+        assert!(
+            matches!(&steps[4], Step::Raw { headers, body, .. } if headers.is_empty() && body.is_empty())
+        );
     }
 
     #[test]

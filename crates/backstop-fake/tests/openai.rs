@@ -43,7 +43,10 @@ async fn reply_non_streaming_has_the_completion_shape() {
     assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert_eq!(body["object"], "chat.completion");
     assert!(body["created"].is_u64());
-    assert_eq!(body["model"], "gpt-4o-mini", "defaults to the request's model");
+    assert_eq!(
+        body["model"], "gpt-4o-mini",
+        "defaults to the request's model"
+    );
     let choice = &body["choices"][0];
     assert_eq!(choice["index"], 0);
     assert_eq!(choice["message"]["role"], "assistant");
@@ -72,7 +75,10 @@ async fn reply_streaming_event_sequence() {
     assert!(header(&resp, "content-type").starts_with("text/event-stream"));
     let events = parse_sse(&read_body(resp).await.unwrap());
     assert_eq!(events.last().unwrap().data, "[DONE]");
-    assert!(events.iter().all(|e| e.event.is_none()), "OpenAI names no events");
+    assert!(
+        events.iter().all(|e| e.event.is_none()),
+        "OpenAI names no events"
+    );
     let chunks = json_events(&events);
     assert_eq!(chunks.len(), 5, "role + 3 content + finish: {chunks:?}");
     for c in &chunks {
@@ -82,9 +88,11 @@ async fn reply_streaming_event_sequence() {
         assert!(c.get("usage").is_none(), "no usage without include_usage");
     }
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert!(chunks[1..4]
-        .iter()
-        .all(|c| c["choices"][0]["finish_reason"].is_null()));
+    assert!(
+        chunks[1..4]
+            .iter()
+            .all(|c| c["choices"][0]["finish_reason"].is_null())
+    );
     assert_eq!(openai_text(&chunks), "héllo wide 🌍 world");
     assert_eq!(chunks[4]["choices"][0]["delta"], json!({}));
     assert_eq!(chunks[4]["choices"][0]["finish_reason"], "stop");
@@ -106,7 +114,10 @@ async fn include_usage_adds_a_usage_chunk_before_done() {
     assert!(usage_chunk["usage"]["completion_tokens"].as_u64().unwrap() > 0);
     let others = &chunks[..chunks.len() - 1];
     assert!(others.iter().all(|c| c["usage"].is_null()));
-    assert_eq!(others.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        others.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
 }
 
 #[tokio::test]
@@ -129,14 +140,21 @@ async fn tool_calls_streamed_in_fragments_and_whole() {
     });
     fake.push_many([reply.clone(), reply]);
 
-    let events = parse_sse(&read_body(post(&url(&fake), request(true)).await).await.unwrap());
+    let events = parse_sse(
+        &read_body(post(&url(&fake), request(true)).await)
+            .await
+            .unwrap(),
+    );
     let chunks = json_events(&events);
     let calls: Vec<&Value> = chunks
         .iter()
         .filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0"))
         .collect();
     let first: Vec<_> = calls.iter().filter(|c| c["index"] == 0).collect();
-    assert!(first.len() >= 3, "arguments split into fragments: {first:?}");
+    assert!(
+        first.len() >= 3,
+        "arguments split into fragments: {first:?}"
+    );
     assert!(first[0]["id"].as_str().unwrap().starts_with("call_"));
     assert_eq!(first[0]["type"], "function");
     assert_eq!(first[0]["function"]["name"], "get_weather");
@@ -145,14 +163,22 @@ async fn tool_calls_streamed_in_fragments_and_whole() {
         .map(|c| c["function"]["arguments"].as_str().unwrap())
         .collect();
     assert_eq!(args, r#"{"city":"Paris","unit":"c"}"#);
-    assert!(calls.iter().any(|c| c["index"] == 1 && c["id"] == "call_fixed"));
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["index"] == 1 && c["id"] == "call_fixed")
+    );
     let finish = chunks
         .iter()
         .find_map(|c| c["choices"][0]["finish_reason"].as_str())
         .unwrap();
     assert_eq!(finish, "tool_calls");
 
-    let body: Value = post(&url(&fake), request(false)).await.json().await.unwrap();
+    let body: Value = post(&url(&fake), request(false))
+        .await
+        .json()
+        .await
+        .unwrap();
     let msg = &body["choices"][0]["message"];
     assert!(msg["content"].is_null());
     assert_eq!(msg["tool_calls"][0]["function"]["name"], "get_weather");
@@ -172,14 +198,22 @@ async fn finish_reason_is_translated() {
         finish_reason: Some("max_tokens".into()),
         ..Reply::default()
     }));
-    let body: Value = post(&url(&fake), request(false)).await.json().await.unwrap();
+    let body: Value = post(&url(&fake), request(false))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["choices"][0]["finish_reason"], "length");
 }
 
 #[tokio::test]
 async fn echo_is_the_default_and_reads_text_parts() {
     let fake = FakeProvider::start().unwrap();
-    let body: Value = post(&url(&fake), request(false)).await.json().await.unwrap();
+    let body: Value = post(&url(&fake), request(false))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "echo: Say hi");
 
     let req = json!({"model": "m", "stream": true, "messages": [
@@ -193,14 +227,24 @@ async fn echo_is_the_default_and_reads_text_parts() {
 async fn error_bodies_for_each_kind() {
     let fake = FakeProvider::start().unwrap();
     let cases = [
-        (Step::rate_limited(2), 429, "requests", Some("rate_limit_exceeded")),
+        (
+            Step::rate_limited(2),
+            429,
+            "requests",
+            Some("rate_limit_exceeded"),
+        ),
         (
             Step::error_kind(429, "insufficient_quota"),
             429,
             "insufficient_quota",
             Some("insufficient_quota"),
         ),
-        (Step::error(401), 401, "invalid_request_error", Some("invalid_api_key")),
+        (
+            Step::error(401),
+            401,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        ),
         (
             Step::error_kind(400, "context_length_exceeded"),
             400,
@@ -260,7 +304,11 @@ async fn reset_fails_the_request_and_the_next_one_works() {
         .await
         .unwrap_err();
     assert!(is_connection_reset(&err), "{err:?}");
-    assert_eq!(fake.requests().len(), 1, "the request was read before the reset");
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "the request was read before the reset"
+    );
     let resp = post(&url(&fake), request(false)).await;
     assert_eq!(resp.status(), 200);
 }
@@ -323,7 +371,10 @@ async fn stream_then_stall_goes_silent() {
     let next = tokio::time::timeout(Duration::from_millis(300), resp.chunk()).await;
     assert!(next.is_err(), "nothing after the stall: {next:?}");
     drop(fake);
-    assert!(resp.chunk().await.is_err(), "shutting the fake down ends the stall");
+    assert!(
+        resp.chunk().await.is_err(),
+        "shutting the fake down ends the stall"
+    );
     assert_eq!(openai_text(&json_events(&parse_sse(&got))), "one ");
 }
 
@@ -342,14 +393,22 @@ async fn stream_then_error_sends_an_error_chunk_without_done() {
             error: json!({"message": "boom", "type": "server_error", "param": null, "code": null}),
         },
     ]);
-    let events = parse_sse(&read_body(post(&url(&fake), request(true)).await).await.unwrap());
+    let events = parse_sse(
+        &read_body(post(&url(&fake), request(true)).await)
+            .await
+            .unwrap(),
+    );
     let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
     assert_eq!(last["error"]["type"], "server_error");
     assert!(last["error"]["message"].is_string());
     assert!(events.iter().all(|e| e.data != "[DONE]"));
     assert_eq!(openai_text(&json_events(&events)), "one ");
 
-    let events = parse_sse(&read_body(post(&url(&fake), request(true)).await).await.unwrap());
+    let events = parse_sse(
+        &read_body(post(&url(&fake), request(true)).await)
+            .await
+            .unwrap(),
+    );
     let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
     assert_eq!(last["error"]["message"], "boom");
 }
@@ -361,7 +420,11 @@ async fn stream_malformed_then_continues() {
         text: "one two three".into(),
         after_chunks: 1,
     });
-    let events = parse_sse(&read_body(post(&url(&fake), request(true)).await).await.unwrap());
+    let events = parse_sse(
+        &read_body(post(&url(&fake), request(true)).await)
+            .await
+            .unwrap(),
+    );
     let bad = events.iter().position(|e| e.data == "{not json").unwrap();
     assert_eq!(openai_text(&json_events(&events[..bad])), "one ");
     assert_eq!(openai_text(&json_events(&events)), "one two three");
@@ -374,12 +437,17 @@ async fn stream_no_done_ends_cleanly_without_terminator() {
     fake.push(Step::StreamNoDone {
         text: "one two".into(),
     });
-    let body = read_body(post(&url(&fake), request(true)).await).await.unwrap();
+    let body = read_body(post(&url(&fake), request(true)).await)
+        .await
+        .unwrap();
     let events = parse_sse(&body);
     assert!(events.iter().all(|e| e.data != "[DONE]"));
     let chunks = json_events(&events);
     assert_eq!(openai_text(&chunks), "one two");
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
 }
 
 #[tokio::test]
@@ -400,7 +468,11 @@ async fn raw_sends_anything() {
 async fn prefixed_base_url_works() {
     let fake = FakeProvider::start().unwrap();
     fake.push(Step::text("routed"));
-    let resp = post(&format!("{}/api/v1/chat/completions", fake.url()), request(false)).await;
+    let resp = post(
+        &format!("{}/api/v1/chat/completions", fake.url()),
+        request(false),
+    )
+    .await;
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], "routed");
     assert_eq!(fake.requests()[0].path, "/api/v1/chat/completions");
@@ -419,4 +491,20 @@ async fn first_token_delay_holds_back_content_not_headers() {
     let events = parse_sse(&read_body(resp).await.unwrap());
     assert!(started.elapsed() >= Duration::from_millis(150));
     assert_eq!(openai_text(&json_events(&events)), "late");
+}
+
+#[tokio::test]
+async fn a_long_stream_is_delivered_whole_up_to_the_cut() {
+    let fake = FakeProvider::start().unwrap();
+    let text: String = (0..3000).map(|i| format!("w{i} ")).collect();
+    fake.push(Step::StreamThenCut {
+        text,
+        after_chunks: 2500,
+    });
+    let partial = read_body(post(&url(&fake), request(true)).await)
+        .await
+        .unwrap_err();
+    let got = openai_text(&json_events(&parse_sse(&partial)));
+    assert_eq!(got.split_whitespace().count(), 2500);
+    assert!(got.ends_with("w2499 "));
 }

@@ -56,7 +56,10 @@ pub fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
 pub fn openai_text(chunks: &[Value]) -> String {
     chunks
         .iter()
-        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str))
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+        })
         .collect()
 }
 
