@@ -6,7 +6,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::errors::ErrKind;
-use crate::plan::{Content, Frame, FrameKind, Wire, random_id, sse_event};
+use crate::ids::random_id;
+use crate::plan::{Content, Frame, FrameKind, Wire, sse_event};
 
 pub(crate) struct Anthropic;
 
@@ -279,7 +280,7 @@ mod tests {
         Content {
             model: "claude-x".into(),
             text: text.into(),
-            text_pieces: crate::plan::split_words(text),
+            text_pieces: crate::text::split_words(text),
             tools,
             finish_reason: None,
             usage: Usage {

@@ -17,14 +17,17 @@
 //!   `POST /_fake/default` (one step), `GET /_fake/requests`, `POST /_fake/reset`.
 //!
 //! Layout: [`step`] is the script, `plan` turns a step and a request into exact
-//! bytes and delays (pure, one [`Format`] per wire format), `server` executes plans.
+//! bytes and delays (pure; `openai` and `anthropic` implement its `Wire` trait,
+//! `text` and `ids` help them), `server` executes plans.
 
 mod anthropic;
 mod errors;
+mod ids;
 mod openai;
 mod plan;
 mod server;
 pub mod step;
+mod text;
 
 pub use plan::Format;
 pub use server::{FakeHandle, FakeProvider};

@@ -5,7 +5,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::errors::ErrKind;
-use crate::plan::{Content, Frame, FrameKind, Wire, random_hex, random_id, sse_data, unix_now};
+use crate::ids::{random_hex, random_id, unix_now};
+use crate::plan::{Content, Frame, FrameKind, Wire, sse_data};
 
 pub(crate) struct OpenAi;
 
@@ -349,7 +350,7 @@ mod tests {
         Content {
             model: "gpt-4o".into(),
             text: text.into(),
-            text_pieces: crate::plan::split_words(text),
+            text_pieces: crate::text::split_words(text),
             tools,
             finish_reason: None,
             usage: Usage {

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::errors::ErrKind;
 use crate::step::{ErrorStep, Reply, Step, Usage};
+use crate::text::{last_user_text, split_even, split_words};
 use crate::{anthropic, openai};
 
 /// The wire format of a route.
@@ -465,96 +466,6 @@ fn with_delays(frames: Vec<Frame>, first: Duration, between: Duration) -> Vec<Pi
     pieces
 }
 
-/// One piece per word, each word keeping the whitespace after it (leading
-/// whitespace stays with the first piece).
-pub(crate) fn split_words(text: &str) -> Vec<String> {
-    let mut pieces = Vec::new();
-    let mut start = 0;
-    let mut in_space = false;
-    let mut seen_word = false;
-    for (i, c) in text.char_indices() {
-        if c.is_whitespace() {
-            in_space = true;
-        } else {
-            if in_space && seen_word {
-                pieces.push(text[start..i].to_string());
-                start = i;
-            }
-            in_space = false;
-            seen_word = true;
-        }
-    }
-    if start < text.len() {
-        pieces.push(text[start..].to_string());
-    }
-    pieces
-}
-
-/// `n` pieces of about equal length in characters (fewer when the text is shorter).
-pub(crate) fn split_even(text: &str, n: usize) -> Vec<String> {
-    let chars = text.chars().count();
-    if chars == 0 {
-        return Vec::new();
-    }
-    let n = n.clamp(1, chars);
-    let mut pieces = Vec::with_capacity(n);
-    let mut iter = text.chars();
-    for k in 0..n {
-        let take = chars * (k + 1) / n - chars * k / n;
-        pieces.push(iter.by_ref().take(take).collect());
-    }
-    pieces
-}
-
-/// The text of the last user message, in either format's request body: string
-/// content, or the `text` of its `type: "text"` parts/blocks joined with `\n`.
-pub(crate) fn last_user_text(body: &Value) -> String {
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return String::new();
-    };
-    let Some(last) = messages
-        .iter()
-        .rev()
-        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-    else {
-        return String::new();
-    };
-    match last.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
-/// A random id: `prefix` + `len` characters of `[A-Za-z0-9]`.
-pub(crate) fn random_id(prefix: &str, len: usize) -> String {
-    let mut id = String::with_capacity(prefix.len() + len);
-    id.push_str(prefix);
-    id.extend(std::iter::repeat_with(fastrand::alphanumeric).take(len));
-    id
-}
-
-/// A random id: `prefix` + `len` lowercase hex digits.
-pub(crate) fn random_hex(prefix: &str, len: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(prefix.len() + len);
-    id.push_str(prefix);
-    id.extend(std::iter::repeat_with(|| char::from(HEX[fastrand::usize(..16)])).take(len));
-    id
-}
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// `data: <json>\n\n`
 pub(crate) fn sse_data(json: &Value) -> Vec<u8> {
     let mut out = b"data: ".to_vec();
@@ -628,45 +539,6 @@ mod tests {
         assert_eq!(c.model, "fake-model");
         assert!(!c.stream && !c.include_usage);
         assert_eq!(c.input_tokens, 1);
-    }
-
-    #[test]
-    fn words_keep_their_spacing() {
-        assert_eq!(split_words("one two  three"), ["one ", "two  ", "three"]);
-        assert_eq!(split_words(" lead trail "), [" lead ", "trail "]);
-        assert_eq!(split_words(""), Vec::<String>::new());
-        assert_eq!(split_words("héllo 🌍"), ["héllo ", "🌍"]);
-    }
-
-    #[test]
-    fn even_split_on_char_boundaries() {
-        assert_eq!(split_even("abcdefg", 3), ["ab", "cd", "efg"]);
-        assert_eq!(split_even("🌍é", 5), ["🌍", "é"]);
-        assert_eq!(split_even("abc", 0), ["abc"]);
-        assert_eq!(split_even("", 3), Vec::<String>::new());
-    }
-
-    #[test]
-    fn last_user_text_in_both_formats() {
-        let openai = json!({"messages": [
-            {"role": "system", "content": "s"},
-            {"role": "user", "content": "first"},
-            {"role": "assistant", "content": "a"},
-            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}, {"type": "text", "text": "there"}]},
-        ]});
-        assert_eq!(last_user_text(&openai), "hi\nthere");
-        let anthropic = json!({"messages": [{"role": "user", "content": "hello"}]});
-        assert_eq!(last_user_text(&anthropic), "hello");
-        assert_eq!(last_user_text(&json!({})), "");
-    }
-
-    #[test]
-    fn ids_look_real() {
-        let id = random_id("chatcmpl-", 29);
-        assert!(id.starts_with("chatcmpl-") && id.len() == 38);
-        assert!(id[9..].chars().all(|c| c.is_ascii_alphanumeric()));
-        let hex = random_hex("req_", 32);
-        assert!(hex[4..].chars().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]
