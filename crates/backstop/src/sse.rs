@@ -1,7 +1,7 @@
 //! Server-Sent Events: an incremental parser for upstream streams and a writer
 //! for client streams.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 
 /// One dispatched SSE event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -30,20 +30,529 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
     out.push(b'\n');
 }
 
-// STUB parser (replaced by the sse-fake branch)
-pub struct SseParser;
-#[allow(clippy::new_without_default, unused_variables)]
+/// An incremental SSE parser (WHATWG rules) for upstream byte streams.
+///
+/// Feed it bytes as they arrive with [`push`](Self::push); it returns every event
+/// those bytes completed. Lines end in LF, CRLF or CR, and a chunk may split a
+/// line anywhere — inside a CRLF pair or a multi-byte UTF-8 character included:
+/// the parser works on bytes and decodes a line only once it is complete
+/// (invalid UTF-8 becomes U+FFFD, never a panic).
+///
+/// Each event's `raw` is a zero-copy slice of the bytes received, from the first
+/// line of its frame through its terminating blank line, so a same-format stream
+/// can be forwarded byte for byte. Frames that dispatch nothing (comments only,
+/// `event:` without `data:`) appear in no event's `raw`.
+///
+/// One deliberate delay: a blank line ending in a bare CR that is the last byte
+/// received so far is held until the next byte (or [`finish`](Self::finish))
+/// shows whether an LF follows, so that `raw` does not depend on how the stream
+/// was chunked.
+///
+/// ```
+/// use backstop::sse::SseParser;
+///
+/// let mut p = SseParser::new();
+/// assert!(p.push(b"event: ping\ndata: {\"a\"").is_empty());
+/// let events = p.push(b":1}\n\n: keep-alive\n\n");
+/// assert_eq!(events.len(), 1);
+/// assert_eq!(events[0].event.as_deref(), Some("ping"));
+/// assert_eq!(events[0].data, "{\"a\":1}");
+/// assert_eq!(&events[0].raw[..], b"event: ping\ndata: {\"a\":1}\n\n");
+/// assert_eq!(p.buffered(), 0);
+/// assert_eq!(p.finish(), None);
+/// ```
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// Bytes of the current frame, from its first line on (plus anything after).
+    buf: BytesMut,
+    /// Start of the first line of `buf` not yet processed.
+    line_start: usize,
+    /// Where to resume looking for a line terminator (`line_start..search_from`
+    /// is known to hold none), so a long line split into many chunks is scanned once.
+    search_from: usize,
+    /// The current frame's `event:` value.
+    event: Option<String>,
+    /// The current frame's `data:` lines, joined with `\n`.
+    data: String,
+    /// Whether the current frame has had a `data` line (it may be empty).
+    has_data: bool,
+    /// No line has been processed yet (a leading UTF-8 BOM is then skipped).
+    at_stream_start: bool,
+}
+
+/// The UTF-8 byte order mark, ignored at the very start of a stream.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 impl SseParser {
+    /// A parser at the start of a stream.
     pub fn new() -> Self {
-        todo!()
+        Self {
+            at_stream_start: true,
+            ..Self::default()
+        }
     }
+
+    /// Feed bytes as they arrive; returns the events completed by them.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        todo!()
+        let mut out = Vec::new();
+        if chunk.is_empty() {
+            return out;
+        }
+        self.buf.extend_from_slice(chunk);
+        loop {
+            let len = self.buf.len();
+            let Some(rel) = self.buf[self.search_from..]
+                .iter()
+                .position(|&b| b == b'\n' || b == b'\r')
+            else {
+                self.search_from = len;
+                break;
+            };
+            let term = self.search_from + rel;
+            let next = if self.buf[term] == b'\n' {
+                term + 1
+            } else if term + 1 < len {
+                term + 1 + usize::from(self.buf[term + 1] == b'\n')
+            } else {
+                // A CR as the last byte so far: wait to see whether an LF follows.
+                self.search_from = term;
+                break;
+            };
+            if let Some(event) = self.line(term, next) {
+                out.push(event);
+            }
+        }
+        out
     }
+
+    /// The stream ended: returns a final event if one was pending without its
+    /// blank line (a stream cut before its terminator still yields what it had).
+    /// A last line without its line ending counts as a line. The parser is then
+    /// back at the start of a stream.
     pub fn finish(&mut self) -> Option<SseEvent> {
-        todo!()
+        let len = self.buf.len();
+        let mut event = None;
+        if self.line_start < len {
+            let content_end = if self.buf[len - 1] == b'\r' {
+                len - 1
+            } else {
+                len
+            };
+            event = self.line(content_end, len);
+        }
+        if event.is_none() && self.has_data {
+            let end = self.buf.len();
+            event = Some(self.dispatch(end));
+        }
+        *self = Self::new();
+        event
     }
+
+    /// Bytes buffered but not yet part of a completed event (for a bound on memory).
     pub fn buffered(&self) -> usize {
-        todo!()
+        self.buf.len()
+    }
+
+    /// Process the line `line_start..content_end` whose terminator ends at `next`.
+    fn line(&mut self, content_end: usize, next: usize) -> Option<SseEvent> {
+        let start = self.line_start;
+        self.line_start = next;
+        self.search_from = next;
+        if content_end == start {
+            return self.blank_line(next);
+        }
+        let mut line = &self.buf[start..content_end];
+        if self.at_stream_start {
+            self.at_stream_start = false;
+            line = line.strip_prefix(BOM).unwrap_or(line);
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(0) => return None, // a comment
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
+        };
+        match field {
+            b"data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.has_data = true;
+                self.data.push_str(&String::from_utf8_lossy(value));
+            }
+            b"event" => {
+                self.event =
+                    (!value.is_empty()).then(|| String::from_utf8_lossy(value).into_owned());
+            }
+            _ => {} // id, retry and unknown fields are ignored
+        }
+        None
+    }
+
+    /// A blank line ending at `end`: dispatch the frame, or drop it if it had no data.
+    fn blank_line(&mut self, end: usize) -> Option<SseEvent> {
+        self.at_stream_start = false;
+        if self.has_data {
+            Some(self.dispatch(end))
+        } else {
+            self.buf.advance(end);
+            self.reset_frame();
+            None
+        }
+    }
+
+    /// Emit the current frame, whose bytes are `buf[..end]`.
+    fn dispatch(&mut self, end: usize) -> SseEvent {
+        let raw = self.buf.split_to(end).freeze();
+        let event = SseEvent {
+            event: self.event.take(),
+            data: std::mem::take(&mut self.data),
+            raw,
+        };
+        self.reset_frame();
+        event
+    }
+
+    fn reset_frame(&mut self) {
+        self.event = None;
+        self.data.clear();
+        self.has_data = false;
+        self.line_start = 0;
+        self.search_from = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_all(input: &[u8]) -> Vec<SseEvent> {
+        let mut p = SseParser::new();
+        let mut events = p.push(input);
+        events.extend(p.finish());
+        events
+    }
+
+    fn datas(events: &[SseEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.data.as_str()).collect()
+    }
+
+    #[test]
+    fn writer_output_parses_back() {
+        let mut out = Vec::new();
+        write_event(&mut out, Some("message_start"), "line one\nline two");
+        let events = parse_all(&out);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event.as_deref(), Some("message_start"));
+        assert_eq!(events[0].data, "line one\nline two");
+        assert_eq!(&events[0].raw[..], &out[..]);
+    }
+
+    #[test]
+    fn lf_crlf_and_cr_line_endings() {
+        for input in [
+            &b"data: a\n\ndata: b\n\n"[..],
+            b"data: a\r\n\r\ndata: b\r\n\r\n",
+            b"data: a\r\rdata: b\r\r",
+            b"data: a\r\n\ndata: b\n\r\n",
+        ] {
+            let events = parse_all(input);
+            assert_eq!(datas(&events), ["a", "b"], "{input:?}");
+            let raw: Vec<u8> = events.iter().flat_map(|e| e.raw.to_vec()).collect();
+            assert_eq!(raw, input);
+        }
+    }
+
+    #[test]
+    fn crlf_split_between_chunks() {
+        let mut p = SseParser::new();
+        assert!(p.push(b"data: a\r").is_empty());
+        assert!(
+            p.push(b"\n\r").is_empty(),
+            "blank line held until the next byte"
+        );
+        let events = p.push(b"\ndata: b\r\n\r\n");
+        assert_eq!(datas(&events), ["a", "b"]);
+        assert_eq!(&events[0].raw[..], b"data: a\r\n\r\n");
+        assert_eq!(&events[1].raw[..], b"data: b\r\n\r\n");
+        assert_eq!(p.buffered(), 0);
+    }
+
+    #[test]
+    fn bare_cr_terminator_dispatches_on_next_byte_or_finish() {
+        let mut p = SseParser::new();
+        assert!(p.push(b"data: a\r\r").is_empty());
+        let events = p.push(b"d");
+        assert_eq!(datas(&events), ["a"]);
+        assert_eq!(&events[0].raw[..], b"data: a\r\r");
+
+        let mut p = SseParser::new();
+        assert!(p.push(b"data: z\r\r").is_empty());
+        let last = p.finish();
+        assert_eq!(last.as_ref().map(|e| e.data.as_str()), Some("z"));
+        assert_eq!(
+            last.map(|e| e.raw),
+            Some(Bytes::from_static(b"data: z\r\r"))
+        );
+    }
+
+    #[test]
+    fn comments_are_ignored_but_kept_in_raw() {
+        let input = b": hello\ndata: x\n: inside\ndata: y\n\n";
+        let events = parse_all(input);
+        assert_eq!(datas(&events), ["x\ny"]);
+        assert_eq!(&events[0].raw[..], input);
+    }
+
+    #[test]
+    fn comment_only_frames_dispatch_nothing() {
+        let mut p = SseParser::new();
+        assert!(p.push(b": keep-alive\n\n").is_empty());
+        assert_eq!(p.buffered(), 0);
+        let events = p.push(b":ping\n\ndata: 1\n\n");
+        assert_eq!(datas(&events), ["1"]);
+        assert_eq!(&events[0].raw[..], b"data: 1\n\n");
+        assert_eq!(p.finish(), None);
+    }
+
+    #[test]
+    fn event_without_data_is_not_dispatched() {
+        let events = parse_all(b"event: ping\n\nid: 3\nretry: 10\n\nevent: x\ndata\n\n");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event.as_deref(), Some("x"));
+        assert_eq!(
+            events[0].data, "",
+            "a bare `data` line is an empty data line"
+        );
+        assert_eq!(&events[0].raw[..], b"event: x\ndata\n\n");
+    }
+
+    #[test]
+    fn multi_line_data_joined_with_lf() {
+        let events = parse_all(b"data: one\ndata:two\ndata:  three\ndata:\n\n");
+        assert_eq!(datas(&events), ["one\ntwo\n three\n"]);
+    }
+
+    #[test]
+    fn only_one_space_after_colon_is_stripped() {
+        let events = parse_all(b"data:no-space\n\ndata:  two\n\nevent:  e\ndata: a:b\n\n");
+        assert_eq!(datas(&events), ["no-space", " two", "a:b"]);
+        assert_eq!(events[2].event.as_deref(), Some(" e"));
+    }
+
+    #[test]
+    fn event_name_applies_to_its_frame_only() {
+        let events = parse_all(b"event: a\ndata: 1\n\ndata: 2\n\nevent:\ndata: 3\n\n");
+        let names: Vec<_> = events.iter().map(|e| e.event.as_deref()).collect();
+        assert_eq!(names, [Some("a"), None, None]);
+    }
+
+    #[test]
+    fn id_retry_and_unknown_fields_ignored() {
+        let events = parse_all(b"id: 7\nretry: 100\nfoo: bar\ndata: d\n\n");
+        assert_eq!(datas(&events), ["d"]);
+        assert_eq!(events[0].event, None);
+    }
+
+    #[test]
+    fn utf8_split_across_chunks() {
+        let input = "data: héllo 🌍\n\n".as_bytes();
+        let mut p = SseParser::new();
+        let mut events = Vec::new();
+        for b in input {
+            events.extend(p.push(std::slice::from_ref(b)));
+        }
+        assert_eq!(datas(&events), ["héllo 🌍"]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_a_panic() {
+        let events = parse_all(b"event: \xff\ndata: a\xc3\n\n");
+        assert_eq!(events[0].data, "a\u{FFFD}");
+        assert_eq!(events[0].event.as_deref(), Some("\u{FFFD}"));
+    }
+
+    #[test]
+    fn leading_bom_is_skipped() {
+        let events = parse_all(b"\xEF\xBB\xBFdata: a\n\n\xEF\xBB\xBFdata: b\n\n");
+        assert_eq!(
+            datas(&events),
+            ["a"],
+            "a BOM later in the stream is not skipped"
+        );
+    }
+
+    #[test]
+    fn finish_yields_a_cut_event() {
+        let mut p = SseParser::new();
+        assert!(p.push(b"data: {\"a\":1}\n").is_empty());
+        assert_eq!(p.buffered(), 14);
+        let e = p.finish();
+        assert_eq!(e.as_ref().map(|e| e.data.as_str()), Some("{\"a\":1}"));
+        assert_eq!(p.buffered(), 0);
+
+        let mut p = SseParser::new();
+        assert!(p.push(b"data: [DONE]").is_empty());
+        let e = p.finish();
+        assert_eq!(e.as_ref().map(|e| e.data.as_str()), Some("[DONE]"));
+        assert_eq!(e.map(|e| e.raw), Some(Bytes::from_static(b"data: [DONE]")));
+
+        let mut p = SseParser::new();
+        assert!(p.push(b": only a comment\nevent: x\n").is_empty());
+        assert_eq!(p.finish(), None);
+    }
+
+    #[test]
+    fn finish_resets_the_parser() {
+        let mut p = SseParser::new();
+        assert!(p.push(b"event: a\ndata: 1").is_empty());
+        assert!(p.finish().is_some());
+        let events = p.push(b"data: 2\n\n");
+        assert_eq!(events[0].event, None);
+        assert_eq!(events[0].data, "2");
+    }
+
+    #[test]
+    fn buffered_counts_pending_bytes() {
+        let mut p = SseParser::new();
+        assert_eq!(p.push(b"data: 1\n\ndata: 2").len(), 1);
+        assert_eq!(p.buffered(), 7);
+        assert_eq!(p.push(b"\n\n").len(), 1);
+        assert_eq!(p.buffered(), 0);
+    }
+
+    #[test]
+    fn long_line_in_many_chunks() {
+        let payload = "x".repeat(100_000);
+        let input = format!("data: {payload}\n\n");
+        let mut p = SseParser::new();
+        let mut events = Vec::new();
+        for piece in input.as_bytes().chunks(7) {
+            events.extend(p.push(piece));
+        }
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data, payload);
+    }
+
+    // ---- property tests ----
+
+    #[derive(Debug, Clone)]
+    enum Frame {
+        Event {
+            name: Option<String>,
+            data: String,
+            comment: Option<String>,
+        },
+        KeepAlive(String),
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        // Printable text with multi-byte characters and colons/spaces; no CR/LF.
+        proptest::collection::vec(
+            prop_oneof![
+                Just("héllo 🌍".to_string()),
+                Just(" ".to_string()),
+                Just(":".to_string()),
+                Just("€".to_string()),
+                "[a-zA-Z0-9{}\"\\[\\],]{1,8}",
+            ],
+            0..6,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            4 => (
+                proptest::option::of("[a-z_]{1,12}"),
+                proptest::collection::vec(text(), 1..4).prop_map(|lines| lines.join("\n")),
+                proptest::option::of(text()),
+            )
+                .prop_map(|(name, data, comment)| Frame::Event { name, data, comment }),
+            1 => text().prop_map(Frame::KeepAlive),
+        ]
+    }
+
+    /// An expected event: name, data, raw bytes.
+    type Expected = (Option<String>, String, Vec<u8>);
+
+    /// Serialize frames with the given line endings (cycled); returns the bytes and
+    /// the expected (name, data, raw) of each dispatched event.
+    fn serialize(frames: &[Frame], endings: &[&'static str]) -> (Vec<u8>, Vec<Expected>) {
+        let mut out = Vec::new();
+        let mut expected = Vec::new();
+        let mut i = 0;
+        let mut prev = "";
+        // A bare CR followed by a bare LF would read as one CRLF: avoid that pair.
+        let mut eol = || {
+            let mut e = endings[i % endings.len()];
+            i += 1;
+            if prev == "\r" && e == "\n" {
+                e = "\r\n";
+            }
+            prev = e;
+            e
+        };
+        for frame in frames {
+            let mut bytes = String::new();
+            match frame {
+                Frame::Event {
+                    name,
+                    data,
+                    comment,
+                } => {
+                    if let Some(c) = comment {
+                        bytes += &format!(":{c}{}", eol());
+                    }
+                    if let Some(n) = name {
+                        bytes += &format!("event: {n}{}", eol());
+                    }
+                    for line in data.split('\n') {
+                        bytes += &format!("data: {line}{}", eol());
+                    }
+                    bytes += eol();
+                    expected.push((name.clone(), data.clone(), bytes.clone().into_bytes()));
+                }
+                Frame::KeepAlive(c) => {
+                    bytes += &format!(":{c}{}{}", eol(), eol());
+                }
+            }
+            out.extend_from_slice(bytes.as_bytes());
+        }
+        (out, expected)
+    }
+
+    proptest! {
+        #[test]
+        fn chunking_never_changes_the_events(
+            frames in proptest::collection::vec(frame(), 0..8),
+            endings in proptest::collection::vec(
+                prop_oneof![Just("\n"), Just("\r\n"), Just("\r")], 1..4),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let (input, expected) = serialize(&frames, &endings);
+            let whole = parse_all(&input);
+
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+            points.push(0);
+            points.push(input.len());
+            points.sort_unstable();
+            let mut p = SseParser::new();
+            let mut chunked = Vec::new();
+            for w in points.windows(2) {
+                chunked.extend(p.push(&input[w[0]..w[1]]));
+            }
+            chunked.extend(p.finish());
+
+            prop_assert_eq!(&chunked, &whole);
+            let got: Vec<_> = whole
+                .iter()
+                .map(|e| (e.event.clone(), e.data.clone(), e.raw.to_vec()))
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
     }
 }
