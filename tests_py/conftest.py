@@ -11,7 +11,9 @@ import subprocess
 import tempfile
 import time
 
-import httpx
+import json
+import urllib.request
+
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -60,22 +62,26 @@ class Fake:
 
     def __init__(self, url):
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def _call(self, method, path, payload=None):
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("content-type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
 
     def script(self, *steps):
-        r = self.http.post("/_fake/script", json=list(steps))
-        r.raise_for_status()
+        self._call("POST", "/_fake/script", list(steps))
 
     def default(self, step):
-        self.http.post("/_fake/default", json=step).raise_for_status()
+        self._call("POST", "/_fake/default", step)
 
     def requests(self):
-        r = self.http.get("/_fake/requests")
-        r.raise_for_status()
-        return r.json()
+        return self._call("GET", "/_fake/requests")
 
     def reset(self):
-        self.http.post("/_fake/reset").raise_for_status()
+        self._call("POST", "/_fake/reset", {})
 
 
 @pytest.fixture(scope="session")

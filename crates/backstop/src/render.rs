@@ -33,8 +33,25 @@ pub fn chain_error(
     upstream_of: impl Fn(&str) -> Option<WireFormat>,
     f: &ChainFailure,
 ) -> ChainError {
-    if f.returned
-        && let Some(last) = f.failed.last()
+    // The deciding failure goes back as the provider put it when it is the client's
+    // problem (a bad or too-long request, a policy refusal): agents act on its exact
+    // code (`context_length_exceeded` → compact the history). Failures of Backstop's own
+    // keys (auth, billing) are never shown as the client's 401/402.
+    let client_side = |a: &crate::failover::Attempt| {
+        matches!(
+            a.failure.reason,
+            Reason::ContextOverflow
+                | Reason::BadRequest
+                | Reason::ContentPolicy
+                | Reason::ModelNotFound
+                | Reason::Unknown
+        ) && a
+            .failure
+            .status
+            .is_some_and(|s| (400..500).contains(&s) && s != 429)
+    };
+    if let Some(last) = f.failed.last()
+        && (f.returned || client_side(last))
     {
         let status = last.failure.status.unwrap_or(400);
         let kind = ErrorKind::from_status(status);
