@@ -10,12 +10,14 @@
 #![allow(clippy::result_large_err)]
 
 pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod failover;
 pub mod provider;
 pub mod render;
 pub mod secret;
 pub mod sse;
+pub mod state;
 pub mod wire;
 
 pub use chat::WireFormat;

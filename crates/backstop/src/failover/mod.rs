@@ -5,7 +5,12 @@
 //! - [`classify`]: turns whatever came back into one [`Failure`];
 //! - [`decide`]: what a failure means for the rest of the plan.
 
+pub mod backoff;
+pub mod breaker;
+pub mod budget;
 pub mod classify;
+pub mod cooldown;
+pub mod cooldowns;
 pub mod decide;
 pub mod execute;
 pub mod failure;

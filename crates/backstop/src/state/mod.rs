@@ -1,0 +1,63 @@
+//! Shared failover state: every scope's breaker and every profile's last use.
+//!
+//! The engine talks only to [`StateStore`]. It is synchronous and cheap on
+//! purpose: it is called on the hot path (admit before every attempt, record
+//! after it), so a store answers from memory and persists behind the scenes (a
+//! file store writes `auth-state.json` in the background; a Redis store keeps a
+//! local cache and publishes changes). [`MemoryStore`] is the in-process one,
+//! and the cache the others are expected to build on.
+//!
+//! Times are epoch milliseconds passed in by the caller (from a
+//! [`crate::clock::Clock`]), so stores never read the clock themselves.
+
+pub mod memory;
+
+pub use crate::failover::breaker::{Admission, BreakerSnapshot, BreakerState};
+pub use crate::failover::cooldown::{Penalty, Scope};
+pub use memory::MemoryStore;
+
+/// Where breakers and usage live. See the module docs.
+///
+/// Every method is one short critical section; none blocks on I/O or is held across an await.
+pub trait StateStore: Send + Sync + std::fmt::Debug {
+    /// May a caller use `scope` now? Closed → `Allowed`; open → `Denied` until the window
+    /// ends; half-open → `Probe` for exactly one caller, whose lease lasts `probe_lease_ms`
+    /// (then the next caller may probe), `Denied` until the lease ends for the others.
+    fn admit(&self, scope: &Scope, now_ms: u64, probe_lease_ms: u64) -> Admission;
+
+    /// Give back a probe lease without a verdict (the request was cancelled). True if one was out.
+    fn release_probe(&self, scope: &Scope) -> bool;
+
+    /// Apply a failure to `scope`'s breaker: count it, and open (or reopen one rung up, or
+    /// extend, never shorten) its cooldown as [`Penalty`] describes. Returns the breaker after.
+    ///
+    /// The store computes the rung inside its critical section (from the breaker's own
+    /// consecutive count), so concurrent failures cannot both read the same count and race.
+    fn record_failure(&self, scope: &Scope, penalty: &Penalty, now_ms: u64) -> BreakerSnapshot;
+
+    /// A request on `scope` succeeded: close its breaker and reset its counters.
+    /// True if there was anything to close.
+    fn record_success(&self, scope: &Scope, now_ms: u64) -> bool;
+
+    /// When `scope` can next be used: `None` = now (closed, or half-open with the probe
+    /// free); else the epoch ms its window (or the outstanding probe's lease) ends.
+    fn usable_at(&self, scope: &Scope, now_ms: u64) -> Option<u64>;
+
+    /// One scope's breaker, if it has one (closed scopes with no history have none).
+    fn get(&self, scope: &Scope, now_ms: u64) -> Option<BreakerSnapshot>;
+
+    /// Note that `provider:profile` was just used (for least-recently-used profile order).
+    fn mark_used(&self, provider: &str, profile: &str, now_ms: u64);
+
+    /// When `provider:profile` was last used, if ever.
+    fn last_used(&self, provider: &str, profile: &str) -> Option<u64>;
+
+    /// Every breaker that is not pristine, sorted by scope (for status and the CLI).
+    fn snapshot(&self, now_ms: u64) -> Vec<(Scope, BreakerSnapshot)>;
+
+    /// Close one scope's breaker by hand. True if it had one.
+    fn clear(&self, scope: &Scope) -> bool;
+
+    /// Close every breaker by hand (usage times are kept).
+    fn clear_all(&self);
+}
