@@ -120,6 +120,7 @@ def gateway_config(fake_url):
           {{ id: "solo-anthropic", model: {{ primary: "an/claude-haiku-4-5", fallbacks: [] }} }},
         ],
       }},
+      retry: {{ max_attempts: 2, backoff_ms: 10 }},
       timeouts: {{ connect_ms: 2000, first_token_ms: 5000, idle_ms: 5000, request_ms: 20000 }},
     }}
     """
@@ -140,6 +141,17 @@ def gateway(fake_process):
     proc, url = _start([BACKSTOP_BIN, "serve", "--config", str(cfg)], env=env)
     yield url
     _stop(proc)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cooldowns(request):
+    """Each test starts with no cooldowns left over from the one before."""
+    if "gateway" in request.fixturenames:
+        url = request.getfixturevalue("gateway")
+        req = urllib.request.Request(url + "/v1/cooldowns", method="DELETE")
+        req.add_header("authorization", f"Bearer {CLIENT_KEY}")
+        urllib.request.urlopen(req, timeout=10).close()
+    yield
 
 
 @pytest.fixture

@@ -125,7 +125,8 @@ def test_cross_format_streaming_tools(anthropic_client, fake):
 
 
 def test_fallback_across_formats(anthropic_client, fake):
-    fake.script({"type": "error", "status": 529, "kind": "overloaded_error"}, {"type": "reply", "text": "gpt here"})
+    overloaded = {"type": "error", "status": 529, "kind": "overloaded_error"}
+    fake.script(overloaded, overloaded, {"type": "reply", "text": "gpt here"})
     raw = anthropic_client.messages.with_raw_response.create(
         model="claude-first", max_tokens=32, messages=[{"role": "user", "content": "hi"}]
     )

@@ -120,6 +120,12 @@ async fn serve(
                 None => error_response(ingress, &e.error),
             };
             set_attempts(resp.headers_mut(), failure.failed.len());
+            if let Some(wait) = failure.retry_after {
+                // Whole seconds, rounded up: a client must not come back before the soonest recovery.
+                let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
             Ok(resp)
         }
     }

@@ -54,9 +54,18 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     );
     let mut unusable = Vec::new();
     for (name, chain) in &chains {
-        let usable = std::iter::once(&chain.primary)
-            .chain(chain.fallbacks.iter())
-            .any(|m| !backstop::failover::plan::profile_order(config, &m.provider).is_empty());
+        let route = backstop::config::Route {
+            agent: Some(name.clone()),
+            targets: std::iter::once(chain.primary.clone())
+                .chain(chain.fallbacks.iter().cloned())
+                .collect(),
+        };
+        let usable = state
+            .engine
+            .plan(&route)
+            .targets
+            .iter()
+            .any(|t| t.usable_at.is_none());
         if !usable {
             unusable.push(name.clone());
         }

@@ -6,11 +6,12 @@
 #![forbid(unsafe_code)]
 
 mod chat;
+mod cooldowns;
 mod guard;
 mod info;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use backstop::Config;
 use backstop::failover::Engine;
 use std::future::Future;
@@ -45,6 +46,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(info::models))
         .route("/health", get(info::health))
         .route("/ready", get(info::ready))
+        .route(
+            "/v1/cooldowns",
+            get(cooldowns::list).delete(cooldowns::clear_all),
+        )
+        .route("/v1/cooldowns/{*scope}", delete(cooldowns::clear))
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -13,6 +13,7 @@ pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod failover;
+pub mod models;
 pub mod provider;
 pub mod render;
 pub mod secret;

@@ -87,8 +87,17 @@ pub fn chain_error(
             format!("{}: {}{status}", a.target, a.failure.reason)
         })
         .collect();
+    for (t, until) in &f.cooling {
+        lines.push(format!(
+            "{t}: cooling down until {}",
+            crate::clock::rfc3339(*until)
+        ));
+    }
     for (m, why) in &f.unusable {
         lines.push(format!("{m}: {why}"));
+    }
+    if f.budget_spent {
+        lines.push("retry budget exhausted (too many retries in the last seconds)".to_string());
     }
     let all_rate_limited = !f.failed.is_empty()
         && f.failed

@@ -289,6 +289,7 @@ pub fn classify_status_with(
         retry_after,
         upstream: upstream.map(scrub_body_error),
         raw_body: Some(scrub_bytes(body)),
+        silent: false,
     }
 }
 
@@ -301,7 +302,10 @@ pub fn classify_transport(err: &TransportError) -> Failure {
         | TransportError::Reset(_)
         | TransportError::Other(_) => R::Timeout,
     };
-    Failure::new(reason, Phase::Transport, one_line(&err.to_string()))
+    let mut f = Failure::new(reason, Phase::Transport, one_line(&err.to_string()));
+    // A connect that timed out is silence; a refusal or a reset is an answer of sorts.
+    f.silent = matches!(err, TransportError::ConnectTimeout);
+    f
 }
 
 /// Classify an error event inside a stream. Without other evidence an in-band error

@@ -4,18 +4,22 @@
 //! produced its first content (the commit point): every failure before that
 //! moves on invisibly to the client.
 
+use super::budget::RetryBudget;
 use super::classify;
-use super::decide::{Action, decide};
+use super::cooldowns::Cooldowns;
+use super::decide::{Action, Situation, decide};
 use super::failure::{Failure, Phase, Reason};
 use super::plan::{AttemptPlan, Target};
 use super::stream::{StreamItem, UpstreamDecoder, UpstreamStream};
 use crate::chat::{self, StreamEvent, WireFormat};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ModelRef, Route};
 use crate::provider::{Upstream, Upstreams, anthropic::DEFAULT_MAX_TOKENS};
 use crate::sse::SseEvent;
+use crate::state::{Admission, MemoryStore, StateStore};
 use crate::wire;
 use bytes::Bytes;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -109,88 +113,318 @@ pub struct ChainFailure {
     pub failed: Vec<Attempt>,
     /// Models that could not be tried at all, with why.
     pub unusable: Vec<(ModelRef, String)>,
+    /// Targets never tried because they were cooling down, with when they recover (epoch ms).
+    pub cooling: Vec<(Target, u64)>,
     /// True when the last failure was returned on purpose (a client-side error).
     pub returned: bool,
+    /// True when retries stopped because the retry budget was spent.
+    pub budget_spent: bool,
+    /// How long until the soonest target becomes usable again, when one is cooling.
+    pub retry_after: Option<Duration>,
 }
 
-/// The engine: configuration plus one pooled client per provider.
+/// The engine: configuration, one pooled client per provider, and the shared
+/// failover state (cooldowns, retry budget).
 pub struct Engine {
     pub config: Arc<Config>,
     upstreams: Upstreams,
+    pub cooldowns: Cooldowns,
+    budget: RetryBudget,
+    rng: Mutex<fastrand::Rng>,
+}
+
+/// How one target ended.
+enum TargetEnd {
+    Answered(Answer),
+    /// Move on, as the decision said.
+    Next(Action),
+    /// The retry budget is spent: stop retrying and failing over.
+    BudgetSpent,
+}
+
+/// Book-keeping for one request.
+struct Run {
+    deadline: Instant,
+    attempts: usize,
+    failed: Vec<Attempt>,
 }
 
 impl Engine {
+    /// An engine with in-memory state and the system clock.
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        Self::with_state(config, Arc::new(MemoryStore::new()), Arc::new(SystemClock))
+    }
+
+    /// An engine on the given state store and clock (tests inject a manual clock).
+    pub fn with_state(
+        config: Arc<Config>,
+        store: Arc<dyn StateStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
         let upstreams = Upstreams::new(&config)?;
-        Ok(Engine { config, upstreams })
+        // A cooldown may honour a provider's Retry-After up to the ladder's own cap;
+        // `retry.max_retry_after_ms` only bounds how long one request waits.
+        let cooldowns = Cooldowns::new(
+            store,
+            clock,
+            config.auth.cooldowns.clone(),
+            Duration::from_secs(24 * 60 * 60),
+        )
+        .with_probe_lease(Duration::from_millis(config.timeouts.request_ms));
+        let budget = RetryBudget::from_config(&config.retry);
+        Ok(Engine {
+            config,
+            upstreams,
+            cooldowns,
+            budget,
+            rng: Mutex::new(fastrand::Rng::new()),
+        })
     }
 
-    /// Serve one call: plan, then try targets in order.
+    /// The plan this call would follow now.
+    pub fn plan(&self, route: &Route) -> AttemptPlan {
+        super::plan::plan(&self.config, route, &self.cooldowns)
+    }
+
+    /// Serve one call: plan, then try targets in order, retrying, rotating and
+    /// falling back as the decision says, within one deadline.
     pub async fn execute(&self, call: &Call) -> Result<Success, ChainFailure> {
-        let plan = super::plan::plan(&self.config, &call.route);
-        self.execute_plan(call, plan).await
-    }
-
-    async fn execute_plan(&self, call: &Call, plan: AttemptPlan) -> Result<Success, ChainFailure> {
-        let deadline = Instant::now() + Duration::from_millis(self.config.timeouts.request_ms);
-        let mut failed: Vec<Attempt> = Vec::new();
-        let mut skip_model: Option<usize> = None;
+        self.budget.deposit(self.cooldowns.now_ms());
+        let plan = self.plan(&call.route);
+        let mut run = Run {
+            deadline: Instant::now() + Duration::from_millis(self.config.timeouts.request_ms),
+            attempts: 0,
+            failed: Vec::new(),
+        };
         let first_model = call.route.targets.first().cloned();
-        for target in plan.targets {
+        let mut skip_model: Option<usize> = None;
+        // After a context overflow: only models with a larger window than this one.
+        let mut need_window_above: Option<u64> = None;
+        let mut cooling: Vec<&Target> = Vec::new();
+        let mut budget_spent = false;
+        for (idx, target) in plan.targets.iter().enumerate() {
             if skip_model == Some(target.model_index) {
                 continue;
             }
-            if Instant::now() >= deadline {
+            if let Some(min) = need_window_above
+                && self.window(&target.model).is_some_and(|w| w <= min)
+            {
+                continue;
+            }
+            if Instant::now() >= run.deadline {
                 break;
             }
-            let Some(upstream) = self.upstreams.get(&target.model.provider).cloned() else {
+            let (p, a, m) = (&target.model.provider, &target.profile, &target.model.model);
+            if let Admission::Denied { until_ms, reason } = self.cooldowns.admit(p, a, m) {
+                tracing::debug!(request_id = %call.request_id, target = %target, %reason, until_ms, "skipped: cooling down");
+                cooling.push(target);
                 continue;
-            };
-            match self.attempt(call, &upstream, &target, deadline).await {
-                Ok(answer) => {
-                    tracing::debug!(request_id = %call.request_id, target = %target, "attempt succeeded");
-                    return Ok(Success {
-                        upstream_format: upstream.api(),
-                        target,
-                        first_model,
-                        failed,
-                        answer,
-                    });
+            }
+            match self.try_target(call, &plan, idx, &mut run).await {
+                TargetEnd::Answered(answer) => {
+                    return Ok(self.success(call, target, first_model, run, answer));
                 }
-                Err(failure) => {
-                    let action = decide(&failure);
-                    tracing::info!(
-                        request_id = %call.request_id,
-                        target = %target,
-                        reason = %failure.reason,
-                        status = failure.status,
-                        action = ?action,
-                        message = %failure.message,
-                        "attempt failed"
-                    );
-                    failed.push(Attempt {
-                        target: target.clone(),
-                        failure,
-                    });
-                    match action {
-                        Action::ReturnToClient => {
-                            return Err(ChainFailure {
-                                failed,
-                                unusable: plan.unusable,
-                                returned: true,
-                            });
-                        }
-                        Action::NextModel => skip_model = Some(target.model_index),
-                        Action::NextTarget => {}
+                TargetEnd::BudgetSpent => {
+                    budget_spent = true;
+                    break;
+                }
+                TargetEnd::Next(action) => match action {
+                    Action::ReturnToClient => {
+                        return Err(self.chain_failure(&plan, run, true, false));
                     }
+                    Action::NextModel => skip_model = Some(target.model_index),
+                    Action::NextLargerModel => {
+                        skip_model = Some(target.model_index);
+                        // Unknown window: nothing to compare with, every later model may try.
+                        if let Some(w) = self.window(&target.model) {
+                            need_window_above = Some(need_window_above.map_or(w, |n| n.max(w)));
+                        }
+                    }
+                    Action::NextProfile | Action::RetrySame { .. } => {}
+                },
+            }
+        }
+        // Every target was cooling down: probe the one that recovers soonest rather than
+        // failing without trying (PRODUCT §3.3).
+        if run.attempts == 0 && !budget_spent && Instant::now() < run.deadline {
+            let soonest = cooling
+                .iter()
+                .min_by_key(|t| {
+                    self.cooldowns
+                        .usable_at(&t.model.provider, &t.profile, &t.model.model)
+                })
+                .copied();
+            if let Some(target) = soonest {
+                let idx = plan.targets.iter().position(|t| t == target).unwrap_or(0);
+                tracing::info!(request_id = %call.request_id, target = %target, "every target is cooling down: probing the soonest");
+                if let TargetEnd::Answered(answer) =
+                    self.try_target(call, &plan, idx, &mut run).await
+                {
+                    return Ok(self.success(call, target, first_model, run, answer));
                 }
             }
         }
-        Err(ChainFailure {
-            failed,
-            unusable: plan.unusable,
-            returned: false,
+        Err(self.chain_failure(&plan, run, false, budget_spent))
+    }
+
+    fn window(&self, model: &ModelRef) -> Option<u64> {
+        crate::models::context_window(&self.config, &model.provider, &model.model)
+    }
+
+    fn success(
+        &self,
+        call: &Call,
+        target: &Target,
+        first_model: Option<ModelRef>,
+        run: Run,
+        answer: Answer,
+    ) -> Success {
+        let success = Success {
+            upstream_format: self
+                .upstreams
+                .get(&target.model.provider)
+                .map_or(call.ingress, |u| u.api()),
+            target: target.clone(),
+            first_model,
+            failed: run.failed,
+            answer,
+        };
+        if let Some((reason, notice)) = success.fallback_notice() {
+            tracing::info!(
+                request_id = %call.request_id,
+                to = %success.target.model,
+                %reason,
+                attempts = success.attempts(),
+                "{notice}"
+            );
+        }
+        success
+    }
+
+    fn chain_failure(
+        &self,
+        plan: &AttemptPlan,
+        run: Run,
+        returned: bool,
+        budget_spent: bool,
+    ) -> ChainFailure {
+        let now = self.cooldowns.now_ms();
+        let mut cooling = Vec::new();
+        let mut soonest: Option<u64> = None;
+        for t in &plan.targets {
+            if let Some(until) =
+                self.cooldowns
+                    .usable_at(&t.model.provider, &t.profile, &t.model.model)
+            {
+                soonest = Some(soonest.map_or(until, |s: u64| s.min(until)));
+                if !run.failed.iter().any(|a| &a.target == t) {
+                    cooling.push((t.clone(), until));
+                }
+            }
+        }
+        ChainFailure {
+            failed: run.failed,
+            unusable: plan.unusable.clone(),
+            cooling,
+            returned,
+            budget_spent,
+            retry_after: soonest.map(|u| Duration::from_millis(u.saturating_sub(now))),
+        }
+    }
+
+    /// Whether a later target of the plan is another profile of the same model, usable now.
+    fn other_profile_usable(&self, plan: &AttemptPlan, idx: usize) -> bool {
+        let here = &plan.targets[idx];
+        plan.targets[idx + 1..].iter().any(|t| {
+            t.model_index == here.model_index
+                && self
+                    .cooldowns
+                    .usable_at(&t.model.provider, &t.profile, &t.model.model)
+                    .is_none()
         })
+    }
+
+    /// Try one target, retrying it as the decision says.
+    async fn try_target(
+        &self,
+        call: &Call,
+        plan: &AttemptPlan,
+        idx: usize,
+        run: &mut Run,
+    ) -> TargetEnd {
+        let target = &plan.targets[idx];
+        let (p, a, m) = (&target.model.provider, &target.profile, &target.model.model);
+        let Some(upstream) = self.upstreams.get(p).cloned() else {
+            return TargetEnd::Next(Action::NextModel);
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            // Every attempt after a request's first is a retry or a failover: it needs budget.
+            if run.attempts > 0 && !self.budget.try_withdraw(self.cooldowns.now_ms()) {
+                tracing::warn!(request_id = %call.request_id, target = %target, "retry budget spent: not retrying");
+                self.cooldowns.on_abandon(p, a, m);
+                return TargetEnd::BudgetSpent;
+            }
+            attempt += 1;
+            run.attempts += 1;
+            let failure = match self.attempt(call, &upstream, target, run.deadline).await {
+                Ok(answer) => {
+                    self.cooldowns.on_success(p, a, m);
+                    return TargetEnd::Answered(answer);
+                }
+                Err(f) => f,
+            };
+            let remaining = run.deadline.saturating_duration_since(Instant::now());
+            let backoff = {
+                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                super::backoff::backoff(self.config.retry.backoff_ms, attempt - 1, &mut rng)
+            };
+            let situation = Situation {
+                attempt,
+                other_profile_usable: self.other_profile_usable(plan, idx),
+                remaining,
+                backoff,
+            };
+            let action = decide(&failure, &self.config.retry, &situation);
+            // A target we move away from cools down; a rate limit cools down even while we
+            // wait it out, so concurrent requests stop hitting it.
+            let cooled = match action {
+                Action::RetrySame { .. } if failure.reason != Reason::RateLimit => None,
+                Action::ReturnToClient => {
+                    self.cooldowns.on_abandon(p, a, m);
+                    None
+                }
+                _ => self
+                    .cooldowns
+                    .on_failure(p, a, m, failure.reason, failure.retry_after),
+            };
+            tracing::info!(
+                request_id = %call.request_id,
+                target = %target,
+                attempt = run.attempts,
+                reason = %failure.reason,
+                status = failure.status,
+                action = ?action,
+                cooldown = cooled.as_ref().map(|(scope, until)| format!("{scope} until {until}")),
+                message = %failure.message,
+                "failover decision"
+            );
+            run.failed.push(Attempt {
+                target: target.clone(),
+                failure,
+            });
+            match action {
+                Action::RetrySame { after } => {
+                    if !after.is_zero() {
+                        tokio::time::sleep_until((Instant::now() + after).min(run.deadline)).await;
+                    }
+                    if Instant::now() >= run.deadline {
+                        return TargetEnd::Next(Action::NextProfile);
+                    }
+                }
+                other => return TargetEnd::Next(other),
+            }
+        }
     }
 
     /// The body this upstream gets for this call.
@@ -262,8 +496,7 @@ impl Engine {
         .await
         {
             Err(_) => {
-                return Err(Failure::new(
-                    Reason::Timeout,
+                return Err(Failure::silence(
                     Phase::Transport,
                     "no response from upstream in time",
                 ));
@@ -273,16 +506,12 @@ impl Engine {
         };
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
-            let retry_after = response
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let headers = response.headers().clone();
             let body = read_body(response, deadline).await.unwrap_or_default();
-            return Err(classify::classify_status(
+            return Err(classify::classify_status_with(
                 upstream.api(),
                 status,
-                retry_after.as_deref(),
+                &headers,
                 body,
             ));
         }
@@ -346,8 +575,7 @@ impl Engine {
         loop {
             let item = match tokio::time::timeout_at(first_token_deadline, rest.next_item()).await {
                 Err(_) => {
-                    return Err(Failure::new(
-                        Reason::Timeout,
+                    return Err(Failure::silence(
                         Phase::StreamBeforeCommit,
                         format!(
                             "no first token within {} ms",

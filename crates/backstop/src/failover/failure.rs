@@ -100,6 +100,9 @@ pub struct Failure {
     pub upstream: Option<UpstreamErrorBody>,
     /// The provider's raw error body, for same-format passthrough to the client.
     pub raw_body: Option<Bytes>,
+    /// The upstream said nothing in time (no response, no first token, a stall): such a
+    /// route is not retried, only failed over. Refused or reset connections are not silent.
+    pub silent: bool,
 }
 
 impl Failure {
@@ -112,6 +115,14 @@ impl Failure {
             retry_after: None,
             upstream: None,
             raw_body: None,
+            silent: false,
         }
+    }
+
+    /// A timeout in which the upstream said nothing.
+    pub fn silence(phase: Phase, message: impl Into<String>) -> Self {
+        let mut f = Failure::new(Reason::Timeout, phase, message);
+        f.silent = true;
+        f
     }
 }

@@ -1,9 +1,12 @@
 //! Planning: which targets a request tries, in which order.
 //!
 //! A target is one (provider, model, profile). The plan walks the route's models
-//! in order and, within a model, the provider's profiles in preference order
-//! (`auth.order`, then config order): key rotation before model fallback.
+//! in order and, within a model, the provider's profiles in preference order:
+//! key rotation before model fallback (PRODUCT §3.5). Profile order is
+//! `auth.order` when given, else least-recently-used first (ties in config
+//! order); profiles that are cooling down go last, soonest-usable first.
 
+use super::cooldowns::Cooldowns;
 use crate::config::{Config, ModelRef, Route};
 
 /// One thing to try.
@@ -14,6 +17,8 @@ pub struct Target {
     pub model: ModelRef,
     /// The auth profile's name.
     pub profile: String,
+    /// When this target becomes usable (epoch ms); `None` = usable at planning time.
+    pub usable_at: Option<u64>,
 }
 
 impl std::fmt::Display for Target {
@@ -30,51 +35,71 @@ pub struct AttemptPlan {
     pub unusable: Vec<(ModelRef, String)>,
 }
 
-/// Expand a route into targets.
-pub fn plan(config: &Config, route: &Route) -> AttemptPlan {
+/// Expand a route into targets, ordered with what the cooldowns know.
+pub fn plan(config: &Config, route: &Route, cooldowns: &Cooldowns) -> AttemptPlan {
     let mut out = AttemptPlan::default();
     for (model_index, model) in route.targets.iter().enumerate() {
-        let Some(provider) = config.provider(&model.provider) else {
+        if config.provider(&model.provider).is_none() {
             out.unusable
                 .push((model.clone(), "provider is not configured".to_string()));
             continue;
-        };
-        let profiles = profile_order(config, &model.provider);
-        if profiles.is_empty() {
-            let _ = provider;
+        }
+        let names = profile_order(config, &model.provider, |p| {
+            cooldowns.last_used(&model.provider, p)
+        });
+        if names.is_empty() {
             out.unusable.push((
                 model.clone(),
                 "no usable key (every key's variable is unset)".into(),
             ));
+            continue;
         }
-        for profile in profiles {
-            out.targets.push(Target {
+        let mut targets: Vec<Target> = names
+            .into_iter()
+            .map(|profile| Target {
                 model_index,
+                usable_at: cooldowns.usable_at(&model.provider, &profile, &model.model),
                 model: model.clone(),
                 profile,
-            });
-        }
+            })
+            .collect();
+        // Usable first (keeping their order), then cooling ones by when they recover.
+        targets.sort_by_key(|t| t.usable_at.map_or((0, 0), |u| (1, u)));
+        out.targets.extend(targets);
     }
     out
 }
 
-/// A provider's profile names in preference order: `auth.order` first, then the rest in config order.
-pub fn profile_order(config: &Config, provider_id: &str) -> Vec<String> {
+/// A provider's profile names in preference order, before cooldowns are considered:
+/// `auth.order` first, then the rest — least recently used first when there is no
+/// explicit order (ties, e.g. no history yet, in config order).
+pub fn profile_order(
+    config: &Config,
+    provider_id: &str,
+    last_used: impl Fn(&str) -> Option<u64>,
+) -> Vec<String> {
     let Some(provider) = config.provider(provider_id) else {
         return Vec::new();
     };
     let mut names: Vec<String> = Vec::with_capacity(provider.profiles.len());
-    if let Some(order) = config.auth.order.get(provider_id) {
+    let explicit = config.auth.order.get(provider_id);
+    if let Some(order) = explicit {
         for n in order {
             if provider.profiles.iter().any(|p| &p.name == n) && !names.contains(n) {
                 names.push(n.clone());
             }
         }
     }
-    for p in &provider.profiles {
-        if !names.contains(&p.name) {
-            names.push(p.name.clone());
-        }
+    let mut rest: Vec<&str> = provider
+        .profiles
+        .iter()
+        .map(|p| p.name.as_str())
+        .filter(|n| !names.iter().any(|m| m == n))
+        .collect();
+    if explicit.is_none() {
+        // Stable sort: never-used (None) first, then oldest use; ties keep config order.
+        rest.sort_by_key(|n| last_used(n));
     }
+    names.extend(rest.into_iter().map(str::to_owned));
     names
 }

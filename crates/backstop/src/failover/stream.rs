@@ -103,8 +103,7 @@ impl UpstreamStream {
             }
             match tokio::time::timeout(self.idle, self.response.chunk()).await {
                 Err(_) => {
-                    return StreamItem::Failed(Failure::new(
-                        Reason::Timeout,
+                    return StreamItem::Failed(Failure::silence(
                         self.phase(),
                         format!(
                             "upstream stream stalled: nothing for {} ms",
