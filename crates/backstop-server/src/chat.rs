@@ -8,6 +8,7 @@ use axum::response::Response;
 use backstop::WireFormat;
 use backstop::chat::{ClientError, ErrorKind};
 use backstop::config::ResolveError;
+use backstop::failover::relay::{Committed, relay};
 use backstop::failover::{Answer, Call, Success};
 use backstop::render;
 use bytes::Bytes;
@@ -101,9 +102,10 @@ async fn serve(
         raw: Arc::new(raw),
         request: Arc::new(request),
         route,
+        translate: false,
     };
     match state.engine.execute(&call).await {
-        Ok(success) => Ok(respond(ingress, include_usage, success)),
+        Ok(success) => Ok(respond(&state, call, include_usage, success)),
         Err(failure) => {
             let e = render::chain_error(ingress, |p| config.provider(p).map(|p| p.api), &failure);
             let mut resp = match e.passthrough {
@@ -135,7 +137,8 @@ fn set_attempts(headers: &mut HeaderMap, n: usize) {
     headers.insert(ATTEMPTS, HeaderValue::from(n as u64));
 }
 
-fn respond(ingress: WireFormat, include_usage: bool, success: Success) -> Response {
+fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Success) -> Response {
+    let ingress = call.ingress;
     let mut headers = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&success.target.model.to_string()) {
         headers.insert(MODEL, v);
@@ -164,7 +167,13 @@ fn respond(ingress: WireFormat, include_usage: bool, success: Success) -> Respon
                 HeaderValue::from_static("text/event-stream"),
             );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            let rx = render::client_stream(ingress, upstream, include_usage, head, rest);
+            let committed = Committed {
+                target: success.target,
+                upstream_format: upstream,
+                head,
+                rest,
+            };
+            let rx = relay(state.engine.clone(), call, committed, include_usage);
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
                     .await

@@ -21,13 +21,13 @@ use tokio::net::TcpListener;
 
 /// What every handler shares.
 pub struct AppState {
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
 }
 
 impl AppState {
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
         Ok(AppState {
-            engine: Engine::new(config)?,
+            engine: Arc::new(Engine::new(config)?),
         })
     }
 

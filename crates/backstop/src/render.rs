@@ -2,13 +2,10 @@
 //! answers, streams (with the in-band error when one fails after its commit
 //! point), and errors.
 
-use crate::chat::{self, ClientError, ErrorKind, StreamEvent, WireFormat};
-use crate::failover::stream::{StreamItem, UpstreamStream};
-use crate::failover::{Answer, ChainFailure, Failure, Reason, Success};
-use crate::sse::SseEvent;
+use crate::chat::{self, ClientError, ErrorKind, WireFormat};
+use crate::failover::{ChainFailure, Failure, Reason};
 use crate::wire;
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 /// An error body in the client's format.
 pub fn error_body(ingress: WireFormat, err: &ClientError) -> Bytes {
@@ -139,48 +136,6 @@ pub fn complete_body(
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }
 
-/// The client's stream encoder: bytes forwarded as they came (same format), or translated.
-enum ClientEncoder {
-    Passthrough(WireFormat),
-    OpenAi(wire::openai::StreamEncoder),
-    Anthropic(wire::anthropic::StreamEncoder),
-}
-
-impl ClientEncoder {
-    fn event(&mut self, raw: &SseEvent, events: &[StreamEvent], out: &mut Vec<u8>) {
-        match self {
-            ClientEncoder::Passthrough(_) => out.extend_from_slice(&raw.raw),
-            ClientEncoder::OpenAi(e) => events.iter().for_each(|ev| e.encode(ev, out)),
-            ClientEncoder::Anthropic(e) => events.iter().for_each(|ev| e.encode(ev, out)),
-        }
-    }
-
-    /// Close a stream whose terminator never came but whose answer was complete.
-    fn finalise(&mut self, out: &mut Vec<u8>) {
-        match self {
-            ClientEncoder::Passthrough(WireFormat::Anthropic) => {
-                crate::sse::write_event(out, Some("message_stop"), r#"{"type":"message_stop"}"#)
-            }
-            ClientEncoder::Passthrough(_) => out.extend_from_slice(b"data: [DONE]\n\n"),
-            ClientEncoder::OpenAi(e) => e.encode(&StreamEvent::Done, out),
-            ClientEncoder::Anthropic(e) => e.encode(&StreamEvent::Done, out),
-        }
-    }
-
-    fn error(&mut self, err: &ClientError, out: &mut Vec<u8>) {
-        match self {
-            ClientEncoder::Passthrough(WireFormat::Anthropic) => {
-                wire::anthropic::StreamEncoder::new().encode_error(err, out)
-            }
-            ClientEncoder::Passthrough(_) => {
-                wire::openai::StreamEncoder::new(false).encode_error(err, out)
-            }
-            ClientEncoder::OpenAi(e) => e.encode_error(err, out),
-            ClientEncoder::Anthropic(e) => e.encode_error(err, out),
-        }
-    }
-}
-
 /// The in-band error a client sees when a stream fails after content reached it.
 pub fn stream_failure_error(first_cause: &Failure) -> ClientError {
     let kind = match first_cause.reason {
@@ -196,81 +151,4 @@ pub fn stream_failure_error(first_cause: &Failure) -> ClientError {
             first_cause.reason, first_cause.message
         ),
     )
-}
-
-/// Pump a committed stream to the client as bytes in its format. The returned receiver
-/// yields frames; dropping it (the client went away) stops the pump and closes the upstream.
-pub fn client_stream(
-    ingress: WireFormat,
-    upstream: WireFormat,
-    include_usage: bool,
-    head: Vec<(SseEvent, Vec<StreamEvent>)>,
-    mut rest: Box<UpstreamStream>,
-) -> mpsc::Receiver<Bytes> {
-    let (tx, rx) = mpsc::channel::<Bytes>(32);
-    let mut enc = if ingress == upstream {
-        ClientEncoder::Passthrough(ingress)
-    } else {
-        match ingress {
-            WireFormat::Anthropic => {
-                ClientEncoder::Anthropic(wire::anthropic::StreamEncoder::new())
-            }
-            _ => ClientEncoder::OpenAi(wire::openai::StreamEncoder::new(include_usage)),
-        }
-    };
-    tokio::spawn(async move {
-        let mut out = Vec::with_capacity(1024);
-        let is_done =
-            |events: &[StreamEvent]| events.iter().any(|e| matches!(e, StreamEvent::Done));
-        let mut saw_done = false;
-        for (raw, events) in &head {
-            enc.event(raw, events, &mut out);
-            saw_done |= is_done(events);
-        }
-        if !out.is_empty()
-            && tx
-                .send(Bytes::from(std::mem::take(&mut out)))
-                .await
-                .is_err()
-        {
-            return;
-        }
-        while !saw_done {
-            match rest.next_item().await {
-                StreamItem::Event(raw, events) => {
-                    enc.event(&raw, &events, &mut out);
-                    saw_done = is_done(&events);
-                }
-                StreamItem::End => {
-                    // Closed after its finish reason but before its terminator: finish it properly.
-                    enc.finalise(&mut out);
-                    let _ = tx.send(Bytes::from(out)).await;
-                    return;
-                }
-                StreamItem::Failed(f) => {
-                    tracing::warn!(reason = %f.reason, message = %f.message, "stream failed after commit");
-                    enc.error(&stream_failure_error(&f), &mut out);
-                    let _ = tx.send(Bytes::from(out)).await;
-                    return;
-                }
-            }
-            if !out.is_empty()
-                && tx
-                    .send(Bytes::from(std::mem::take(&mut out)))
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-        }
-        if !out.is_empty() {
-            let _ = tx.send(Bytes::from(out)).await;
-        }
-    });
-    rx
-}
-
-/// Convenience for callers holding a [`Success`]: `true` when the answer is a stream.
-pub fn is_stream(success: &Success) -> bool {
-    matches!(success.answer, Answer::Stream { .. })
 }

@@ -13,7 +13,7 @@ use super::plan::{AttemptPlan, Target};
 use super::stream::{StreamItem, UpstreamDecoder, UpstreamStream};
 use crate::chat::{self, StreamEvent, WireFormat};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ModelRef, Route};
+use crate::config::{Config, ModelRef, Route, StreamCommit};
 use crate::provider::{Upstream, Upstreams, anthropic::DEFAULT_MAX_TOKENS};
 use crate::sse::SseEvent;
 use crate::state::{Admission, MemoryStore, StateStore};
@@ -37,6 +37,9 @@ pub struct Call {
     /// The client's request in the neutral model (for cross-format translation).
     pub request: Arc<chat::Request>,
     pub route: Route,
+    /// Always translate from `request`, even to a same-format upstream (rescue attempts
+    /// send a request the client never wrote).
+    pub translate: bool,
 }
 
 /// An answer that reached the commit point.
@@ -267,6 +270,32 @@ impl Engine {
         Err(self.chain_failure(&plan, run, false, budget_spent))
     }
 
+    /// Take one unit of retry budget (a retry, failover or rescue attempt).
+    pub(crate) fn spend_retry(&self) -> bool {
+        self.budget.try_withdraw(self.cooldowns.now_ms())
+    }
+
+    /// One attempt on a target, outside the request's plan loop (rescues).
+    pub(crate) async fn attempt_target(
+        &self,
+        call: &Call,
+        target: &Target,
+        deadline: Instant,
+    ) -> Result<Answer, Failure> {
+        let upstream = self
+            .upstreams
+            .get(&target.model.provider)
+            .cloned()
+            .ok_or_else(|| {
+                Failure::new(
+                    Reason::BadRequest,
+                    Phase::Transport,
+                    "provider is not configured",
+                )
+            })?;
+        self.attempt(call, &upstream, target, deadline).await
+    }
+
     fn window(&self, model: &ModelRef) -> Option<u64> {
         crate::models::context_window(&self.config, &model.provider, &model.model)
     }
@@ -434,7 +463,7 @@ impl Engine {
         upstream: &Upstream,
         model: &str,
     ) -> Result<Bytes, Failure> {
-        let value = if upstream.api() == call.ingress {
+        let value = if upstream.api() == call.ingress && !call.translate {
             wire::with_model(&call.raw, model)
         } else {
             match upstream.api() {
@@ -461,7 +490,7 @@ impl Engine {
             .map_err(|e| Failure::new(Reason::BadRequest, Phase::Transport, e.to_string()))
     }
 
-    async fn attempt(
+    pub(crate) async fn attempt(
         &self,
         call: &Call,
         upstream: &Arc<Upstream>,
@@ -572,8 +601,23 @@ impl Engine {
         let idle = Duration::from_millis(self.config.timeouts.idle_ms);
         let mut rest = Box::new(UpstreamStream::new(response, decoder, idle));
         let mut head = Vec::new();
+        // With `stream.commit: "complete"` the whole stream is held back, so any failure
+        // before its end still fails over invisibly.
+        let hold_all = self.config.stream.commit == StreamCommit::Complete;
+        let mut got_content = false;
         loop {
-            let item = match tokio::time::timeout_at(first_token_deadline, rest.next_item()).await {
+            let until = if got_content {
+                deadline
+            } else {
+                first_token_deadline
+            };
+            let item = match tokio::time::timeout_at(until, rest.next_item()).await {
+                Err(_) if got_content => {
+                    return Err(Failure::silence(
+                        Phase::StreamBeforeCommit,
+                        "the stream did not finish before the request deadline",
+                    ));
+                }
                 Err(_) => {
                     return Err(Failure::silence(
                         Phase::StreamBeforeCommit,
@@ -587,9 +631,10 @@ impl Engine {
             };
             match item {
                 StreamItem::Event(raw, events) => {
-                    let content = events.iter().any(StreamEvent::is_content);
+                    got_content |= events.iter().any(StreamEvent::is_content);
+                    let done = rest.done;
                     head.push((raw, events));
-                    if content {
+                    if (got_content && !hold_all) || done {
                         rest.committed = true;
                         return Ok(Answer::Stream { head, rest });
                     }

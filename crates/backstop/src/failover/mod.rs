@@ -15,6 +15,7 @@ pub mod decide;
 pub mod execute;
 pub mod failure;
 pub mod plan;
+pub mod relay;
 pub mod stream;
 
 pub use execute::{Answer, Attempt, Call, ChainFailure, Engine, Success};
