@@ -31,6 +31,11 @@ impl AppState {
         })
     }
 
+    /// Around an engine built elsewhere (tests inject a manual clock or a state store).
+    pub fn with_engine(engine: Arc<Engine>) -> Self {
+        AppState { engine }
+    }
+
     pub fn config(&self) -> &Config {
         &self.engine.config
     }
@@ -117,6 +122,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let state = Arc::new(AppState::new(config).map_err(ServeError::Engine)?);
+    serve_state(state, listener, shutdown).await
+}
+
+/// Serve an existing state (its engine, clock and store) until `shutdown` resolves.
+pub async fn serve_state(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
