@@ -95,6 +95,7 @@ pub struct BreakerSnapshot {
 ///     max_retry_after: Duration::from_secs(10),
 ///     jitter: 0.0,
 ///     failure_window_ms: 86_400_000,
+///     probe_interval_ms: 0,
 /// };
 /// let mut b = Breaker::default();
 /// b.on_failure(&penalty, 0);
@@ -171,11 +172,16 @@ impl Breaker {
         *count = count.saturating_add(1);
         self.last_failure_ms = Some(self.last_failure_ms.map_or(now_ms, |t| t.max(now_ms)));
 
-        let open = self.state(now_ms) == BreakerState::Open;
+        let state = self.state(now_ms);
+        let open = state == BreakerState::Open;
         if !open || self.consecutive == 0 {
             self.consecutive = self.consecutive.saturating_add(1);
         }
-        let until = now_ms.saturating_add(duration_ms(penalty.cooldown(self.consecutive)));
+        let mut until = now_ms.saturating_add(duration_ms(penalty.cooldown(self.consecutive)));
+        if state == BreakerState::HalfOpen {
+            // A failed probe: the next one waits at least the probe interval.
+            until = until.max(now_ms.saturating_add(penalty.probe_interval_ms));
+        }
         match self.until_ms {
             Some(old) if open && old >= until => {}
             _ => {
@@ -245,6 +251,7 @@ mod tests {
             max_retry_after: Duration::from_secs(3_600),
             jitter: 0.0,
             failure_window_ms: DAY,
+            probe_interval_ms: 0,
         }
     }
 
@@ -345,6 +352,26 @@ mod tests {
         b.on_failure(&auth, 30);
         assert_eq!(b.snapshot(30).until_ms, Some(300 * S + 30));
         assert_eq!(b.snapshot(30).reason, Some(Reason::Auth));
+    }
+
+    #[test]
+    fn a_failed_probe_waits_the_probe_interval() {
+        let mut p = penalty(Reason::RateLimit);
+        p.retry_after = Some(Duration::from_secs(1));
+        p.probe_interval_ms = 30_000;
+        let mut b = Breaker::default();
+        // The first failure honours Retry-After: usable again after 1 s.
+        b.on_failure(&p, 0);
+        assert_eq!(b.usable_at(0), Some(1_000));
+        assert_eq!(b.try_acquire(1_000, 60_000), Admission::Probe);
+        // The probe fails: no new probe for the whole interval, whatever Retry-After says.
+        b.on_failure(&p, 1_000);
+        assert_eq!(b.usable_at(1_000), Some(31_000));
+        assert!(matches!(
+            b.try_acquire(30_999, 60_000),
+            Admission::Denied { .. }
+        ));
+        assert_eq!(b.try_acquire(31_000, 60_000), Admission::Probe);
     }
 
     #[test]

@@ -321,6 +321,10 @@ pub struct Penalty {
     pub jitter: f64,
     /// Failures this much older than the scope was last known bad no longer count.
     pub failure_window_ms: u64,
+    /// A failed half-open probe keeps the scope closed to probes at least this long
+    /// (`auth.cooldowns.probe_interval_ms`): after a fallback, the primary is probed at
+    /// most once per interval.
+    pub probe_interval_ms: u64,
 }
 
 impl Penalty {

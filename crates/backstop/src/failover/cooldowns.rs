@@ -141,6 +141,7 @@ impl Cooldowns {
             max_retry_after: self.max_retry_after,
             jitter: self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64(),
             failure_window_ms: self.config.failure_window_ms,
+            probe_interval_ms: self.config.probe_interval_ms,
         };
         let now = self.now_ms();
         let snap = self.store.record_failure(&scope, &penalty, now);

@@ -191,6 +191,7 @@ mod tests {
             max_retry_after: Duration::from_secs(60),
             jitter: 0.0,
             failure_window_ms: 86_400_000,
+            probe_interval_ms: 0,
         }
     }
 
