@@ -30,17 +30,23 @@ pub async fn anthropic(State(state): State<Arc<AppState>>, req: Request) -> Resp
 }
 
 async fn handle(state: Arc<AppState>, ingress: WireFormat, req: Request) -> Response {
-    match serve(state, ingress, req).await {
-        Ok(resp) => resp,
-        Err(err) => error_response(ingress, &err),
-    }
+    let started = std::time::Instant::now();
+    let metrics = state.engine.metrics.clone();
+    let (resp, upstream_time) = match serve(state, ingress, req).await {
+        Ok(ok) => ok,
+        Err(err) => (error_response(ingress, &err), std::time::Duration::ZERO),
+    };
+    metrics.request(ingress.as_str(), resp.status().as_u16());
+    metrics.overhead(ingress.as_str(), started.elapsed().saturating_sub(upstream_time));
+    resp
 }
 
+/// The response, and the time spent on upstreams (for the overhead histogram).
 async fn serve(
     state: Arc<AppState>,
     ingress: WireFormat,
     req: Request,
-) -> Result<Response, ClientError> {
+) -> Result<(Response, std::time::Duration), ClientError> {
     let config = state.config();
     let (parts, body) = req.into_parts();
     let request_id = parts
@@ -105,7 +111,10 @@ async fn serve(
         translate: false,
     };
     match state.engine.execute(&call).await {
-        Ok(success) => Ok(respond(&state, call, include_usage, success)),
+        Ok(success) => {
+            let upstream_time = success.upstream_time;
+            Ok((respond(&state, call, include_usage, success), upstream_time))
+        }
         Err(failure) => {
             let e = render::chain_error(ingress, |p| config.provider(p).map(|p| p.api), &failure);
             let mut resp = match e.passthrough {
@@ -128,7 +137,7 @@ async fn serve(
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
-            Ok(resp)
+            Ok((resp, failure.upstream_time))
         }
     }
 }
@@ -145,7 +154,7 @@ fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Succ
     }
     set_attempts(&mut headers, success.attempts());
     if let Some((reason, notice)) = success.fallback_notice() {
-        headers.insert(FALLBACK, HeaderValue::from_static(reason.as_str()));
+        headers.insert(FALLBACK, HeaderValue::from_static(reason));
         if let Ok(v) = HeaderValue::from_str(&notice) {
             headers.insert(FALLBACK_NOTICE, v);
         }

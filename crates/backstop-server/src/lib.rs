@@ -9,6 +9,7 @@ mod chat;
 mod cooldowns;
 mod guard;
 mod info;
+mod status;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
@@ -51,6 +52,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(info::models))
         .route("/health", get(info::health))
         .route("/ready", get(info::ready))
+        .route("/status", get(status::status))
+        .route("/metrics", get(status::metrics))
         .route(
             "/v1/cooldowns",
             get(cooldowns::list).delete(cooldowns::clear_all),

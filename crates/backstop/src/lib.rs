@@ -13,6 +13,8 @@ pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod failover;
+pub mod health;
+pub mod metrics;
 pub mod models;
 pub mod provider;
 pub mod render;

@@ -13,6 +13,8 @@ use super::plan::{AttemptPlan, Target};
 use super::stream::{StreamItem, UpstreamDecoder, UpstreamStream};
 use crate::chat::{self, StreamEvent, WireFormat};
 use crate::clock::{Clock, SystemClock};
+use crate::health::{FailoverEvent, Health, HealthConfig};
+use crate::metrics::Metrics;
 use crate::config::{Config, ModelRef, Route, StreamCommit};
 use crate::provider::{Upstream, Upstreams, anthropic::DEFAULT_MAX_TOKENS};
 use crate::sse::SseEvent;
@@ -72,7 +74,12 @@ pub struct Success {
     pub first_model: Option<ModelRef>,
     /// Attempts that failed before this one.
     pub failed: Vec<Attempt>,
+    /// Targets skipped because they were cooling down, with the cooldown's reason.
+    pub skipped: Vec<(Target, Reason)>,
     pub answer: Answer,
+    /// Time spent on upstream attempts and retry waits (the rest of the request's time
+    /// is the gateway's own overhead).
+    pub upstream_time: Duration,
 }
 
 impl Success {
@@ -87,25 +94,30 @@ impl Success {
     }
 
     /// `(reason, one-line notice)` when a fallback answered.
-    pub fn fallback_notice(&self) -> Option<(Reason, String)> {
+    pub fn fallback_notice(&self) -> Option<(&'static str, String)> {
         if !self.is_fallback() {
             return None;
         }
         let first = self.first_model.as_ref()?;
-        let cause = self
+        // Why the chain's first model did not answer: it failed, it was cooling down and
+        // skipped, or it was degraded and put after healthier ones.
+        let (reason, describe, model) = if let Some(a) = self
             .failed
             .iter()
             .rev()
             .find(|a| &a.target.model == first)
-            .or_else(|| self.failed.last())?;
+        {
+            (a.failure.reason.as_str(), a.failure.reason.describe(), first)
+        } else if let Some((t, r)) = self.skipped.iter().find(|(t, _)| &t.model == first) {
+            (r.as_str(), "cooling down", &t.model)
+        } else if let Some(a) = self.failed.last() {
+            (a.failure.reason.as_str(), a.failure.reason.describe(), &a.target.model)
+        } else {
+            ("degraded", "degraded", first)
+        };
         Some((
-            cause.failure.reason,
-            format!(
-                "switched to {} ({} {})",
-                self.target.model,
-                cause.target.model,
-                cause.failure.reason.describe()
-            ),
+            reason,
+            format!("switched to {} ({model} {describe})", self.target.model),
         ))
     }
 }
@@ -124,6 +136,8 @@ pub struct ChainFailure {
     pub budget_spent: bool,
     /// How long until the soonest target becomes usable again, when one is cooling.
     pub retry_after: Option<Duration>,
+    /// Time spent on upstream attempts and retry waits.
+    pub upstream_time: Duration,
 }
 
 /// The engine: configuration, one pooled client per provider, and the shared
@@ -132,6 +146,8 @@ pub struct Engine {
     pub config: Arc<Config>,
     upstreams: Upstreams,
     pub cooldowns: Cooldowns,
+    pub health: Health,
+    pub metrics: Arc<Metrics>,
     budget: RetryBudget,
     rng: Mutex<fastrand::Rng>,
 }
@@ -150,6 +166,9 @@ struct Run {
     deadline: Instant,
     attempts: usize,
     failed: Vec<Attempt>,
+    /// Time spent waiting on upstreams and between retries (the rest is gateway overhead).
+    upstream_time: Duration,
+    skipped: Vec<(Target, Reason)>,
 }
 
 impl Engine {
@@ -176,6 +195,8 @@ impl Engine {
         .with_probe_lease(Duration::from_millis(config.timeouts.request_ms));
         let budget = RetryBudget::from_config(&config.retry);
         Ok(Engine {
+            health: Health::new(HealthConfig::default()),
+            metrics: Arc::new(Metrics::new()),
             config,
             upstreams,
             cooldowns,
@@ -186,7 +207,10 @@ impl Engine {
 
     /// The plan this call would follow now.
     pub fn plan(&self, route: &Route) -> AttemptPlan {
-        super::plan::plan(&self.config, route, &self.cooldowns)
+        let now = self.cooldowns.now_ms();
+        super::plan::plan(&self.config, route, &self.cooldowns, |p, m| {
+            self.health.degraded(p, m, now)
+        })
     }
 
     /// Serve one call: plan, then try targets in order, retrying, rotating and
@@ -198,6 +222,8 @@ impl Engine {
             deadline: Instant::now() + Duration::from_millis(self.config.timeouts.request_ms),
             attempts: 0,
             failed: Vec::new(),
+            upstream_time: Duration::ZERO,
+            skipped: Vec::new(),
         };
         let first_model = call.route.targets.first().cloned();
         let mut skip_model: Option<usize> = None;
@@ -221,6 +247,7 @@ impl Engine {
             if let Admission::Denied { until_ms, reason } = self.cooldowns.admit(p, a, m) {
                 tracing::debug!(request_id = %call.request_id, target = %target, %reason, until_ms, "skipped: cooling down");
                 cooling.push(target);
+                run.skipped.push((target.clone(), reason));
                 continue;
             }
             match self.try_target(call, &plan, idx, &mut run).await {
@@ -308,7 +335,9 @@ impl Engine {
         run: Run,
         answer: Answer,
     ) -> Success {
+        let upstream_time = run.upstream_time;
         let success = Success {
+            upstream_time,
             upstream_format: self
                 .upstreams
                 .get(&target.model.provider)
@@ -316,9 +345,24 @@ impl Engine {
             target: target.clone(),
             first_model,
             failed: run.failed,
+            skipped: run.skipped,
             answer,
         };
         if let Some((reason, notice)) = success.fallback_notice() {
+            let from = success
+                .first_model
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let to = success.target.model.to_string();
+            self.metrics.failover(&from, &to, reason);
+            self.health.push_event(FailoverEvent {
+                at_ms: self.cooldowns.now_ms(),
+                request_id: call.request_id.clone(),
+                from,
+                to,
+                reason: reason.to_string(),
+            });
             tracing::info!(
                 request_id = %call.request_id,
                 to = %success.target.model,
@@ -352,6 +396,7 @@ impl Engine {
             }
         }
         ChainFailure {
+            upstream_time: run.upstream_time,
             failed: run.failed,
             unusable: plan.unusable.clone(),
             cooling,
@@ -396,13 +441,29 @@ impl Engine {
             }
             attempt += 1;
             run.attempts += 1;
-            let failure = match self.attempt(call, &upstream, target, run.deadline).await {
+            let started = Instant::now();
+            let result = {
+                let _in_flight = self.health.start(p, m);
+                self.attempt(call, &upstream, target, run.deadline).await
+            };
+            let took = started.elapsed();
+            run.upstream_time += took;
+            let now_ms = self.cooldowns.now_ms();
+            let failure = match result {
                 Ok(answer) => {
+                    self.health.record(p, m, now_ms, took, None);
+                    self.metrics.attempt(p, m, "ok", took);
+                    if matches!(answer, Answer::Stream { .. }) {
+                        self.health.record_ttft(p, m, took);
+                        self.metrics.time_to_first_token(p, m, took);
+                    }
                     self.cooldowns.on_success(p, a, m);
                     return TargetEnd::Answered(answer);
                 }
                 Err(f) => f,
             };
+            self.health.record(p, m, now_ms, took, Some(failure.reason));
+            self.metrics.attempt(p, m, failure.reason.as_str(), took);
             let remaining = run.deadline.saturating_duration_since(Instant::now());
             let backoff = {
                 let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
@@ -445,7 +506,9 @@ impl Engine {
             match action {
                 Action::RetrySame { after } => {
                     if !after.is_zero() {
+                        let waited = Instant::now();
                         tokio::time::sleep_until((Instant::now() + after).min(run.deadline)).await;
+                        run.upstream_time += waited.elapsed();
                     }
                     if Instant::now() >= run.deadline {
                         return TargetEnd::Next(Action::NextProfile);

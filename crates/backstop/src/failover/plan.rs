@@ -35,9 +35,16 @@ pub struct AttemptPlan {
     pub unusable: Vec<(ModelRef, String)>,
 }
 
-/// Expand a route into targets, ordered with what the cooldowns know.
-pub fn plan(config: &Config, route: &Route, cooldowns: &Cooldowns) -> AttemptPlan {
+/// Expand a route into targets, ordered with what the cooldowns know. Models that
+/// `degraded(provider, model)` reports go after the healthy ones (their order kept).
+pub fn plan(
+    config: &Config,
+    route: &Route,
+    cooldowns: &Cooldowns,
+    degraded: impl Fn(&str, &str) -> bool,
+) -> AttemptPlan {
     let mut out = AttemptPlan::default();
+    let mut slow: Vec<Target> = Vec::new();
     for (model_index, model) in route.targets.iter().enumerate() {
         if config.provider(&model.provider).is_none() {
             out.unusable
@@ -65,8 +72,13 @@ pub fn plan(config: &Config, route: &Route, cooldowns: &Cooldowns) -> AttemptPla
             .collect();
         // Usable first (keeping their order), then cooling ones by when they recover.
         targets.sort_by_key(|t| t.usable_at.map_or((0, 0), |u| (1, u)));
-        out.targets.extend(targets);
+        if degraded(&model.provider, &model.model) {
+            slow.extend(targets);
+        } else {
+            out.targets.extend(targets);
+        }
     }
+    out.targets.extend(slow);
     out
 }
 

@@ -1,0 +1,237 @@
+//! `GET /status` (JSON health of every provider, profile, model and chain; PRODUCT §5, §8)
+//! and `GET /metrics` (Prometheus text).
+
+use crate::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use backstop::clock::rfc3339;
+use backstop::config::{Config, Route};
+use backstop::failover::Reason;
+use backstop::failover::cooldown::Scope;
+use backstop::metrics::BreakerGauge;
+use backstop::state::{BreakerSnapshot, BreakerState};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A breaker's state as `/status` spells it.
+fn state_name(s: &BreakerSnapshot) -> &'static str {
+    match s.state {
+        BreakerState::Closed => "ok",
+        BreakerState::HalfOpen => "half_open",
+        BreakerState::Open => match s.reason {
+            Some(Reason::Billing | Reason::AuthPermanent) => "disabled",
+            _ => "cooldown",
+        },
+    }
+}
+
+fn breaker_json(s: Option<&BreakerSnapshot>) -> (Value, Value, Value) {
+    match s {
+        Some(s) if s.state != BreakerState::Closed => (
+            json!(state_name(s)),
+            json!(s.reason.map(|r| r.as_str())),
+            json!(s.until_ms.map(rfc3339)),
+        ),
+        _ => (json!("ok"), Value::Null, Value::Null),
+    }
+}
+
+/// Every model worth showing for a provider: its catalogue, then chain targets, in order.
+fn models_of(config: &Config, provider: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |m: &str| {
+        if !out.iter().any(|x| x == m) {
+            out.push(m.to_string());
+        }
+    };
+    if let Some(p) = config.provider(provider) {
+        p.models.iter().for_each(|m| add(&m.id));
+    }
+    let chains = std::iter::once(&config.default_chain).chain(config.agents.iter().map(|a| &a.chain));
+    for c in chains {
+        for m in std::iter::once(&c.primary).chain(c.fallbacks.iter()) {
+            if m.provider == provider {
+                add(&m.model);
+            }
+        }
+    }
+    out
+}
+
+/// The `/status` document.
+pub fn status_json(state: &AppState) -> Value {
+    let engine = &state.engine;
+    let config = &engine.config;
+    let now = engine.cooldowns.now_ms();
+    let breakers: BTreeMap<Scope, BreakerSnapshot> = engine.cooldowns.snapshot().into_iter().collect();
+    let providers: Vec<Value> = config
+        .providers
+        .iter()
+        .map(|p| {
+            let profiles: Vec<Value> = p
+                .profiles
+                .iter()
+                .map(|a| {
+                    let scope = Scope::profile(&p.id, &a.name);
+                    let snap = breakers.get(&scope);
+                    let (st, reason, until) = breaker_json(snap);
+                    json!({
+                        "id": a.name,
+                        "state": st,
+                        "reason": reason,
+                        "until": until,
+                        "error_count": snap.map_or(0, |s| s.error_count),
+                        "last_used": engine.cooldowns.last_used(&p.id, &a.name).map(rfc3339),
+                        "key": a.key.as_ref().map(|k| k.redacted()),
+                    })
+                })
+                .collect();
+            let models: Vec<Value> = models_of(config, &p.id)
+                .into_iter()
+                .map(|m| {
+                    let health = engine.health.view(&p.id, &m, now);
+                    let model_scope = breakers.get(&Scope::provider_model(&p.id, &m));
+                    let per_profile: Vec<(String, Option<&BreakerSnapshot>)> = p
+                        .profiles
+                        .iter()
+                        .map(|a| (a.name.clone(), breakers.get(&Scope::profile_model(&p.id, &a.name, &m))))
+                        .collect();
+                    let usable: Vec<bool> = p
+                        .profiles
+                        .iter()
+                        .map(|a| engine.cooldowns.usable_at(&p.id, &a.name, &m).is_none())
+                        .collect();
+                    let (mut st, mut reason, mut until) = breaker_json(model_scope);
+                    if st == "ok" {
+                        let cooling: Vec<&BreakerSnapshot> = per_profile
+                            .iter()
+                            .filter_map(|(_, s)| *s)
+                            .filter(|s| s.state != BreakerState::Closed)
+                            .collect();
+                        if !usable.is_empty() && usable.iter().all(|u| !u) {
+                            // No key can serve this model now: it is cooling down as a whole.
+                            let soonest = cooling.iter().min_by_key(|s| s.until_ms);
+                            (st, reason, until) = breaker_json(soonest.copied());
+                            if st == "ok" {
+                                st = json!("cooldown");
+                            }
+                        } else if !cooling.is_empty() || health.degraded {
+                            st = json!("degraded");
+                            reason = if health.degraded { json!("degraded") } else { json!(cooling[0].reason.map(|r| r.as_str())) };
+                            until = Value::Null;
+                        }
+                    }
+                    let profiles: Vec<Value> = per_profile
+                        .iter()
+                        .map(|(name, s)| {
+                            let (st, reason, until) = breaker_json(*s);
+                            json!({"id": name, "state": st, "reason": reason, "until": until})
+                        })
+                        .collect();
+                    json!({
+                        "id": m,
+                        "state": st,
+                        "reason": reason,
+                        "until": until,
+                        "latency_ms": health.latency_ms,
+                        "ttft_ms": health.ttft_ms,
+                        "error_rate": health.error_rate,
+                        "errors_by_reason": health.errors_by_reason,
+                        "in_flight": health.in_flight,
+                        "requests": {"ok": health.ok, "failed": health.failed},
+                        "profiles": profiles,
+                    })
+                })
+                .collect();
+            json!({"id": p.id, "api": p.api.as_str(), "base_url": p.base_url, "profiles": profiles, "models": models})
+        })
+        .collect();
+    let mut chains = vec![("default".to_string(), config.default_chain.clone())];
+    chains.extend(config.agents.iter().map(|a| (a.id.clone(), a.chain.clone())));
+    let chains: Vec<Value> = chains
+        .into_iter()
+        .map(|(agent, chain)| {
+            let targets: Vec<_> = std::iter::once(chain.primary.clone()).chain(chain.fallbacks.iter().cloned()).collect();
+            let plan = engine.plan(&Route {
+                agent: Some(agent.clone()),
+                targets: targets.clone(),
+            });
+            let active = plan.targets.iter().find(|t| t.usable_at.is_none());
+            json!({
+                "agent": agent,
+                "targets": targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "active": active.map(|t| t.model.to_string()),
+                "active_profile": active.map(|t| t.profile.clone()),
+            })
+        })
+        .collect();
+    let events: Vec<Value> = engine
+        .health
+        .events()
+        .into_iter()
+        .rev()
+        .map(|e| {
+            json!({"at": rfc3339(e.at_ms), "request_id": e.request_id, "from": e.from, "to": e.to, "reason": e.reason})
+        })
+        .collect();
+    json!({
+        "now": rfc3339(now),
+        "providers": providers,
+        "chains": chains,
+        "events": events,
+    })
+}
+
+/// `GET /status`.
+pub async fn status(State(state): State<Arc<AppState>>) -> Response {
+    Json(status_json(&state)).into_response()
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let engine = &state.engine;
+    let snapshot = engine.cooldowns.snapshot();
+    let config = &engine.config;
+    // One gauge series set per configured profile × model (closed when no breaker exists).
+    let mut rows: Vec<(String, String, String, &'static str)> = Vec::new();
+    for p in &config.providers {
+        for m in models_of(config, &p.id) {
+            for a in &p.profiles {
+                let state = snapshot
+                    .iter()
+                    .filter(|(scope, _)| {
+                        scope.provider() == p.id
+                            && scope.profile_name().is_none_or(|x| x == a.name)
+                            && scope.model().is_none_or(|x| x == m)
+                    })
+                    .map(|(_, s)| s.state)
+                    .max_by_key(|s| match s {
+                        BreakerState::Closed => 0,
+                        BreakerState::HalfOpen => 1,
+                        BreakerState::Open => 2,
+                    })
+                    .unwrap_or(BreakerState::Closed);
+                rows.push((p.id.clone(), a.name.clone(), m.clone(), state.as_str()));
+            }
+        }
+    }
+    let gauges: Vec<BreakerGauge<'_>> = rows
+        .iter()
+        .map(|(provider, profile, model, state)| BreakerGauge {
+            provider,
+            profile,
+            model,
+            state,
+        })
+        .collect();
+    let body = engine.metrics.render(&gauges);
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,368 @@
+//! Health tracking per provider × model: latency (EWMA, p50/p95 over recent
+//! attempts), time to first token, error rate over a window, in-flight count —
+//! and degradation detection, which the planner uses to prefer healthy targets.
+//!
+//! Kept apart from selection: the planner asks whether a model is degraded; this
+//! module knows nothing of plans. Time comes in as epoch milliseconds from the
+//! engine's clock, so tests drive it on a manual clock.
+
+use crate::failover::Reason;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How many recent latencies are kept for percentiles.
+const SAMPLES: usize = 256;
+/// How many recent outcomes are kept for the error rate (also bounded by the window).
+const OUTCOMES: usize = 1024;
+/// How many failover events `/status` can show.
+const EVENTS: usize = 100;
+/// Smoothing of the fast latency average (recent behaviour).
+const FAST_ALPHA: f64 = 0.2;
+/// Smoothing of the baseline (a target's normal latency; moves slowly).
+const BASELINE_ALPHA: f64 = 0.02;
+
+/// Degradation detection settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthConfig {
+    /// Off: nothing is ever marked degraded and plans keep the chain's order.
+    pub enabled: bool,
+    /// Degraded when the recent latency exceeds this multiple of the baseline. Default 3.
+    pub latency_multiple: f64,
+    /// Degraded when the error rate over the window exceeds this. Default 0.5.
+    pub error_rate: f64,
+    /// Samples needed before either rule applies. Default 10.
+    pub min_samples: usize,
+    /// The error-rate window. Default 5 min.
+    pub window_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            latency_multiple: 3.0,
+            error_rate: 0.5,
+            min_samples: 10,
+            window_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ModelHealth {
+    fast_ms: Option<f64>,
+    baseline_ms: Option<f64>,
+    latencies: VecDeque<f64>,
+    ttft_ms: VecDeque<f64>,
+    ttft_ewma: Option<f64>,
+    /// (epoch ms, failure reason or None for success)
+    outcomes: VecDeque<(u64, Option<Reason>)>,
+    in_flight: i64,
+    ok: u64,
+    failed: u64,
+}
+
+fn ewma(prev: Option<f64>, x: f64, alpha: f64) -> f64 {
+    prev.map_or(x, |p| p + alpha * (x - p))
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, x: T, cap: usize) {
+    if q.len() == cap {
+        q.pop_front();
+    }
+    q.push_back(x);
+}
+
+fn percentile(samples: &VecDeque<f64>, p: f64) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = samples.iter().copied().collect();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+impl ModelHealth {
+    fn prune(&mut self, now_ms: u64, window_ms: u64) {
+        while self
+            .outcomes
+            .front()
+            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > window_ms)
+        {
+            self.outcomes.pop_front();
+        }
+    }
+
+    fn error_rate(&self) -> Option<f64> {
+        if self.outcomes.is_empty() {
+            return None;
+        }
+        let bad = self.outcomes.iter().filter(|(_, r)| r.is_some()).count();
+        Some(bad as f64 / self.outcomes.len() as f64)
+    }
+
+    fn degraded(&self, cfg: &HealthConfig) -> bool {
+        if !cfg.enabled {
+            return false;
+        }
+        let slow = self.latencies.len() >= cfg.min_samples
+            && matches!((self.fast_ms, self.baseline_ms), (Some(f), Some(b)) if b > 0.0 && f > cfg.latency_multiple * b);
+        let failing = self.outcomes.len() >= cfg.min_samples
+            && self.error_rate().is_some_and(|r| r > cfg.error_rate);
+        slow || failing
+    }
+}
+
+/// Latency figures in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencyView {
+    pub ewma: Option<f64>,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+}
+
+/// What `/status` shows of one provider × model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ModelView {
+    pub latency_ms: LatencyView,
+    pub ttft_ms: LatencyView,
+    /// Failures over the window, 0..1 (`None` with no recent attempts).
+    pub error_rate: Option<f64>,
+    pub errors_by_reason: std::collections::BTreeMap<String, u64>,
+    pub in_flight: i64,
+    pub ok: u64,
+    pub failed: u64,
+    pub degraded: bool,
+}
+
+/// One failover, for `/status` and the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailoverEvent {
+    pub at_ms: u64,
+    pub request_id: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+/// Health of every provider × model the engine has used.
+#[derive(Debug, Default)]
+pub struct Health {
+    config: HealthConfig,
+    models: Mutex<HashMap<(String, String), ModelHealth>>,
+    events: Mutex<VecDeque<FailoverEvent>>,
+}
+
+/// Counts one in-flight attempt until dropped.
+pub struct InFlight<'a> {
+    health: &'a Health,
+    key: (String, String),
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.health.with(&self.key.0, &self.key.1, |m| m.in_flight -= 1);
+    }
+}
+
+impl Health {
+    pub fn new(config: HealthConfig) -> Self {
+        Health {
+            config,
+            ..Health::default()
+        }
+    }
+
+    fn with<R>(&self, provider: &str, model: &str, f: impl FnOnce(&mut ModelHealth) -> R) -> R {
+        let mut map = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (provider.to_string(), model.to_string());
+        f(map.entry(key).or_default())
+    }
+
+    /// An attempt starts; it counts as in flight until the guard drops.
+    pub fn start(&self, provider: &str, model: &str) -> InFlight<'_> {
+        self.with(provider, model, |m| m.in_flight += 1);
+        InFlight {
+            health: self,
+            key: (provider.to_string(), model.to_string()),
+        }
+    }
+
+    /// An attempt ended: `failure` is `None` on success. `latency` is to the full answer,
+    /// or to the commit point of a stream.
+    pub fn record(&self, provider: &str, model: &str, now_ms: u64, latency: Duration, failure: Option<Reason>) {
+        let window = self.config.window_ms;
+        self.with(provider, model, |m| {
+            m.prune(now_ms, window);
+            push_bounded(&mut m.outcomes, (now_ms, failure), OUTCOMES);
+            match failure {
+                None => {
+                    m.ok += 1;
+                    let ms = latency.as_secs_f64() * 1000.0;
+                    m.fast_ms = Some(ewma(m.fast_ms, ms, FAST_ALPHA));
+                    m.baseline_ms = Some(ewma(m.baseline_ms, ms, BASELINE_ALPHA));
+                    push_bounded(&mut m.latencies, ms, SAMPLES);
+                }
+                Some(_) => m.failed += 1,
+            }
+        });
+    }
+
+    /// Time to the first content of a stream.
+    pub fn record_ttft(&self, provider: &str, model: &str, ttft: Duration) {
+        let ms = ttft.as_secs_f64() * 1000.0;
+        self.with(provider, model, |m| {
+            m.ttft_ewma = Some(ewma(m.ttft_ewma, ms, FAST_ALPHA));
+            push_bounded(&mut m.ttft_ms, ms, SAMPLES);
+        });
+    }
+
+    /// Whether a model's recent latency or error rate marks it degraded.
+    pub fn degraded(&self, provider: &str, model: &str, now_ms: u64) -> bool {
+        if !self.config.enabled {
+            return false;
+        }
+        let map = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(provider.to_string(), model.to_string()))
+            .is_some_and(|m| {
+                let mut recent = m.outcomes.clone();
+                while recent
+                    .front()
+                    .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > self.config.window_ms)
+                {
+                    recent.pop_front();
+                }
+                let pruned = ModelHealth {
+                    outcomes: recent,
+                    latencies: m.latencies.clone(),
+                    fast_ms: m.fast_ms,
+                    baseline_ms: m.baseline_ms,
+                    ..ModelHealth::default()
+                };
+                pruned.degraded(&self.config)
+            })
+    }
+
+    /// The figures of one provider × model.
+    pub fn view(&self, provider: &str, model: &str, now_ms: u64) -> ModelView {
+        let window = self.config.window_ms;
+        let cfg = self.config;
+        self.with(provider, model, |m| {
+            m.prune(now_ms, window);
+            let mut errors_by_reason = std::collections::BTreeMap::new();
+            for (_, r) in &m.outcomes {
+                if let Some(r) = r {
+                    *errors_by_reason.entry(r.as_str().to_string()).or_insert(0) += 1;
+                }
+            }
+            ModelView {
+                latency_ms: LatencyView {
+                    ewma: m.fast_ms,
+                    p50: percentile(&m.latencies, 0.5),
+                    p95: percentile(&m.latencies, 0.95),
+                },
+                ttft_ms: LatencyView {
+                    ewma: m.ttft_ewma,
+                    p50: percentile(&m.ttft_ms, 0.5),
+                    p95: percentile(&m.ttft_ms, 0.95),
+                },
+                error_rate: m.error_rate(),
+                errors_by_reason,
+                in_flight: m.in_flight,
+                ok: m.ok,
+                failed: m.failed,
+                degraded: m.degraded(&cfg),
+            }
+        })
+    }
+
+    pub fn push_event(&self, event: FailoverEvent) {
+        let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        push_bounded(&mut q, event, EVENTS);
+    }
+
+    /// The most recent failover events, newest last.
+    pub fn events(&self) -> Vec<FailoverEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn latency_jump_marks_degraded_and_recovery_clears_it() {
+        let h = Health::new(HealthConfig::default());
+        for i in 0..50 {
+            h.record("p", "m", i * 1000, ms(100), None);
+        }
+        assert!(!h.degraded("p", "m", 50_000));
+        // Latency ×5: the fast average passes 3× the slow baseline within a few samples.
+        for i in 50..60 {
+            h.record("p", "m", i * 1000, ms(500), None);
+        }
+        assert!(h.degraded("p", "m", 60_000));
+        let v = h.view("p", "m", 60_000);
+        assert!(v.degraded);
+        assert_eq!(v.latency_ms.p95, Some(500.0));
+        // Back to normal.
+        for i in 60..90 {
+            h.record("p", "m", i * 1000, ms(100), None);
+        }
+        assert!(!h.degraded("p", "m", 90_000));
+    }
+
+    #[test]
+    fn error_rate_over_the_window() {
+        let h = Health::new(HealthConfig::default());
+        for i in 0..10 {
+            h.record("p", "m", i, ms(10), Some(Reason::ServerError));
+        }
+        assert!(h.degraded("p", "m", 10));
+        assert_eq!(h.view("p", "m", 10).errors_by_reason.get("server_error"), Some(&10));
+        // Out of the window, the failures no longer count.
+        assert!(!h.degraded("p", "m", 10 + 5 * 60 * 1000 + 1));
+    }
+
+    #[test]
+    fn off_switch() {
+        let h = Health::new(HealthConfig {
+            enabled: false,
+            ..HealthConfig::default()
+        });
+        for i in 0..20 {
+            h.record("p", "m", i, ms(10), Some(Reason::Timeout));
+        }
+        assert!(!h.degraded("p", "m", 20));
+    }
+
+    #[test]
+    fn in_flight_guard() {
+        let h = Health::default();
+        let g = h.start("p", "m");
+        assert_eq!(h.view("p", "m", 0).in_flight, 1);
+        drop(g);
+        assert_eq!(h.view("p", "m", 0).in_flight, 0);
+    }
+
+    #[test]
+    fn percentiles() {
+        let q: VecDeque<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&q, 0.5), Some(50.0));
+        assert_eq!(percentile(&q, 0.95), Some(95.0));
+        assert_eq!(percentile(&VecDeque::new(), 0.5), None);
+    }
+}
