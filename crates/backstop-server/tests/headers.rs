@@ -79,6 +79,7 @@ async fn a_fallback_is_announced_with_its_reason() {
         Some("switched to oa2/gpt-4.1 (oa/gpt-4o rate limited)")
     );
     // The same for a stream, in the other format, across formats.
+    let (fakes, gw) = setup().await;
     fakes.oa.push(Step::error_kind(529, "overloaded"));
     fakes.oa2.push(Step::error(500));
     let got = send(gw.anthropic(&anthropic_body("default", "hi", true))).await;
@@ -137,6 +138,7 @@ async fn attempts_count_every_profile_and_model() {
     assert_eq!(fakes.rot.requests().len(), 2);
     assert_eq!(fakes.oa.requests().len(), 1);
     // When every attempt fails, the count is on the error too.
+    let (fakes, gw) = setup().await;
     fakes.rot.push_many([Step::error(500), Step::error(502)]);
     fakes.oa.push(Step::error(503));
     let got = send(gw.openai(&openai_body("rotating", "hi", false))).await;

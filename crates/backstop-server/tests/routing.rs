@@ -102,6 +102,7 @@ async fn the_fallbacks_header_replaces_the_fallbacks() {
     assert!(fakes.oa2.requests().is_empty(), "oa2 was skipped");
     assert_eq!(fakes.oa.requests().len(), 1);
     // Several entries, in the header's order.
+    let (fakes, gw) = setup().await;
     fakes.oa.push(Step::error(500));
     fakes.an.push(Step::error_kind(529, "overloaded_error"));
     let got = send(gw.openai(&openai_body("default", "hi", false)).header(
@@ -302,4 +303,53 @@ async fn ready_stays_200_when_only_some_chains_are_dead() {
     let v: Value = got.json();
     assert_eq!(v["ready"], true);
     assert_eq!(v["unusable_chains"], serde_json::json!(["claude"]));
+}
+
+#[tokio::test]
+async fn a_fallbacks_header_that_is_not_text_is_400() {
+    let (fakes, gw) = setup().await;
+    let value = reqwest::header::HeaderValue::from_bytes(b"an/claude-\xff").unwrap();
+    let got = send(
+        gw.openai(&openai_body("default", "hi", false))
+            .header("x-backstop-fallbacks", value),
+    )
+    .await;
+    got.openai_error(400, "invalid_request_error", &["x-backstop-fallbacks"]);
+    assert_no_upstream_requests(&fakes);
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_answer() {
+    let (fakes, gw) = setup().await;
+    let gw = std::sync::Arc::new(gw);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let gw = gw.clone();
+        tasks.push(tokio::spawn(async move {
+            let text = format!("question number {i}");
+            let (model, stream) = [
+                ("default", false),
+                ("default", true),
+                ("claude-first", false),
+                ("claude-first", true),
+            ][i % 4];
+            let got = if i % 2 == 0 {
+                send(gw.openai(&openai_body(model, &text, stream))).await
+            } else {
+                send(gw.anthropic(&anthropic_body(model, &text, stream))).await
+            };
+            assert_eq!(got.status, 200, "{}", got.text());
+            let answer = match (i % 2 == 0, stream) {
+                (true, false) => openai_answer_text(&got.json()).to_string(),
+                (true, true) => got.openai_stream_text(),
+                (false, false) => anthropic_answer_text(&got.json()),
+                (false, true) => got.anthropic_stream_text(),
+            };
+            assert_eq!(answer, format!("echo: {text}"));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(fakes.oa.requests().len() + fakes.an.requests().len(), 24);
 }

@@ -37,6 +37,7 @@ async fn a_200_with_invalid_json_falls_over() {
     assert_eq!(got.header("x-backstop-model"), Some("oa2/gpt-4.1"));
     assert_eq!(got.header("x-backstop-fallback"), Some("server_error"));
     // Valid JSON that is no completion is garbage too; and for an Anthropic client.
+    let (fakes, gw) = setup().await;
     fakes
         .oa
         .push(raw(200, "application/json", r#"{"hello": "world"}"#));
@@ -76,8 +77,8 @@ async fn a_200_html_page_for_a_stream_falls_over() {
 
 #[tokio::test]
 async fn a_reset_before_headers_falls_over() {
-    let (fakes, gw) = setup().await;
     for stream in [false, true] {
+        let (fakes, gw) = setup().await;
         fakes.oa.push(Step::Reset);
         let got = send(gw.openai(&openai_body("default", "hi", stream))).await;
         assert_eq!(got.status, 200, "{}", got.text());
@@ -85,6 +86,7 @@ async fn a_reset_before_headers_falls_over() {
         assert_eq!(got.header("x-backstop-fallback"), Some("timeout"));
         assert_eq!(got.header("x-backstop-attempts"), Some("2"));
     }
+    let (fakes, gw) = setup().await;
     fakes.an.push(Step::Reset);
     let got = send(gw.anthropic(&anthropic_body("claude-first", "hi", true))).await;
     assert_eq!(got.status, 200, "{}", got.text());
@@ -212,8 +214,8 @@ fn dies_before_content() -> Vec<(&'static str, Step)> {
 
 #[tokio::test]
 async fn a_stream_that_dies_before_content_falls_over_invisibly_same_format() {
-    let (fakes, gw) = setup().await;
     for (what, step) in dies_before_content() {
+        let (fakes, gw) = setup().await;
         fakes.oa.push(step);
         let got = send(gw.openai(&openai_body("openai-pair", "hi", true))).await;
         assert_eq!(got.status, 200, "{what}: {}", got.text());
@@ -254,8 +256,8 @@ async fn a_stream_that_dies_before_content_falls_over_invisibly_same_format() {
 
 #[tokio::test]
 async fn a_stream_that_dies_before_content_falls_over_invisibly_cross_format() {
-    let (fakes, gw) = setup().await;
     for (what, step) in dies_before_content() {
+        let (fakes, gw) = setup().await;
         // Anthropic upstream dies, an OpenAI upstream answers an Anthropic client.
         fakes.an.push(step);
         let got = send(gw.anthropic(&anthropic_body("claude-first", "hi", true))).await;
@@ -306,6 +308,7 @@ async fn with_no_target_left_the_error_lists_every_attempt() {
     );
     assert_eq!(got.header("x-backstop-attempts"), Some("3"));
     // A stream request that never committed gets the same plain JSON error.
+    let (fakes, gw) = setup().await;
     fakes.oa.push(raw(200, "text/html", "<html></html>"));
     fakes.oa2.push(Step::StreamThenCut {
         text: "x".into(),
@@ -340,6 +343,7 @@ async fn when_every_attempt_was_rate_limited_the_status_is_429() {
             "an/claude-sonnet-4-5 (main): rate_limit [429]",
         ],
     );
+    let (fakes, gw) = setup().await;
     fakes.an.push(Step::error_kind(429, "rate_limit_error"));
     fakes.oa.push(Step::error_kind(429, "rate_limit_exceeded"));
     let got = send(gw.anthropic(&anthropic_body("claude-first", "hi", true))).await;
@@ -349,9 +353,127 @@ async fn when_every_attempt_was_rate_limited_the_status_is_429() {
         &["an/claude-sonnet-4-5 (main): rate_limit [429]"],
     );
     // Out of quota is billing, not a rate limit, although it comes as a 429.
+    let (fakes, gw) = setup().await;
     fakes.oa.push(Step::error_kind(429, "rate_limit_exceeded"));
     fakes.oa2.push(Step::error_kind(429, "insufficient_quota"));
     fakes.an.push(Step::error_kind(429, "rate_limit_error"));
     let got = send(gw.openai(&openai_body("default", "hi", false))).await;
     got.openai_error(503, "server_error", &["oa2/gpt-4.1 (main): billing [429]"]);
+}
+
+#[tokio::test]
+async fn a_client_side_upstream_error_is_returned_as_is_without_failover() {
+    let (fakes, gw) = setup().await;
+    // Same format: the provider's own error body, its status, one attempt, no fallback tried.
+    fakes
+        .oa
+        .push(Step::error_kind(400, "invalid_request_error"));
+    let got = send(gw.openai(&openai_body("default", "hi", false))).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    let upstream = fakes.oa.requests();
+    assert_eq!(upstream.len(), 1);
+    assert_eq!(
+        got.json()["error"]["type"],
+        "invalid_request_error",
+        "{}",
+        got.text()
+    );
+    assert_eq!(got.header("x-backstop-attempts"), Some("1"));
+    got.request_id();
+    assert!(fakes.oa2.requests().is_empty() && fakes.an.requests().is_empty());
+    // Across formats: the same failure in the client's format.
+    let (fakes, gw) = setup().await;
+    fakes
+        .oa
+        .push(Step::error_kind(400, "invalid_request_error"));
+    let got = send(gw.anthropic(&anthropic_body("default", "hi", true))).await;
+    got.anthropic_error(400, "invalid_request_error", &[]);
+    assert!(fakes.oa2.requests().is_empty() && fakes.an.requests().is_empty());
+}
+
+#[tokio::test]
+#[ignore = "BUG: when every target fails and the last failure is Backstop's own upstream key (auth 401/403, billing 402), the client gets that 4xx (401 reads as 'your key is wrong') instead of 503; render::chain_error's fall-through uses the last 4xx status"]
+async fn a_rejected_upstream_key_is_never_the_clients_401() {
+    let (fakes, gw) = setup().await;
+    fakes.oa.push(Step::error_kind(401, "invalid_api_key"));
+    let got = send(gw.openai(&openai_body("solo", "hi", false))).await;
+    got.openai_error(503, "server_error", &["oa/gpt-4o-mini (main): auth [401]"]);
+    let (fakes, gw) = setup().await;
+    fakes.an.push(Step::error_kind(401, "authentication_error"));
+    let got = send(gw.anthropic(&anthropic_body("solo-claude", "hi", false))).await;
+    got.anthropic_error(
+        503,
+        "overloaded_error",
+        &["an/claude-sonnet-4-5 (main): auth [401]"],
+    );
+    let (fakes, gw) = setup().await;
+    fakes.oa.push(Step::error_kind(403, "permission"));
+    let got = send(gw.openai(&openai_body("solo", "hi", false))).await;
+    assert_eq!(got.status, 503, "{}", got.text());
+}
+
+/// The standard config with same-target retries on (two attempts per target, 1 ms backoff base).
+fn with_retries(fakes: &Fakes, extra: &str) -> String {
+    let text = fakes.config_with(extra);
+    let one = "retry: { max_attempts: 1 }";
+    assert!(text.contains(one));
+    text.replace(one, "retry: { max_attempts: 2, backoff_ms: 1 }")
+}
+
+#[tokio::test]
+#[ignore = "BUG (not implemented): retry.max_attempts is ignored; a 5xx moves straight to the next target instead of retrying the same one (PRODUCT §3.2, §8)"]
+async fn a_server_error_is_retried_on_the_same_target_up_to_max_attempts() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&with_retries(&fakes, "")).await;
+    fakes.oa.push(Step::error(500));
+    let got = send(gw.openai(&openai_body("openai-pair", "hi", false))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-backstop-model"), Some("oa/gpt-4o"));
+    assert_eq!(got.header("x-backstop-attempts"), Some("2"));
+    assert_eq!(got.header("x-backstop-fallback"), None);
+    assert_eq!(fakes.oa.requests().len(), 2);
+    assert!(fakes.oa2.requests().is_empty());
+    // Two failures use up the target; the next model answers after three attempts in all.
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&with_retries(&fakes, "")).await;
+    fakes
+        .oa
+        .push_many([Step::error(502), Step::error_kind(529, "overloaded")]);
+    let got = send(gw.openai(&openai_body("openai-pair", "hi", false))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-backstop-model"), Some("oa2/gpt-4.1"));
+    assert_eq!(got.header("x-backstop-attempts"), Some("3"));
+    assert!(got.header("x-backstop-fallback").is_some());
+}
+
+#[tokio::test]
+async fn a_silent_target_is_not_retried() {
+    // Holds with or without same-target retries (PRODUCT §3.2: "a silent (timed-out) route is not retried").
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&with_retries(&fakes, "")).await;
+    fakes.oa.push(Step::Hang);
+    let got = send(gw.openai(&openai_body("openai-pair", "hi", true))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-backstop-model"), Some("oa2/gpt-4.1"));
+    assert_eq!(got.header("x-backstop-attempts"), Some("2"));
+    assert_eq!(fakes.oa.requests().len(), 1);
+}
+
+#[tokio::test]
+#[ignore = "BUG (not implemented): stream.commit \"complete\" is accepted but ignored; a stream cut after content still reaches the client as a partial answer instead of failing over (PRODUCT §3.6)"]
+async fn with_commit_complete_a_cut_stream_fails_over_invisibly() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.config_with(r#"stream: { commit: "complete" },"#)).await;
+    fakes.oa.push(Step::StreamThenCut {
+        text: "partial words here".into(),
+        after_chunks: 2,
+    });
+    let got = send(gw.openai(&openai_body("openai-pair", "hi", true))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(got.clean_end);
+    assert_eq!(got.header("x-backstop-model"), Some("oa2/gpt-4.1"));
+    assert_eq!(got.openai_stream_text(), "echo: hi");
+    assert!(!got.text().contains("partial"), "{}", got.text());
+    assert!(!got.text().contains("\"error\""), "{}", got.text());
+    assert_eq!(got.events().last().unwrap().data, "[DONE]");
 }

@@ -2,6 +2,7 @@
 //! a real gateway on port 0 in-process, and helpers to read what the client got.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -21,16 +22,27 @@ pub const AN_KEY: &str = "sk-ant-upstream-an-0123456789abcdef";
 pub const ROT_FIRST_KEY: &str = "sk-upstream-rot-first-0123456789";
 pub const ROT_SECOND_KEY: &str = "sk-upstream-rot-second-012345678";
 
-/// Timeouts short enough that timeout tests finish fast.
+/// Timeouts short enough that timeout tests finish fast, and one attempt per target
+/// (so attempt counts do not depend on same-target retries).
 pub const TIMEOUTS: &str =
-    "timeouts: { connect_ms: 1000, first_token_ms: 300, idle_ms: 300, request_ms: 5000 }";
+    "timeouts: { connect_ms: 1000, first_token_ms: 300, idle_ms: 300, request_ms: 5000 },
+  retry: { max_attempts: 1 }";
 
 /// Upper bound on any one exchange with the gateway, so a bug hangs no test forever.
 const EXCHANGE_LIMIT: Duration = Duration::from_secs(15);
 
-/// The environment the configs' `$VAR` keys come from.
+/// The environment the configs' `$VAR` keys come from, with a fresh state directory
+/// (`$BACKSTOP_STATE_DIR`) under the system temp dir, so no test shares cooldowns or
+/// touches the user's `~/.backstop`.
 pub fn env() -> MapEnv {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let state = std::env::temp_dir().join(format!(
+        "backstop-itest-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     MapEnv::default()
+        .with("BACKSTOP_STATE_DIR", &state.display().to_string())
         .with("CLIENT_KEY", CLIENT_KEY)
         .with("OA_KEY", OA_KEY)
         .with("OA2_KEY", OA2_KEY)
@@ -105,6 +117,8 @@ impl Fakes {
     }
 
     /// The standard config with `extra` JSON5 entries added at the top level.
+    /// (Tests that fail a target start a fresh gateway before relying on that target
+    /// again, so they stay valid once failures put targets into cooldown.)
     pub fn config_with(&self, extra: &str) -> String {
         self.config_custom("", extra)
     }
