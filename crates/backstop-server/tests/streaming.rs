@@ -440,3 +440,29 @@ fn normalise_masks_per_answer_fields_only() {
         normalise(r#"{"id":"b","text":"y"}"#)
     );
 }
+
+#[tokio::test]
+async fn include_usage_gets_a_usage_chunk_from_an_anthropic_upstream() {
+    let (fakes, gw) = setup().await;
+    fakes.an.push(fixed_reply());
+    let mut body = openai_body("solo-claude", "hi", true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let got = send(gw.openai(&body)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let events = got.events();
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let chunks = got.json_events();
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], serde_json::json!([]), "{}", got.text());
+    assert_eq!(last["usage"]["prompt_tokens"], 11, "{}", got.text());
+    assert_eq!(last["usage"]["completion_tokens"], 5, "{}", got.text());
+    assert_eq!(last["usage"]["total_tokens"], 16, "{}", got.text());
+    // Without include_usage, no usage chunk.
+    fakes.an.push(fixed_reply());
+    let got = send(gw.openai(&openai_body("solo-claude", "hi", true))).await;
+    assert!(
+        got.json_events().iter().all(|c| c["usage"].is_null()),
+        "{}",
+        got.text()
+    );
+}
