@@ -37,7 +37,10 @@ async fn handle(state: Arc<AppState>, ingress: WireFormat, req: Request) -> Resp
         Err(err) => (error_response(ingress, &err), std::time::Duration::ZERO),
     };
     metrics.request(ingress.as_str(), resp.status().as_u16());
-    metrics.overhead(ingress.as_str(), started.elapsed().saturating_sub(upstream_time));
+    metrics.overhead(
+        ingress.as_str(),
+        started.elapsed().saturating_sub(upstream_time),
+    );
     resp
 }
 

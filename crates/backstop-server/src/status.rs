@@ -50,7 +50,8 @@ fn models_of(config: &Config, provider: &str) -> Vec<String> {
     if let Some(p) = config.provider(provider) {
         p.models.iter().for_each(|m| add(&m.id));
     }
-    let chains = std::iter::once(&config.default_chain).chain(config.agents.iter().map(|a| &a.chain));
+    let chains =
+        std::iter::once(&config.default_chain).chain(config.agents.iter().map(|a| &a.chain));
     for c in chains {
         for m in std::iter::once(&c.primary).chain(c.fallbacks.iter()) {
             if m.provider == provider {
@@ -66,7 +67,8 @@ pub fn status_json(state: &AppState) -> Value {
     let engine = &state.engine;
     let config = &engine.config;
     let now = engine.cooldowns.now_ms();
-    let breakers: BTreeMap<Scope, BreakerSnapshot> = engine.cooldowns.snapshot().into_iter().collect();
+    let breakers: BTreeMap<Scope, BreakerSnapshot> =
+        engine.cooldowns.snapshot().into_iter().collect();
     let providers: Vec<Value> = config
         .providers
         .iter()
@@ -150,11 +152,18 @@ pub fn status_json(state: &AppState) -> Value {
         })
         .collect();
     let mut chains = vec![("default".to_string(), config.default_chain.clone())];
-    chains.extend(config.agents.iter().map(|a| (a.id.clone(), a.chain.clone())));
+    chains.extend(
+        config
+            .agents
+            .iter()
+            .map(|a| (a.id.clone(), a.chain.clone())),
+    );
     let chains: Vec<Value> = chains
         .into_iter()
         .map(|(agent, chain)| {
-            let targets: Vec<_> = std::iter::once(chain.primary.clone()).chain(chain.fallbacks.iter().cloned()).collect();
+            let targets: Vec<_> = std::iter::once(chain.primary.clone())
+                .chain(chain.fallbacks.iter().cloned())
+                .collect();
             let plan = engine.plan(&Route {
                 agent: Some(agent.clone()),
                 targets: targets.clone(),

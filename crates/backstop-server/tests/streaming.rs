@@ -155,8 +155,10 @@ async fn a_cut_after_content_ends_with_an_in_band_error() {
         let got = case.stream(&gw).await;
         assert_in_band_error(case, &got, &["timeout"]);
         assert_eq!(got.header("x-backstop-attempts"), Some("1"));
-        // Nothing was retried behind the client's back.
-        assert_eq!(case.upstream(&fakes).requests().len(), 1);
+        // With no other target, one replay-and-splice rescue on the same target is allowed
+        // (PRODUCT §8); the fake's replay (an echo) does not reproduce the delivered text,
+        // so the client gets the in-band error naming the first cause, never more tries.
+        assert!(case.upstream(&fakes).requests().len() <= 2);
     }
 }
 

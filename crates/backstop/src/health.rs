@@ -164,7 +164,8 @@ pub struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.health.with(&self.key.0, &self.key.1, |m| m.in_flight -= 1);
+        self.health
+            .with(&self.key.0, &self.key.1, |m| m.in_flight -= 1);
     }
 }
 
@@ -193,7 +194,14 @@ impl Health {
 
     /// An attempt ended: `failure` is `None` on success. `latency` is to the full answer,
     /// or to the commit point of a stream.
-    pub fn record(&self, provider: &str, model: &str, now_ms: u64, latency: Duration, failure: Option<Reason>) {
+    pub fn record(
+        &self,
+        provider: &str,
+        model: &str,
+        now_ms: u64,
+        latency: Duration,
+        failure: Option<Reason>,
+    ) {
         let window = self.config.window_ms;
         self.with(provider, model, |m| {
             m.prune(now_ms, window);
@@ -332,7 +340,10 @@ mod tests {
             h.record("p", "m", i, ms(10), Some(Reason::ServerError));
         }
         assert!(h.degraded("p", "m", 10));
-        assert_eq!(h.view("p", "m", 10).errors_by_reason.get("server_error"), Some(&10));
+        assert_eq!(
+            h.view("p", "m", 10).errors_by_reason.get("server_error"),
+            Some(&10)
+        );
         // Out of the window, the failures no longer count.
         assert!(!h.degraded("p", "m", 10 + 5 * 60 * 1000 + 1));
     }

@@ -82,7 +82,12 @@ impl Histogram {
                     fmt_labels(labels, Some(&le))
                 );
             }
-            let _ = writeln!(out, "{name}_bucket{} {}", fmt_labels(labels, Some("+Inf")), h.count);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{} {}",
+                fmt_labels(labels, Some("+Inf")),
+                h.count
+            );
             let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(labels, None), h.sum);
             let _ = writeln!(out, "{name}_count{} {}", fmt_labels(labels, None), h.count);
         }
@@ -91,7 +96,9 @@ impl Histogram {
 
 /// Escape a label value per the exposition format.
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn fmt_labels(labels: &Labels, le: Option<&str>) -> String {
@@ -143,8 +150,10 @@ impl Metrics {
     }
 
     pub fn request(&self, ingress: &str, status: u16) {
-        self.requests
-            .inc(vec![("ingress", ingress.to_string()), ("status", status.to_string())]);
+        self.requests.inc(vec![
+            ("ingress", ingress.to_string()),
+            ("status", status.to_string()),
+        ]);
     }
 
     pub fn attempt(&self, provider: &str, model: &str, outcome: &str, latency: Duration) {
@@ -154,14 +163,20 @@ impl Metrics {
             ("outcome", outcome.to_string()),
         ]);
         self.upstream_latency.observe(
-            vec![("provider", provider.to_string()), ("model", model.to_string())],
+            vec![
+                ("provider", provider.to_string()),
+                ("model", model.to_string()),
+            ],
             latency,
         );
     }
 
     pub fn time_to_first_token(&self, provider: &str, model: &str, d: Duration) {
         self.ttft.observe(
-            vec![("provider", provider.to_string()), ("model", model.to_string())],
+            vec![
+                ("provider", provider.to_string()),
+                ("model", model.to_string()),
+            ],
             d,
         );
     }
@@ -175,13 +190,18 @@ impl Metrics {
     }
 
     pub fn overhead(&self, ingress: &str, d: Duration) {
-        self.overhead.observe(vec![("ingress", ingress.to_string())], d);
+        self.overhead
+            .observe(vec![("ingress", ingress.to_string())], d);
     }
 
     /// The exposition text, with breaker gauges computed by the caller at scrape time.
     pub fn render(&self, breakers: &[BreakerGauge<'_>]) -> String {
         let mut out = String::with_capacity(8192);
-        self.requests.write(&mut out, "backstop_requests_total", "Client requests by ingress format and status.");
+        self.requests.write(
+            &mut out,
+            "backstop_requests_total",
+            "Client requests by ingress format and status.",
+        );
         self.attempts.write(
             &mut out,
             "backstop_attempts_total",
@@ -263,7 +283,9 @@ mod tests {
         ));
         assert!(text.contains("backstop_upstream_latency_seconds_bucket{provider=\"an\",model=\"claude\\\"x\",le=\"0.005\"} 1\n"));
         assert!(text.contains("backstop_upstream_latency_seconds_bucket{provider=\"an\",model=\"claude\\\"x\",le=\"0.0025\"} 0\n"));
-        assert!(text.contains("backstop_upstream_latency_seconds_count{provider=\"an\",model=\"claude\\\"x\"} 1\n"));
+        assert!(text.contains(
+            "backstop_upstream_latency_seconds_count{provider=\"an\",model=\"claude\\\"x\"} 1\n"
+        ));
         assert!(text.contains("# TYPE backstop_time_to_first_token_seconds histogram"));
     }
 }

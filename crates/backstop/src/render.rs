@@ -103,10 +103,9 @@ pub fn chain_error(
     let (status, kind) = if all_rate_limited {
         (429, ErrorKind::RateLimit)
     } else {
-        match f.failed.last().and_then(|a| a.failure.status) {
-            Some(s) if (400..500).contains(&s) && s != 429 => (s, ErrorKind::from_status(s)),
-            _ => (503, ErrorKind::Overloaded),
-        }
+        // The client's own errors went back above; what is left (Backstop's keys refused,
+        // out of credit, servers down) is the gateway's trouble, not the client's.
+        (503, ErrorKind::Overloaded)
     };
     let message = if lines.is_empty() {
         "no target could be tried".to_string()

@@ -13,9 +13,9 @@ use super::plan::{AttemptPlan, Target};
 use super::stream::{StreamItem, UpstreamDecoder, UpstreamStream};
 use crate::chat::{self, StreamEvent, WireFormat};
 use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ModelRef, Route, StreamCommit};
 use crate::health::{FailoverEvent, Health, HealthConfig};
 use crate::metrics::Metrics;
-use crate::config::{Config, ModelRef, Route, StreamCommit};
 use crate::provider::{Upstream, Upstreams, anthropic::DEFAULT_MAX_TOKENS};
 use crate::sse::SseEvent;
 use crate::state::{Admission, MemoryStore, StateStore};
@@ -101,20 +101,24 @@ impl Success {
         let first = self.first_model.as_ref()?;
         // Why the chain's first model did not answer: it failed, it was cooling down and
         // skipped, or it was degraded and put after healthier ones.
-        let (reason, describe, model) = if let Some(a) = self
-            .failed
-            .iter()
-            .rev()
-            .find(|a| &a.target.model == first)
-        {
-            (a.failure.reason.as_str(), a.failure.reason.describe(), first)
-        } else if let Some((t, r)) = self.skipped.iter().find(|(t, _)| &t.model == first) {
-            (r.as_str(), "cooling down", &t.model)
-        } else if let Some(a) = self.failed.last() {
-            (a.failure.reason.as_str(), a.failure.reason.describe(), &a.target.model)
-        } else {
-            ("degraded", "degraded", first)
-        };
+        let (reason, describe, model) =
+            if let Some(a) = self.failed.iter().rev().find(|a| &a.target.model == first) {
+                (
+                    a.failure.reason.as_str(),
+                    a.failure.reason.describe(),
+                    first,
+                )
+            } else if let Some((t, r)) = self.skipped.iter().find(|(t, _)| &t.model == first) {
+                (r.as_str(), "cooling down", &t.model)
+            } else if let Some(a) = self.failed.last() {
+                (
+                    a.failure.reason.as_str(),
+                    a.failure.reason.describe(),
+                    &a.target.model,
+                )
+            } else {
+                ("degraded", "degraded", first)
+            };
         Some((
             reason,
             format!("switched to {} ({model} {describe})", self.target.model),
@@ -646,8 +650,11 @@ impl Engine {
             let body = read_body(response, deadline).await.unwrap_or_default();
             let mut f = classify::classify_status(upstream.api(), status, None, body);
             if f.upstream.is_none() {
+                // A 2xx that is not a stream: garbage from a healthy-looking upstream. It has
+                // no error status, so `retry.trigger_codes` does not apply to it.
                 f.reason = Reason::ServerError;
                 f.phase = Phase::Body;
+                f.status = None;
                 f.message = format!(
                     "upstream answered a stream request with content type {content_type:?}"
                 );
