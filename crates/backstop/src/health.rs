@@ -203,6 +203,7 @@ impl Health {
         failure: Option<Reason>,
     ) {
         let window = self.config.window_ms;
+        let multiple = self.config.latency_multiple;
         self.with(provider, model, |m| {
             m.prune(now_ms, window);
             push_bounded(&mut m.outcomes, (now_ms, failure), OUTCOMES);
@@ -211,7 +212,16 @@ impl Health {
                     m.ok += 1;
                     let ms = latency.as_secs_f64() * 1000.0;
                     m.fast_ms = Some(ewma(m.fast_ms, ms, FAST_ALPHA));
-                    m.baseline_ms = Some(ewma(m.baseline_ms, ms, BASELINE_ALPHA));
+                    // The baseline is what is normal for this target: outliers move it ten
+                    // times slower, so a brownout shows against it yet a lasting change is
+                    // eventually learnt.
+                    let outlier = m.baseline_ms.is_some_and(|b| ms > multiple * b);
+                    let alpha = if outlier {
+                        BASELINE_ALPHA / 10.0
+                    } else {
+                        BASELINE_ALPHA
+                    };
+                    m.baseline_ms = Some(ewma(m.baseline_ms, ms, alpha));
                     push_bounded(&mut m.latencies, ms, SAMPLES);
                 }
                 Some(_) => m.failed += 1,

@@ -552,6 +552,20 @@ impl Engine {
                 }
             }
         };
+        let mut value = value;
+        if !call.request.stream
+            && let Some(obj) = value.as_object_mut()
+        {
+            // Stream from the upstream even for a non-streamed answer: time to first token
+            // and stalls become visible, and the answer is assembled from the events.
+            obj.insert("stream".into(), serde_json::Value::Bool(true));
+            if upstream.api() == WireFormat::OpenAi {
+                obj.insert(
+                    "stream_options".into(),
+                    serde_json::json!({"include_usage": true}),
+                );
+            }
+        }
         serde_json::to_vec(&value)
             .map(Bytes::from)
             .map_err(|e| Failure::new(Reason::BadRequest, Phase::Transport, e.to_string()))
@@ -564,7 +578,6 @@ impl Engine {
         target: &Target,
         deadline: Instant,
     ) -> Result<Answer, Failure> {
-        let stream = call.request.stream;
         let body = self.upstream_body(call, upstream, &target.model.model)?;
         let profile = upstream
             .config
@@ -579,15 +592,12 @@ impl Engine {
                 )
             })?;
         let timeouts = self.config.timeouts;
-        // Streaming: the response head must arrive within time-to-first-token.
-        let head_deadline = if stream {
-            deadline.min(Instant::now() + Duration::from_millis(timeouts.first_token_ms))
-        } else {
-            deadline
-        };
+        // The response head, and then the first content, must arrive within time-to-first-token.
+        let head_deadline =
+            deadline.min(Instant::now() + Duration::from_millis(timeouts.first_token_ms));
         let response = match tokio::time::timeout_at(
             head_deadline,
-            upstream.send(profile, &target.model.model, body, stream),
+            upstream.send(profile, &target.model.model, body, true),
         )
         .await
         {
@@ -611,22 +621,30 @@ impl Engine {
                 body,
             ));
         }
-        if stream {
-            self.commit_stream(upstream, response, head_deadline, deadline)
-                .await
-        } else {
-            let body = read_body(response, deadline).await?;
-            let parsed = match upstream.api() {
-                WireFormat::Anthropic => wire::anthropic::decode_response(&body),
-                _ => wire::openai::decode_response(&body),
-            };
-            match parsed {
-                Ok(response) => Ok(Answer::Complete { body, response }),
-                Err(e) => Err(Failure::new(
-                    Reason::ServerError,
-                    Phase::Body,
-                    format!("upstream answered 200 with an invalid body: {}", e.message),
-                )),
+        let client_streams = call.request.stream;
+        let answer = self
+            .commit_stream(upstream, response, head_deadline, deadline, !client_streams)
+            .await?;
+        if client_streams {
+            return Ok(answer);
+        }
+        match answer {
+            Answer::Complete { .. } => Ok(answer),
+            Answer::Stream { head, .. } => {
+                let response = super::stream::assemble(head.iter().flat_map(|(_, evs)| evs))
+                    .map_err(|e| {
+                        Failure::new(
+                            Reason::ServerError,
+                            Phase::Body,
+                            format!("upstream stream could not be assembled: {e}"),
+                        )
+                    })?;
+                let encoded = match upstream.api() {
+                    WireFormat::Anthropic => wire::anthropic::encode_response(&response),
+                    _ => wire::openai::encode_response(&response),
+                };
+                let body = Bytes::from(serde_json::to_vec(&encoded).unwrap_or_default());
+                Ok(Answer::Complete { body, response })
             }
         }
     }
@@ -638,6 +656,7 @@ impl Engine {
         response: reqwest::Response,
         first_token_deadline: Instant,
         deadline: Instant,
+        hold_all: bool,
     ) -> Result<Answer, Failure> {
         let content_type = response
             .headers()
@@ -648,6 +667,17 @@ impl Engine {
         if !content_type.starts_with("text/event-stream") {
             let status = response.status().as_u16();
             let body = read_body(response, deadline).await.unwrap_or_default();
+            // A server that ignores `stream: true` and answers whole is still an answer,
+            // when the client did not ask for a stream.
+            if hold_all && content_type.contains("json") {
+                let parsed = match upstream.api() {
+                    WireFormat::Anthropic => wire::anthropic::decode_response(&body),
+                    _ => wire::openai::decode_response(&body),
+                };
+                if let Ok(response) = parsed {
+                    return Ok(Answer::Complete { body, response });
+                }
+            }
             let mut f = classify::classify_status(upstream.api(), status, None, body);
             if f.upstream.is_none() {
                 // A 2xx that is not a stream: garbage from a healthy-looking upstream. It has
@@ -673,7 +703,7 @@ impl Engine {
         let mut head = Vec::new();
         // With `stream.commit: "complete"` the whole stream is held back, so any failure
         // before its end still fails over invisibly.
-        let hold_all = self.config.stream.commit == StreamCommit::Complete;
+        let hold_all = hold_all || self.config.stream.commit == StreamCommit::Complete;
         let mut got_content = false;
         loop {
             let until = if got_content {

@@ -156,3 +156,154 @@ impl UpstreamStream {
         }
     }
 }
+
+/// Assemble a complete answer from a stream's events (a non-streamed request is
+/// streamed from the upstream, so that time to first token and stalls are seen).
+pub fn assemble<'a>(
+    events: impl IntoIterator<Item = &'a StreamEvent>,
+) -> Result<crate::chat::Response, String> {
+    use crate::chat::{Part, Response, Usage};
+    let mut resp = Response {
+        id: String::new(),
+        model: String::new(),
+        content: Vec::new(),
+        finish_reason: None,
+        stop_sequence: None,
+        usage: Usage::default(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let mut start_input: Option<u64> = None;
+    // Our tool index → position in `content`.
+    let mut tools: Vec<(u32, usize)> = Vec::new();
+    for ev in events {
+        match ev {
+            StreamEvent::Start {
+                id,
+                model,
+                input_tokens,
+            } => {
+                resp.id.clone_from(id);
+                resp.model.clone_from(model);
+                start_input = *input_tokens;
+            }
+            StreamEvent::TextDelta { text } => match resp.content.last_mut() {
+                Some(Part::Text { text: t }) => t.push_str(text),
+                _ => resp.content.push(Part::Text { text: text.clone() }),
+            },
+            StreamEvent::ThinkingDelta { text } => match resp.content.last_mut() {
+                Some(Part::Thinking { text: t, .. }) => t.push_str(text),
+                _ => resp.content.push(Part::Thinking {
+                    text: text.clone(),
+                    signature: None,
+                }),
+            },
+            StreamEvent::ToolCallStart { index, id, name } => {
+                tools.push((*index, resp.content.len()));
+                resp.content.push(Part::ToolCall {
+                    id: id.clone(),
+                    name: name.clone(),
+                    arguments: String::new(),
+                });
+            }
+            StreamEvent::ToolCallDelta { index, arguments } => {
+                let pos = tools.iter().find(|(i, _)| i == index).map(|(_, p)| *p);
+                match pos.and_then(|p| resp.content.get_mut(p)) {
+                    Some(Part::ToolCall { arguments: a, .. }) => a.push_str(arguments),
+                    _ => {
+                        return Err(format!(
+                            "arguments for tool call {index}, which never started"
+                        ));
+                    }
+                }
+            }
+            StreamEvent::Usage { usage } => resp.usage = *usage,
+            StreamEvent::Finish {
+                reason,
+                stop_sequence,
+            } => {
+                resp.finish_reason = Some(*reason);
+                resp.stop_sequence.clone_from(stop_sequence);
+            }
+            StreamEvent::Error { error } => return Err(error.message.clone()),
+            StreamEvent::Done => {}
+        }
+    }
+    if resp.usage.input_tokens == 0
+        && let Some(n) = start_input
+    {
+        resp.usage.input_tokens = n;
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::{FinishReason, Part, Usage};
+
+    #[test]
+    fn assembles_text_and_tool_calls() {
+        let events = vec![
+            StreamEvent::Start {
+                id: "msg_1".into(),
+                model: "m".into(),
+                input_tokens: Some(7),
+            },
+            StreamEvent::TextDelta { text: "Hel".into() },
+            StreamEvent::TextDelta { text: "lo".into() },
+            StreamEvent::ToolCallStart {
+                index: 0,
+                id: "c1".into(),
+                name: "f".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "{\"a\":".into(),
+            },
+            StreamEvent::ToolCallDelta {
+                index: 0,
+                arguments: "1}".into(),
+            },
+            StreamEvent::Usage {
+                usage: Usage {
+                    input_tokens: 0,
+                    output_tokens: 5,
+                    ..Usage::default()
+                },
+            },
+            StreamEvent::Finish {
+                reason: FinishReason::ToolCalls,
+                stop_sequence: None,
+            },
+            StreamEvent::Done,
+        ];
+        let r = assemble(&events).unwrap();
+        assert_eq!(r.id, "msg_1");
+        assert_eq!(
+            r.content[0],
+            Part::Text {
+                text: "Hello".into()
+            }
+        );
+        assert_eq!(
+            r.content[1],
+            Part::ToolCall {
+                id: "c1".into(),
+                name: "f".into(),
+                arguments: "{\"a\":1}".into()
+            }
+        );
+        assert_eq!(r.usage.input_tokens, 7);
+        assert_eq!(r.usage.output_tokens, 5);
+        assert_eq!(r.finish_reason, Some(FinishReason::ToolCalls));
+        assert!(
+            assemble(&[StreamEvent::ToolCallDelta {
+                index: 3,
+                arguments: "x".into()
+            }])
+            .is_err()
+        );
+    }
+}
