@@ -512,12 +512,11 @@ impl Engine {
                 )
             })?;
         let timeouts = self.config.timeouts;
-        // Streaming: the response head must arrive within time-to-first-token.
-        let head_deadline = if stream {
-            deadline.min(Instant::now() + Duration::from_millis(timeouts.first_token_ms))
-        } else {
-            deadline
-        };
+        // The response head must arrive within time-to-first-token, streaming and not
+        // (PRODUCT §3.4): a non-streaming answer's head comes with its first content, and
+        // a silent upstream must not eat the whole request deadline.
+        let head_deadline =
+            deadline.min(Instant::now() + Duration::from_millis(timeouts.first_token_ms));
         let response = match tokio::time::timeout_at(
             head_deadline,
             upstream.send(profile, &target.model.model, body, stream),
