@@ -72,6 +72,8 @@ pub struct Success {
     pub first_model: Option<ModelRef>,
     /// Attempts that failed before this one.
     pub failed: Vec<Attempt>,
+    /// Targets skipped without an attempt because they were cooling down, with why.
+    pub skipped: Vec<(Target, Reason)>,
     pub answer: Answer,
 }
 
@@ -92,19 +94,35 @@ impl Success {
             return None;
         }
         let first = self.first_model.as_ref()?;
-        let cause = self
+        // Why the first model did not answer: its failed attempt, else its cooldown when it
+        // was skipped (a fallback that serves while the primary cools is still a fallback).
+        fn failed(a: &Attempt) -> (&Target, Reason) {
+            (&a.target, a.failure.reason)
+        }
+        fn skipped((t, r): &(Target, Reason)) -> (&Target, Reason) {
+            (t, *r)
+        }
+        let (target, reason) = self
             .failed
             .iter()
             .rev()
             .find(|a| &a.target.model == first)
-            .or_else(|| self.failed.last())?;
+            .map(failed)
+            .or_else(|| {
+                self.skipped
+                    .iter()
+                    .find(|(t, _)| &t.model == first)
+                    .map(skipped)
+            })
+            .or_else(|| self.failed.last().map(failed))
+            .or_else(|| self.skipped.last().map(skipped))?;
         Some((
-            cause.failure.reason,
+            reason,
             format!(
                 "switched to {} ({} {})",
                 self.target.model,
-                cause.target.model,
-                cause.failure.reason.describe()
+                target.model,
+                reason.describe()
             ),
         ))
     }
@@ -150,6 +168,8 @@ struct Run {
     deadline: Instant,
     attempts: usize,
     failed: Vec<Attempt>,
+    /// Targets skipped because they were cooling down.
+    skipped: Vec<(Target, Reason)>,
 }
 
 impl Engine {
@@ -198,6 +218,7 @@ impl Engine {
             deadline: Instant::now() + Duration::from_millis(self.config.timeouts.request_ms),
             attempts: 0,
             failed: Vec::new(),
+            skipped: Vec::new(),
         };
         let first_model = call.route.targets.first().cloned();
         let mut skip_model: Option<usize> = None;
@@ -221,6 +242,7 @@ impl Engine {
             if let Admission::Denied { until_ms, reason } = self.cooldowns.admit(p, a, m) {
                 tracing::debug!(request_id = %call.request_id, target = %target, %reason, until_ms, "skipped: cooling down");
                 cooling.push(target);
+                run.skipped.push((target.clone(), reason));
                 continue;
             }
             match self.try_target(call, &plan, idx, &mut run).await {
@@ -316,6 +338,7 @@ impl Engine {
             target: target.clone(),
             first_model,
             failed: run.failed,
+            skipped: run.skipped,
             answer,
         };
         if let Some((reason, notice)) = success.fallback_notice() {
