@@ -100,13 +100,12 @@ pub fn chain_error(
         && f.failed
             .iter()
             .all(|a| a.failure.reason == Reason::RateLimit);
+    // A client-side deciding failure went back above; what is left failed on Backstop's
+    // side (its own keys, credit, upstream outages), never the client's 401/402/403.
     let (status, kind) = if all_rate_limited {
         (429, ErrorKind::RateLimit)
     } else {
-        match f.failed.last().and_then(|a| a.failure.status) {
-            Some(s) if (400..500).contains(&s) && s != 429 => (s, ErrorKind::from_status(s)),
-            _ => (503, ErrorKind::Overloaded),
-        }
+        (503, ErrorKind::Overloaded)
     };
     let message = if lines.is_empty() {
         "no target could be tried".to_string()
