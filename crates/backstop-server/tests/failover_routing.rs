@@ -1,0 +1,308 @@
+//! Where a failure sends the request: key rotation (and the cooldown it leaves),
+//! larger context windows, client errors passed through; and how a fallback's
+//! answer is reported (body `model` and `usage`, headers).
+#![allow(clippy::unwrap_used)]
+
+mod failover_common;
+
+use backstop::clock::Clock;
+use backstop_fake::{ErrorStep, FakeHandle, Reply as FakeReply, Step, Usage};
+use failover_common::*;
+use serde_json::{Value, json};
+
+const ECHO: &str = "echo: Tell me about foxes";
+
+fn bare_429() -> Step {
+    Step::Error(ErrorStep {
+        status: 429,
+        body: Some(json!({"error": {
+            "message": "Rate limit reached for requests",
+            "type": "requests", "param": null, "code": "rate_limit_exceeded"}})),
+        ..ErrorStep::default()
+    })
+}
+
+/// Two keys on `openai/gpt-4o`; `backup/gpt-4o-mini` as the fallback.
+fn two_keys(primary: &FakeHandle, backup: &FakeHandle) -> Value {
+    config(
+        json!({
+            "openai": openai_provider(primary, &["a", "b"], json!(["gpt-4o"])),
+            "backup": openai_provider(backup, &["x"], json!(["gpt-4o-mini"])),
+        }),
+        "openai/gpt-4o",
+        &["backup/gpt-4o-mini"],
+        json!({}),
+    )
+}
+
+/// The first key fails with `step`; the second answers; `scope` cools with `reason`.
+async fn rotation(step: Step, reason: &str, scope: &str, not_scope: &str) {
+    let (primary, backup) = (fake(), fake());
+    primary.push(step);
+    let gw = Gateway::start(two_keys(&primary, &backup)).await;
+
+    let r = gw.chat(&openai_request("default", false)).await;
+
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.openai_text(), ECHO);
+    assert_eq!(r.attempts(), Some(2));
+    assert_eq!(r.header("x-backstop-model"), Some("openai/gpt-4o"));
+    assert_eq!(
+        r.header("x-backstop-fallback"),
+        None,
+        "a key rotation is not a fallback"
+    );
+    assert_eq!(keys_seen(&primary), ["key-a", "key-b"]);
+    assert!(backup.requests().is_empty());
+
+    let listed = gw.cooldowns().await;
+    let c = gw
+        .cooldown(scope)
+        .await
+        .unwrap_or_else(|| panic!("{scope} not in {listed:?}"));
+    assert_eq!(c["reason"], reason, "{c}");
+    assert_eq!(c["provider"], "openai");
+    assert_eq!(c["profile"], "a");
+    assert!(c["until_ms"].as_u64().unwrap() > gw.clock.now_ms(), "{c}");
+    assert!(gw.cooldown(not_scope).await.is_none(), "{listed:?}");
+    assert!(
+        listed.iter().all(|c| c["profile"] != "b"),
+        "the key that answered is not cooling: {listed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_on_rate_limit_cools_the_profile_for_that_model() {
+    rotation(bare_429(), "rate_limit", "openai:a/gpt-4o", "openai:a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_on_401_cools_the_whole_profile() {
+    rotation(Step::error(401), "auth", "openai:a", "openai:a/gpt-4o").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_on_insufficient_quota_disables_the_whole_profile() {
+    rotation(
+        Step::error_kind(429, "insufficient_quota"),
+        "billing",
+        "openai:a",
+        "openai:a/gpt-4o",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotated_away_key_is_skipped_by_the_next_request() {
+    let (primary, backup) = (fake(), fake());
+    primary.push(Step::error(401));
+    let gw = Gateway::start(two_keys(&primary, &backup)).await;
+    assert_eq!(gw.chat(&openai_request("default", false)).await.status, 200);
+
+    let r = gw.chat(&openai_request("default", false)).await;
+
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.attempts(), Some(1));
+    assert_eq!(keys_seen(&primary), ["key-a", "key-b", "key-b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_overflow_moves_only_to_a_model_with_a_larger_window() {
+    let upstream = fake();
+    upstream.push(Step::error_kind(400, "context_length_exceeded"));
+    let gw = Gateway::start(config(
+        json!({"openai": openai_provider(&upstream, &["a", "b"], json!([
+            {"id": "gpt-small", "context_window": 8000},
+            {"id": "gpt-smaller", "context_window": 4000},
+            {"id": "gpt-same", "context_window": 8000},
+            {"id": "gpt-big", "context_window": 200000},
+        ]))}),
+        "openai/gpt-small",
+        &["openai/gpt-smaller", "openai/gpt-same", "openai/gpt-big"],
+        json!({"retry": {"max_attempts": 3}}),
+    ))
+    .await;
+
+    let r = gw.chat(&openai_request("default", false)).await;
+
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.openai_text(), ECHO);
+    // Same model never retried (not even on the other key); smaller and equal windows skipped.
+    assert_eq!(models_seen(&upstream), ["gpt-small", "gpt-big"]);
+    assert_eq!(r.header("x-backstop-model"), Some("openai/gpt-big"));
+    assert_eq!(r.header("x-backstop-fallback"), Some("context_overflow"));
+    assert_eq!(r.attempts(), Some(2));
+    // A context overflow is the request's fault: nothing cools down.
+    assert!(gw.cooldowns().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_overflow_with_no_larger_window_goes_back_to_the_client() {
+    let upstream = fake();
+    upstream.push(Step::error_kind(400, "context_length_exceeded"));
+    let gw = Gateway::start(config(
+        json!({"openai": openai_provider(&upstream, &["a"], json!([
+            {"id": "gpt-small", "context_window": 8000},
+            {"id": "gpt-smaller", "context_window": 4000},
+        ]))}),
+        "openai/gpt-small",
+        &["openai/gpt-smaller"],
+        json!({}),
+    ))
+    .await;
+
+    let r = gw.chat(&openai_request("default", false)).await;
+
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    assert_eq!(models_seen(&upstream), ["gpt-small"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_policy_is_passed_through_and_never_retried() {
+    let (primary, backup) = (fake(), fake());
+    let refusal = json!({"error": {
+        "message": "Your request was rejected as a result of our safety system. Your prompt may contain text that is not allowed by our safety system.",
+        "type": "invalid_request_error", "param": null, "code": "content_policy_violation"}});
+    primary.push(Step::Error(ErrorStep {
+        status: 400,
+        body: Some(refusal.clone()),
+        ..ErrorStep::default()
+    }));
+    let gw = Gateway::start(two_keys(&primary, &backup)).await;
+
+    let r = gw.chat(&openai_request("default", false)).await;
+
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json(), refusal, "the provider's own body, untouched");
+    assert_eq!(keys_seen(&primary), ["key-a"], "tried once, no other key");
+    assert!(backup.requests().is_empty(), "the fallback is never tried");
+    assert_eq!(r.attempts(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallbacks_answer_reports_its_own_model_and_usage() {
+    let (primary, backup) = (fake(), fake());
+    primary.set_default(Step::error(503));
+    backup.push(Step::Reply(FakeReply {
+        text: "from the fallback".into(),
+        model: Some("gpt-4o-mini-2024-07-18".into()),
+        usage: Some(Usage {
+            input_tokens: 21,
+            output_tokens: 4,
+        }),
+        ..FakeReply::default()
+    }));
+    let gw = Gateway::start(two_keys(&primary, &backup)).await;
+
+    let r = gw.chat(&openai_request("default", false)).await;
+
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["model"], "gpt-4o-mini-2024-07-18");
+    assert_eq!(body["usage"]["prompt_tokens"], 21);
+    assert_eq!(body["usage"]["completion_tokens"], 4);
+    assert_eq!(body["usage"]["total_tokens"], 25);
+    assert_eq!(r.header("x-backstop-model"), Some("backup/gpt-4o-mini"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_format_fallbacks_answer_reports_its_own_model_and_usage() {
+    let (primary, fallback) = (fake(), fake());
+    primary.set_default(Step::error(503));
+    let answer = FakeReply {
+        text: "from claude".into(),
+        model: Some("claude-sonnet-4-5-20250929".into()),
+        usage: Some(Usage {
+            input_tokens: 33,
+            output_tokens: 6,
+        }),
+        ..FakeReply::default()
+    };
+    fallback.push_many([Step::Reply(answer.clone()), Step::Reply(answer)]);
+    let gw = Gateway::start(config(
+        json!({
+            "openai": openai_provider(&primary, &["a"], json!(["gpt-4o"])),
+            "anthropic": anthropic_provider(&fallback, &["t"], json!(["claude-sonnet-4-5"])),
+        }),
+        "openai/gpt-4o",
+        &["anthropic/claude-sonnet-4-5"],
+        json!({}),
+    ))
+    .await;
+
+    // Not streaming.
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["model"], "claude-sonnet-4-5-20250929");
+    assert_eq!(body["choices"][0]["message"]["content"], "from claude");
+    assert_eq!(body["usage"]["prompt_tokens"], 33);
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+
+    // Streaming, with usage requested.
+    let mut req = openai_request("default", true);
+    req["stream_options"] = json!({"include_usage": true});
+    let r = gw.chat(&req).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = parse_openai_stream(&r.body);
+    assert_eq!(s.text, "from claude");
+    assert!(s.done);
+    assert!(!s.models.is_empty());
+    assert!(
+        s.models.iter().all(|m| m == "claude-sonnet-4-5-20250929"),
+        "{:?}",
+        s.models
+    );
+    let usage = s.usage.expect("usage chunk");
+    assert_eq!(usage["prompt_tokens"], 33, "{usage}");
+    assert_eq!(usage["completion_tokens"], 6, "{usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_answer_carries_the_fallback_headers() {
+    let (primary, fallback) = (fake(), fake());
+    primary.push(bare_429());
+    let gw = Gateway::start(config(
+        json!({
+            "openai": openai_provider(&primary, &["a"], json!(["gpt-4o"])),
+            "anthropic": anthropic_provider(&fallback, &["t"], json!(["claude-sonnet-4-5"])),
+        }),
+        "openai/gpt-4o",
+        &["anthropic/claude-sonnet-4-5"],
+        json!({}),
+    ))
+    .await;
+
+    let r = gw.chat(&openai_request("default", false)).await;
+
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.openai_text(), ECHO);
+    assert_eq!(
+        r.header("x-backstop-model"),
+        Some("anthropic/claude-sonnet-4-5")
+    );
+    assert_eq!(r.attempts(), Some(2));
+    assert_eq!(r.header("x-backstop-fallback"), Some("rate_limit"));
+    assert_eq!(
+        r.header("x-backstop-fallback-notice"),
+        Some("switched to anthropic/claude-sonnet-4-5 (openai/gpt-4o rate limited)")
+    );
+    assert!(r.header("x-backstop-request-id").is_some());
+    assert_eq!(fallback.requests()[0].path, "/v1/messages");
+    assert_eq!(keys_seen(&fallback), ["key-t"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_answer_carries_no_fallback_headers() {
+    let (primary, backup) = (fake(), fake());
+    let gw = Gateway::start(two_keys(&primary, &backup)).await;
+
+    let r = gw.chat(&openai_request("default", true)).await;
+
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-backstop-model"), Some("openai/gpt-4o"));
+    assert_eq!(r.attempts(), Some(1));
+    assert_eq!(r.header("x-backstop-fallback"), None);
+    assert_eq!(r.header("x-backstop-fallback-notice"), None);
+}
