@@ -413,7 +413,10 @@ async fn a_same_format_non_streamed_answer_matches_a_direct_one() {
     assert_eq!(upstream_body["stream_options"]["include_usage"], true);
     let mut direct_body = upstream_body.clone();
     direct_body["stream"] = serde_json::Value::Bool(false);
-    direct_body.as_object_mut().unwrap().remove("stream_options");
+    direct_body
+        .as_object_mut()
+        .unwrap()
+        .remove("stream_options");
     fakes.oa.push(fixed_reply());
     let direct = send(
         client()

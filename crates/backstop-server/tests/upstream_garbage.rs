@@ -161,11 +161,11 @@ async fn a_hung_non_stream_falls_over_after_first_token_ms() {
 }
 
 #[tokio::test]
-async fn a_hung_non_stream_ends_at_the_request_deadline() {
+async fn a_hung_non_stream_with_nothing_left_fails_after_first_token_ms() {
     let fakes = Fakes::start();
     let text = fakes
         .config_with("")
-        .replace("request_ms: 5000", "request_ms: 1000");
+        .replace("request_ms: 5000", "request_ms: 3000");
     let gw = Gateway::start(&text).await;
     fakes.oa.push(Step::Hang);
     let got = send(gw.openai(&openai_body("solo", "hi", false))).await;
@@ -174,13 +174,10 @@ async fn a_hung_non_stream_ends_at_the_request_deadline() {
         "server_error",
         &["all targets failed", "oa/gpt-4o-mini (main): timeout"],
     );
+    // first_token_ms (300) ends the attempt, not the request deadline (3000); a silent
+    // upstream is not retried.
     assert!(
-        got.elapsed >= Duration::from_millis(1000),
-        "{:?}",
-        got.elapsed
-    );
-    assert!(
-        got.elapsed < Duration::from_millis(3000),
+        got.elapsed < Duration::from_millis(2000),
         "{:?}",
         got.elapsed
     );
