@@ -115,3 +115,116 @@ pub fn profile_order(
     names.extend(rest.into_iter().map(str::to_owned));
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::{ConfigOrigin, Format, MapEnv, from_str};
+    use crate::failover::Reason;
+    use crate::state::MemoryStore;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn config(order: &str) -> Config {
+        let text = format!(
+            r#"{{
+              providers: {{
+                oa: {{ api: "openai", base_url: "http://127.0.0.1:1/v1",
+                      auth: [{{ profile: "a", key: "k-aaaaaaaaaaaaaaaa" }}, {{ profile: "b", key: "k-bbbbbbbbbbbbbbbb" }},
+                             {{ profile: "c", key: "k-cccccccccccccccc" }}] }},
+                an: {{ api: "anthropic", base_url: "http://127.0.0.1:1", auth: [{{ profile: "x", key: "k-xxxxxxxxxxxxxxxx" }}] }},
+              }},
+              auth: {{ {order} }},
+              agents: {{ defaults: {{ model: {{ primary: "oa/m1", fallbacks: ["an/m2"] }} }} }},
+            }}"#
+        );
+        from_str(
+            &text,
+            Format::Json5,
+            ConfigOrigin::Environment,
+            &MapEnv::new(),
+        )
+        .unwrap()
+    }
+
+    fn cooldowns(config: &Config) -> (Cooldowns, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let c = Cooldowns::new(
+            Arc::new(MemoryStore::new()),
+            clock.clone(),
+            config.auth.cooldowns.clone(),
+            Duration::from_secs(3600),
+        );
+        (c, clock)
+    }
+
+    fn order(p: &AttemptPlan) -> Vec<String> {
+        p.targets.iter().map(ToString::to_string).collect()
+    }
+
+    fn route(config: &Config) -> Route {
+        config.resolve("default", None).unwrap()
+    }
+
+    #[test]
+    fn config_order_without_history_then_the_next_model() {
+        let c = config("");
+        let (cd, _) = cooldowns(&c);
+        let p = plan(&c, &route(&c), &cd, |_, _| false);
+        assert_eq!(
+            order(&p),
+            ["oa/m1 (a)", "oa/m1 (b)", "oa/m1 (c)", "an/m2 (x)"]
+        );
+    }
+
+    #[test]
+    fn least_recently_used_first_without_an_explicit_order() {
+        let c = config("");
+        let (cd, clock) = cooldowns(&c);
+        cd.on_success("oa", "a", "m1");
+        clock.advance(Duration::from_secs(1));
+        cd.on_success("oa", "c", "m1");
+        // b never used, then a (older), then c (newest).
+        let p = plan(&c, &route(&c), &cd, |_, _| false);
+        assert_eq!(order(&p)[..3], ["oa/m1 (b)", "oa/m1 (a)", "oa/m1 (c)"]);
+    }
+
+    #[test]
+    fn explicit_order_wins_over_recency() {
+        let c = config(r#"order: { oa: ["c", "a"] }"#);
+        let (cd, _) = cooldowns(&c);
+        cd.on_success("oa", "c", "m1");
+        let p = plan(&c, &route(&c), &cd, |_, _| false);
+        assert_eq!(order(&p)[..3], ["oa/m1 (c)", "oa/m1 (a)", "oa/m1 (b)"]);
+    }
+
+    #[test]
+    fn cooling_profiles_go_last_soonest_first() {
+        let c = config("");
+        let (cd, _) = cooldowns(&c);
+        cd.on_failure("oa", "a", "m1", Reason::Auth, None); // whole profile, 5 min
+        cd.on_failure(
+            "oa",
+            "b",
+            "m1",
+            Reason::RateLimit,
+            Some(Duration::from_secs(10)),
+        );
+        let p = plan(&c, &route(&c), &cd, |_, _| false);
+        assert_eq!(order(&p)[..3], ["oa/m1 (c)", "oa/m1 (b)", "oa/m1 (a)"]);
+        assert!(p.targets[0].usable_at.is_none());
+        assert!(p.targets[1].usable_at < p.targets[2].usable_at);
+    }
+
+    #[test]
+    fn degraded_models_go_after_healthy_ones() {
+        let c = config("");
+        let (cd, _) = cooldowns(&c);
+        let p = plan(&c, &route(&c), &cd, |p, m| p == "oa" && m == "m1");
+        assert_eq!(
+            order(&p),
+            ["an/m2 (x)", "oa/m1 (a)", "oa/m1 (b)", "oa/m1 (c)"]
+        );
+    }
+}
