@@ -27,12 +27,15 @@ UPSTREAM_ANTHROPIC_KEY = "sk-ant-upstream-0123456789abcdef"
 CLIENT_KEY = "sk-backstop-client-0123456789abcdef"
 
 
-def _start(cmd, env=None):
-    """Start a process that prints `listening on http://HOST:PORT`; return (proc, base_url)."""
+def _start(cmd, env=None, stderr_path=None):
+    """Start a process that prints `listening on http://HOST:PORT`; return (proc, base_url).
+
+    With `stderr_path`, the process's log goes to that file (tests read it back)."""
+    stderr = open(stderr_path, "w") if stderr_path else subprocess.PIPE
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         env={**os.environ, **(env or {})},
     )
@@ -40,7 +43,7 @@ def _start(cmd, env=None):
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
-            err = proc.stderr.read()
+            err = proc.stderr.read() if proc.stderr else open(stderr_path).read()
             raise RuntimeError(f"{cmd[0]} exited before listening: {err}")
         if line.startswith("listening on "):
             return proc, line.split("listening on ", 1)[1].strip()
