@@ -1,8 +1,11 @@
 //! The `backstop` command: run the gateway, check a config.
 //!
 //! Exit codes: 0 success; 1 the config is invalid or the gateway could not run;
-//! 2 bad command-line usage.
+//! 2 bad command-line usage. `probe`: 0 every target answered, 1 some failed but
+//! every chain has a working target, 2 a chain has none.
 #![forbid(unsafe_code)]
+
+mod probe;
 
 use anyhow::{Context, Result};
 use backstop::config::{self, ConfigOrigin, ProcessEnv};
@@ -43,6 +46,22 @@ enum Command {
         #[arg(long)]
         allow_unauthenticated: bool,
     },
+    /// Send a tiny real request to every target and profile of every chain and report
+    /// which would fail (exit 0 all ok, 1 some failed, 2 a chain has no working target).
+    Probe {
+        /// Config file (same lookup as `serve`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Probes in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Per-probe timeout in milliseconds.
+        #[arg(long, default_value_t = 20_000)]
+        timeout_ms: u64,
+    },
     /// Validate a config and print it with every secret redacted.
     Check {
         /// Config file (same lookup as `serve`).
@@ -79,6 +98,19 @@ fn main() -> ExitCode {
             allow_unauthenticated,
         } => serve(config, listen, allow_unauthenticated),
         Command::Check { config } => check(config),
+        Command::Probe {
+            config,
+            json,
+            concurrency,
+            timeout_ms,
+        } => load(config).and_then(|c| {
+            probe::run(
+                c,
+                json,
+                concurrency,
+                std::time::Duration::from_millis(timeout_ms),
+            )
+        }),
     };
     match result {
         Ok(code) => code,

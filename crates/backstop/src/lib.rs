@@ -16,6 +16,7 @@ pub mod failover;
 pub mod health;
 pub mod metrics;
 pub mod models;
+pub mod probe;
 pub mod provider;
 pub mod render;
 pub mod secret;

@@ -307,7 +307,7 @@ impl Engine {
     }
 
     /// One attempt on a target, outside the request's plan loop (rescues).
-    pub(crate) async fn attempt_target(
+    pub async fn attempt_target(
         &self,
         call: &Call,
         target: &Target,
