@@ -2,6 +2,7 @@
 //!
 //! - `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic): [`chat`];
 //! - `GET /v1/models`, `GET /health`, `GET /ready`: [`info`];
+//! - `GET/PUT/DELETE /v1/sessions/{id}`: [`sessions`];
 //! - client authentication, limits and headers: [`guard`].
 #![forbid(unsafe_code)]
 
@@ -9,12 +10,14 @@ mod chat;
 mod cooldowns;
 mod guard;
 mod info;
+mod sessions;
 mod status;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
 use backstop::Config;
 use backstop::failover::Engine;
+use backstop::state::SessionStore;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,18 +26,30 @@ use tokio::net::TcpListener;
 /// What every handler shares.
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// Sessions (`x-backstop-session`): `<state.dir>/sessions.json`.
+    pub sessions: Arc<dyn SessionStore>,
 }
 
 impl AppState {
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        let sessions = sessions::open_store(&config, Arc::new(backstop::clock::SystemClock))?;
         Ok(AppState {
             engine: Arc::new(Engine::new(config)?),
+            sessions,
         })
     }
 
     /// Around an engine built elsewhere (tests inject a manual clock or a state store).
+    /// Sessions are kept in memory on the engine's clock; see [`AppState::with_sessions`].
     pub fn with_engine(engine: Arc<Engine>) -> Self {
-        AppState { engine }
+        let sessions = sessions::memory_store(&engine.config, engine.cooldowns.clock().clone());
+        AppState { engine, sessions }
+    }
+
+    /// Replace the session store.
+    pub fn with_sessions(mut self, sessions: Arc<dyn SessionStore>) -> Self {
+        self.sessions = sessions;
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -59,6 +74,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(cooldowns::list).delete(cooldowns::clear_all),
         )
         .route("/v1/cooldowns/{*scope}", delete(cooldowns::clear))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get)
+                .put(sessions::put)
+                .delete(sessions::delete),
+        )
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

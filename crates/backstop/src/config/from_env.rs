@@ -167,6 +167,7 @@ pub fn from_env(env: &dyn Env) -> Result<Config, ConfigErrors> {
             dir,
             redis_url: None,
             max_bytes: None,
+            session_ttl_ms: StateConfig::DEFAULT_SESSION_TTL_MS,
         },
         origin: ConfigOrigin::Environment,
         warnings: cx.warnings,

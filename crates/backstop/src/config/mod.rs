@@ -322,8 +322,22 @@ pub struct StateConfig {
     /// Default `~/.backstop`; `$BACKSTOP_STATE_DIR` overrides.
     pub dir: PathBuf,
     pub redis_url: Option<String>,
-    /// Session store disk budget.
+    /// Session store disk budget (unset: [`StateConfig::DEFAULT_MAX_BYTES`]).
     pub max_bytes: Option<u64>,
+    /// Sessions unused for longer than this are dropped. Default 7 days.
+    pub session_ttl_ms: u64,
+}
+
+impl StateConfig {
+    /// The session store's disk budget when `state.max_bytes` is unset: 8 MiB.
+    pub const DEFAULT_MAX_BYTES: u64 = 8 * 1024 * 1024;
+    /// `state.session_ttl_ms` when unset: 7 days.
+    pub const DEFAULT_SESSION_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+    /// The session store's disk budget in bytes.
+    pub fn session_max_bytes(&self) -> u64 {
+        self.max_bytes.unwrap_or(Self::DEFAULT_MAX_BYTES)
+    }
 }
 
 impl Config {

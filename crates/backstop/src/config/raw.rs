@@ -131,6 +131,7 @@ pub(crate) struct RawState {
     pub dir: Option<String>,
     pub redis_url: Option<String>,
     pub max_bytes: Option<u64>,
+    pub session_ttl_ms: Option<u64>,
 }
 
 /// Deserialize one section, prefixing serde's key path with `prefix`. `null` counts as absent.
@@ -267,7 +268,12 @@ const TOP: Shape = Obj(&[
     ),
     (
         "state",
-        Obj(&[("dir", Leaf), ("max_bytes", Leaf), ("redis_url", Leaf)]),
+        Obj(&[
+            ("dir", Leaf),
+            ("max_bytes", Leaf),
+            ("redis_url", Leaf),
+            ("session_ttl_ms", Leaf),
+        ]),
     ),
     ("stream", Obj(&[("commit", Leaf), ("rescue", Leaf)])),
     (

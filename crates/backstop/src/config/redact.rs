@@ -145,6 +145,7 @@ impl Config {
                 "dir": self.state.dir.display().to_string(),
                 "redis_url": self.state.redis_url.as_deref().map(redact_url),
                 "max_bytes": self.state.max_bytes,
+                "session_ttl_ms": self.state.session_ttl_ms,
             },
         })
     }

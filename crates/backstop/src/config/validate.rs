@@ -518,10 +518,16 @@ fn state(v: Option<&Value>, cx: &mut Ctx<'_>) -> Option<StateConfig> {
     if let Some(n) = raw.max_bytes {
         positive(cx, "state.max_bytes", n);
     }
+    if let Some(n) = raw.session_ttl_ms {
+        positive(cx, "state.session_ttl_ms", n);
+    }
     Some(StateConfig {
         dir,
         redis_url,
         max_bytes: raw.max_bytes,
+        session_ttl_ms: raw
+            .session_ttl_ms
+            .unwrap_or(StateConfig::DEFAULT_SESSION_TTL_MS),
     })
 }
 

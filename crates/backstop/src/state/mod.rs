@@ -9,12 +9,16 @@
 //!
 //! Times are epoch milliseconds passed in by the caller (from a
 //! [`crate::clock::Clock`]), so stores never read the clock themselves.
+//!
+//! Sessions (§3.5) have their own store, [`session::SessionStore`].
 
 pub mod memory;
+pub mod session;
 
 pub use crate::failover::breaker::{Admission, BreakerSnapshot, BreakerState};
 pub use crate::failover::cooldown::{Penalty, Scope};
 pub use memory::MemoryStore;
+pub use session::{FileSessionStore, MemorySessionStore, Session, SessionStore};
 
 /// Where breakers and usage live. See the module docs.
 ///

@@ -569,6 +569,39 @@ fn type_errors_carry_the_key_path() {
 // ---- state ----
 
 #[test]
+fn session_store_budget_and_ttl() {
+    let c = ok(
+        r#"{ providers: { openai: { models: ["m"] } } }"#,
+        &MapEnv::new().with_home("/h"),
+    );
+    assert_eq!(c.state.session_ttl_ms, 7 * 24 * 60 * 60 * 1000);
+    assert_eq!(c.state.max_bytes, None);
+    assert_eq!(c.state.session_max_bytes(), 8 * 1024 * 1024);
+    let c = ok(
+        r#"{ providers: { openai: { models: ["m"] } }, state: { max_bytes: 4096, session_ttl_ms: 60000 } }"#,
+        &MapEnv::new().with_home("/h"),
+    );
+    assert_eq!(c.state.session_ttl_ms, 60_000);
+    assert_eq!(c.state.session_max_bytes(), 4096);
+    let e = errs(
+        r#"{ providers: { openai: { models: ["m"] } }, state: { session_ttl_ms: 0 } }"#,
+        &MapEnv::new().with_home("/h"),
+    );
+    assert_eq!(
+        e,
+        ["backstop.json5: state.session_ttl_ms: must be greater than 0; got 0"]
+    );
+    let e = errs(
+        r#"{ providers: { openai: { models: ["m"] } }, state: { session_ttl: 5 } }"#,
+        &MapEnv::new().with_home("/h"),
+    );
+    assert!(
+        e[0].contains("state.session_ttl: unknown key (did you mean \"session_ttl_ms\"?)"),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn state_dir_expansion_and_override() {
     let c = ok(
         r#"{ providers: { openai: { models: ["m"] } }, state: { dir: "~/bs" } }"#,
