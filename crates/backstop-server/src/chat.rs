@@ -9,8 +9,10 @@ use backstop::WireFormat;
 use backstop::chat::{ClientError, ErrorKind};
 use backstop::config::ResolveError;
 use backstop::failover::relay::{Committed, relay};
+use backstop::failover::session::SessionCtx;
 use backstop::failover::{Answer, Call, Success};
 use backstop::render;
+use backstop::state::session::{PROFILE_HEADER, SESSION_HEADER, check_id, user_pins};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use std::sync::Arc;
@@ -103,6 +105,7 @@ async fn serve(
                 ClientError::invalid(message).with_param(FALLBACKS_HEADER)
             }
         })?;
+    let session = session_for(&state, &parts.headers)?;
     let include_usage =
         ingress == WireFormat::OpenAi && backstop::wire::openai::include_usage(&raw);
     let call = Call {
@@ -111,6 +114,7 @@ async fn serve(
         raw: Arc::new(raw),
         request: Arc::new(request),
         route,
+        session,
         translate: false,
     };
     match state.engine.execute(&call).await {
@@ -156,6 +160,11 @@ fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Succ
         headers.insert(MODEL, v);
     }
     set_attempts(&mut headers, success.attempts());
+    if let Some(cleared) = &success.fallback_cleared
+        && let Ok(v) = HeaderValue::from_str(cleared)
+    {
+        headers.insert(FALLBACK_NOTICE, v);
+    }
     if let Some((reason, notice)) = success.fallback_notice() {
         headers.insert(FALLBACK, HeaderValue::from_static(reason));
         if let Ok(v) = HeaderValue::from_str(&notice) {
@@ -264,4 +273,45 @@ mod tests {
         assert_eq!(parse_json(b"[1]", 8).unwrap_err().status, 400);
         assert!(parse_json(br#"{"model":"x"}"#, 8).is_ok());
     }
+}
+
+/// The session of a request (`x-backstop-session`), with a user profile pin from
+/// `x-backstop-profile` applied first.
+fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCtx>, ClientError> {
+    let text = |name: &str| -> Result<Option<String>, ClientError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map(|s| s.trim().to_string()).map_err(|_| {
+                    ClientError::invalid(format!("{name}: not valid text")).with_param(name)
+                })
+            })
+            .transpose()
+    };
+    let Some(id) = text(SESSION_HEADER)?.filter(|s| !s.is_empty()) else {
+        if headers.contains_key(PROFILE_HEADER) {
+            return Err(ClientError::invalid(format!(
+                "{PROFILE_HEADER} needs a session: send {SESSION_HEADER} too"
+            ))
+            .with_param(PROFILE_HEADER));
+        }
+        return Ok(None);
+    };
+    check_id(&id).map_err(|e| {
+        ClientError::invalid(format!("{SESSION_HEADER}: {e}")).with_param(SESSION_HEADER)
+    })?;
+    if let Some(profile) = text(PROFILE_HEADER)?.filter(|s| !s.is_empty()) {
+        let config = state.config();
+        let current = state.sessions.get(&id);
+        // Checked against the provider of the session's user model pin, else any provider.
+        let pins =
+            user_pins(config, None, Some(Some(&profile)), current.as_ref()).map_err(|e| {
+                ClientError::invalid(format!("{PROFILE_HEADER}: {e}")).with_param(PROFILE_HEADER)
+            })?;
+        state.sessions.update(&id, &mut |s| pins.apply(s));
+    }
+    Ok(Some(SessionCtx {
+        id,
+        store: state.sessions.clone(),
+    }))
 }

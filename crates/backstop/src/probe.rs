@@ -179,6 +179,7 @@ async fn probe_one(
             agent: None,
             targets: vec![model.clone()],
         },
+        session: None,
         translate: true,
     };
     let target = Target {

@@ -10,6 +10,7 @@ use super::cooldowns::Cooldowns;
 use super::decide::{Action, Situation, decide};
 use super::failure::{Failure, Phase, Reason};
 use super::plan::{AttemptPlan, Target};
+use super::session::SessionCtx;
 use super::stream::{StreamItem, UpstreamDecoder, UpstreamStream};
 use crate::chat::{self, StreamEvent, WireFormat};
 use crate::clock::{Clock, SystemClock};
@@ -39,6 +40,8 @@ pub struct Call {
     /// The client's request in the neutral model (for cross-format translation).
     pub request: Arc<chat::Request>,
     pub route: Route,
+    /// The session the call belongs to (`x-backstop-session`), if any.
+    pub session: Option<SessionCtx>,
     /// Always translate from `request`, even to a same-format upstream (rescue attempts
     /// send a request the client never wrote).
     pub translate: bool,
@@ -80,6 +83,9 @@ pub struct Success {
     /// Time spent on upstream attempts and retry waits (the rest of the request's time
     /// is the gateway's own overhead).
     pub upstream_time: Duration,
+    /// `fallback cleared: back on …` when this answer returned the chain (or session) to
+    /// its first model after a fallback — said once.
+    pub fallback_cleared: Option<String>,
 }
 
 impl Success {
@@ -90,7 +96,9 @@ impl Success {
 
     /// Whether a model other than the chain's first answered.
     pub fn is_fallback(&self) -> bool {
-        self.target.model_index > 0
+        self.first_model
+            .as_ref()
+            .is_some_and(|first| first != &self.target.model)
     }
 
     /// `(reason, one-line notice)` when a fallback answered.
@@ -154,6 +162,9 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     budget: RetryBudget,
     rng: Mutex<fastrand::Rng>,
+    /// The model that last answered each chain (agent id, or the first model), to tell
+    /// when traffic returns to the primary.
+    active: Mutex<std::collections::HashMap<String, ModelRef>>,
 }
 
 /// How one target ended.
@@ -206,22 +217,45 @@ impl Engine {
             cooldowns,
             budget,
             rng: Mutex::new(fastrand::Rng::new()),
+            active: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
     /// The plan this call would follow now.
     pub fn plan(&self, route: &Route) -> AttemptPlan {
+        self.plan_with(route, None)
+    }
+
+    /// The plan, with `pinned_profile` first among its provider's usable keys.
+    pub fn plan_with(&self, route: &Route, pinned_profile: Option<&str>) -> AttemptPlan {
         let now = self.cooldowns.now_ms();
-        super::plan::plan(&self.config, route, &self.cooldowns, |p, m| {
+        let mut plan = super::plan::plan(&self.config, route, &self.cooldowns, |p, m| {
             self.health.degraded(p, m, now)
-        })
+        });
+        if let Some(pin) = pinned_profile {
+            super::plan::pin_profile(&mut plan, pin);
+        }
+        plan
+    }
+
+    /// Profile names of a provider, in config order.
+    fn profile_names(&self, provider: &str) -> Vec<String> {
+        self.config
+            .provider(provider)
+            .map(|p| p.profiles.iter().map(|a| a.name.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Serve one call: plan, then try targets in order, retrying, rotating and
     /// falling back as the decision says, within one deadline.
     pub async fn execute(&self, call: &Call) -> Result<Success, ChainFailure> {
         self.budget.deposit(self.cooldowns.now_ms());
-        let plan = self.plan(&call.route);
+        let current = call.session.as_ref().and_then(|c| c.store.touch(&c.id));
+        let steering = super::session::steer(current.as_ref(), &call.route, &self.cooldowns, |p| {
+            self.profile_names(p)
+        });
+        let route = steering.route.as_ref().unwrap_or(&call.route);
+        let plan = self.plan_with(route, steering.profile.as_deref());
         let mut run = Run {
             deadline: Instant::now() + Duration::from_millis(self.config.timeouts.request_ms),
             attempts: 0,
@@ -340,7 +374,8 @@ impl Engine {
         answer: Answer,
     ) -> Success {
         let upstream_time = run.upstream_time;
-        let success = Success {
+        let mut success = Success {
+            fallback_cleared: None,
             upstream_time,
             upstream_format: self
                 .upstreams
@@ -352,7 +387,43 @@ impl Engine {
             skipped: run.skipped,
             answer,
         };
-        if let Some((reason, notice)) = success.fallback_notice() {
+        let notice = success.fallback_notice();
+        // Back on the chain's first model after a fallback: say so once.
+        let agent = call.route.agent.clone().unwrap_or_else(|| {
+            success
+                .first_model
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        });
+        let previous = {
+            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            active.insert(agent, success.target.model.clone())
+        };
+        let session_had_notice = call
+            .session
+            .as_ref()
+            .and_then(|c| c.store.get(&c.id))
+            .is_some_and(|s| s.fallback_notice.is_some());
+        if notice.is_none()
+            && (session_had_notice
+                || previous.is_some_and(|p| Some(&p) != success.first_model.as_ref()))
+        {
+            let cleared = format!("fallback cleared: back on {}", success.target.model);
+            tracing::info!(request_id = %call.request_id, "{cleared}");
+            self.health.push_event(FailoverEvent {
+                at_ms: self.cooldowns.now_ms(),
+                request_id: call.request_id.clone(),
+                from: previous_or(&success, &call.route),
+                to: success.target.model.to_string(),
+                reason: "fallback_cleared".to_string(),
+            });
+            success.fallback_cleared = Some(cleared);
+        }
+        if let Some(ctx) = &call.session {
+            super::session::after_success(ctx, notice.as_ref().map(|(_, n)| n.as_str()));
+        }
+        if let Some((reason, notice)) = notice {
             let from = success
                 .first_model
                 .as_ref()
@@ -445,6 +516,10 @@ impl Engine {
             }
             attempt += 1;
             run.attempts += 1;
+            let undo = call.session.as_ref().map(|ctx| {
+                let is_fallback = call.route.targets.first() != Some(&target.model);
+                super::session::before_attempt(ctx, &target.model, is_fallback, a)
+            });
             let started = Instant::now();
             let result = {
                 let _in_flight = self.health.start(p, m);
@@ -466,6 +541,9 @@ impl Engine {
                 }
                 Err(f) => f,
             };
+            if let (Some(ctx), Some(undo)) = (&call.session, &undo) {
+                super::session::after_failure(ctx, undo);
+            }
             self.health.record(p, m, now_ms, took, Some(failure.reason));
             self.metrics.attempt(p, m, failure.reason.as_str(), took);
             let remaining = run.deadline.saturating_duration_since(Instant::now());
@@ -782,4 +860,14 @@ async fn read_body(mut response: reqwest::Response, deadline: Instant) -> Result
             }
         }
     }
+}
+
+/// Where traffic was before it returned to the first model: the fallback it left.
+fn previous_or(success: &Success, route: &Route) -> String {
+    route
+        .targets
+        .iter()
+        .find(|t| **t != success.target.model)
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }

@@ -16,6 +16,7 @@ pub mod execute;
 pub mod failure;
 pub mod plan;
 pub mod relay;
+pub mod session;
 pub mod stream;
 
 pub use execute::{Answer, Attempt, Call, ChainFailure, Engine, Success};

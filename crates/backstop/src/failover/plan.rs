@@ -82,6 +82,27 @@ pub fn plan(
     out
 }
 
+/// Put `profile` first among the usable targets of each model whose provider has it
+/// (a session's pin). A cooling pinned profile stays where the cooldown put it.
+pub fn pin_profile(plan: &mut AttemptPlan, profile: &str) {
+    let mut i = 0;
+    while i < plan.targets.len() {
+        let model_index = plan.targets[i].model_index;
+        let end = plan.targets[i..]
+            .iter()
+            .position(|t| t.model_index != model_index)
+            .map_or(plan.targets.len(), |n| i + n);
+        if let Some(pos) = plan.targets[i..end]
+            .iter()
+            .position(|t| t.profile == profile && t.usable_at.is_none())
+        {
+            let pinned = plan.targets.remove(i + pos);
+            plan.targets.insert(i, pinned);
+        }
+        i = end;
+    }
+}
+
 /// A provider's profile names in preference order, before cooldowns are considered:
 /// `auth.order` first, then the rest — least recently used first when there is no
 /// explicit order (ties, e.g. no history yet, in config order).
