@@ -3,17 +3,19 @@
 //! The engine talks only to [`StateStore`]. It is synchronous and cheap on
 //! purpose: it is called on the hot path (admit before every attempt, record
 //! after it), so a store answers from memory and persists behind the scenes (a
-//! file store writes `auth-state.json` in the background; a Redis store keeps a
+//! [`FileStore`] writes `auth-state.json` in the background; a Redis store keeps a
 //! local cache and publishes changes). [`MemoryStore`] is the in-process one,
 //! and the cache the others are expected to build on.
 //!
 //! Times are epoch milliseconds passed in by the caller (from a
 //! [`crate::clock::Clock`]), so stores never read the clock themselves.
 
+pub mod file;
 pub mod memory;
 
 pub use crate::failover::breaker::{Admission, BreakerSnapshot, BreakerState};
 pub use crate::failover::cooldown::{Penalty, Scope};
+pub use file::FileStore;
 pub use memory::MemoryStore;
 
 /// Where breakers and usage live. See the module docs.
