@@ -13,7 +13,9 @@ mod info;
 use axum::Router;
 use axum::routing::{delete, get, post};
 use backstop::Config;
+use backstop::clock::{Clock, SystemClock};
 use backstop::failover::Engine;
+use backstop::state::StateStore;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,9 +27,22 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The gateway's state: cooldowns persisted in `state.dir` (`auth-state.json`), or in
+    /// memory with a warning when that dir cannot be created or written.
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        let store = backstop::state::file::open_or_memory(&config.state.dir);
+        Self::with_state(config, store, Arc::new(SystemClock))
+    }
+
+    /// On a given state store and clock (tests pass a `MemoryStore` or a `FileStore` in a
+    /// temp dir, and a manual clock).
+    pub fn with_state(
+        config: Arc<Config>,
+        store: Arc<dyn StateStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
         Ok(AppState {
-            engine: Arc::new(Engine::new(config)?),
+            engine: Arc::new(Engine::with_state(config, store, clock)?),
         })
     }
 

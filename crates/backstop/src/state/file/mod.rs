@@ -391,6 +391,12 @@ impl Shared {
     }
 }
 
+/// Record a reset of `scope` at `at`, never dated before a change already pending.
+fn reset_pending(p: &mut Pending, scope: &Scope, at: u64) {
+    let at = p.scopes.get(scope).map_or(at, |d| at.max(d.changed_at));
+    p.scopes.insert(scope.clone(), Delta::reset(at));
+}
+
 /// Equal but for the derived state and the probe lease.
 fn same_breaker(a: &BreakerSnapshot, b: &BreakerSnapshot) -> bool {
     (
@@ -447,7 +453,7 @@ impl StateStore for FileStore {
         let mut p = lock(&s.pending);
         let closed = s.inner.record_success(scope, now_ms);
         if closed {
-            p.scopes.insert(scope.clone(), Delta::reset(now_ms));
+            reset_pending(&mut p, scope, now_ms);
             s.mark(&mut p);
         }
         closed
@@ -479,13 +485,16 @@ impl StateStore for FileStore {
     }
 
     /// Clears the scope here and, on the next write, in the file (even when this process
-    /// had not seen it yet).
+    /// had not seen it yet). The clear is dated no earlier than just after the last failure
+    /// this process knows of, so it supersedes what it cleared even across clock skew.
     fn clear(&self, scope: &Scope) -> bool {
         let s = &self.shared;
         let mut p = lock(&s.pending);
+        let now = s.clock.now_ms();
+        let seen = s.inner.get(scope, now).and_then(|b| b.last_failure_ms);
+        let at = now.max(seen.map_or(0, |t| t.saturating_add(1)));
         let had = s.inner.clear(scope);
-        p.scopes
-            .insert(scope.clone(), Delta::reset(s.clock.now_ms()));
+        reset_pending(&mut p, scope, at);
         s.mark(&mut p);
         had
     }
@@ -494,6 +503,13 @@ impl StateStore for FileStore {
         let s = &self.shared;
         let mut p = lock(&s.pending);
         let now = s.clock.now_ms();
+        let seen = s
+            .inner
+            .snapshot(now)
+            .iter()
+            .filter_map(|(_, b)| b.last_failure_ms)
+            .max();
+        let now = now.max(seen.map_or(0, |t| t.saturating_add(1)));
         s.inner.clear_all();
         for d in p.scopes.values_mut() {
             *d = Delta::reset(now);

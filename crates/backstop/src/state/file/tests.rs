@@ -504,7 +504,6 @@ fn open_or_memory_falls_back_when_the_dir_is_unusable() {
     assert!(format!("{store:?}").starts_with("MemoryStore"));
     let store = open_or_memory(&dir.0.join("state"));
     assert!(format!("{store:?}").starts_with("FileStore"));
-    #[allow(clippy::items_after_statements)]
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.0.join("state"))
         .unwrap()
