@@ -1,15 +1,19 @@
-//! The `backstop` command: run the gateway, check a config.
+//! The `backstop` command: run the gateway, check a config, see and clear cooldowns.
 //!
-//! Exit codes: 0 success; 1 the config is invalid or the gateway could not run;
-//! 2 bad command-line usage. `probe`: 0 every target answered, 1 some failed but
-//! every chain has a working target, 2 a chain has none.
+//! Exit codes: 0 success; 1 the config is invalid, the gateway could not run, or the
+//! thing asked for failed; 2 bad command-line usage. `probe`: 0 every target answered,
+//! 1 some failed but every chain has a working target, 2 a chain has none.
 #![forbid(unsafe_code)]
 
+mod cooldowns;
+mod gateway;
 mod probe;
+mod status;
 
 use anyhow::{Context, Result};
 use backstop::config::{self, ConfigOrigin, ProcessEnv};
-use clap::{Parser, Subcommand, ValueEnum};
+use backstop::state::Scope;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +72,53 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// See and clear cooldowns: through the running gateway, else in the state dir.
+    Cooldowns {
+        #[command(subcommand)]
+        action: CooldownsAction,
+    },
+    /// Every provider, profile and model with its state (from the state dir).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: At,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CooldownsAction {
+    /// Every scope cooling down, disabled or half-open.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        at: At,
+    },
+    /// Clear one scope (provider:profile, provider:profile/model or provider/model), or --all.
+    Clear {
+        #[arg(required_unless_present = "all", value_name = "SCOPE")]
+        scope: Option<Scope>,
+        /// Clear every cooldown.
+        #[arg(long, conflicts_with = "scope")]
+        all: bool,
+        #[command(flatten)]
+        at: At,
+    },
+}
+
+/// Where the state is: a gateway at `--url`, else the config's `state.dir`.
+#[derive(Args, Debug)]
+struct At {
+    /// Config file (same lookup as `serve`): gives server.listen, server.api_keys, state.dir.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The gateway to ask. Default: http://<server.listen>. When nothing answers there,
+    /// the state dir is read and written directly.
+    #[arg(long)]
+    url: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,6 +162,19 @@ fn main() -> ExitCode {
                 std::time::Duration::from_millis(timeout_ms),
             )
         }),
+        Command::Cooldowns { action } => match action {
+            CooldownsAction::List { json, at } => {
+                target(&at).and_then(|t| cooldowns::list(&t, json))
+            }
+            CooldownsAction::Clear { scope, all, at } => target(&at).and_then(|t| {
+                let what = match scope {
+                    Some(s) if !all => cooldowns::Clear::One(s),
+                    _ => cooldowns::Clear::All,
+                };
+                cooldowns::clear(&t, &what)
+            }),
+        },
+        Command::Status { json, at } => target(&at).and_then(|t| status::status(&t, json)),
     };
     match result {
         Ok(code) => code,
@@ -119,6 +183,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn target(at: &At) -> Result<gateway::Target> {
+    gateway::target(at.config.as_deref(), at.url.as_deref())
 }
 
 fn load(path: Option<PathBuf>) -> Result<config::Config> {

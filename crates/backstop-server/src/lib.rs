@@ -16,8 +16,9 @@ mod status;
 use axum::Router;
 use axum::routing::{delete, get, post};
 use backstop::Config;
+use backstop::clock::{Clock, SystemClock};
 use backstop::failover::Engine;
-use backstop::state::SessionStore;
+use backstop::state::{SessionStore, StateStore};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,10 +32,23 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The gateway's state: cooldowns persisted in `state.dir` (`auth-state.json`), or in
+    /// memory with a warning when that dir cannot be created or written.
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
-        let sessions = sessions::open_store(&config, Arc::new(backstop::clock::SystemClock))?;
+        let store = backstop::state::file::open_or_memory(&config.state.dir);
+        Self::with_state(config, store, Arc::new(SystemClock))
+    }
+
+    /// On a given state store and clock (tests pass a `MemoryStore` or a `FileStore` in a
+    /// temp dir, and a manual clock). Sessions persist in `state.dir` (`sessions.json`).
+    pub fn with_state(
+        config: Arc<Config>,
+        store: Arc<dyn StateStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        let sessions = sessions::open_store(&config, clock.clone())?;
         Ok(AppState {
-            engine: Arc::new(Engine::new(config)?),
+            engine: Arc::new(Engine::with_state(config, store, clock)?),
             sessions,
         })
     }

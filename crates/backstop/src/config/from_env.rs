@@ -134,6 +134,7 @@ pub fn from_env(env: &dyn Env) -> Result<Config, ConfigErrors> {
         }
     }
     let dir = default_state_dir(&mut cx);
+    super::profiles_file::add_file_profiles(&dir, &mut providers, &mut [], &mut cx);
     if !cx.errors.is_empty() {
         let mut errors = cx.errors;
         for e in &mut errors {

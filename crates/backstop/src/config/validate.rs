@@ -102,13 +102,29 @@ fn build(root: &Value, cx: &mut Ctx<'_>) -> Option<Parts> {
     raw::check_keys(root, &mut cx.errors);
 
     let server = server(root.get("server"), cx);
-    let providers = super::providers::providers(root.get("providers"), cx);
+    // The state dir first: `auth-profiles.json` there adds profiles before `auth.order`
+    // and the chains are checked.
+    let (e0, w0) = (cx.errors.len(), cx.warnings.len());
+    let state = state(root.get("state"), cx);
+    // …but its findings are reported in section order, after the others.
+    let state_errors: Vec<_> = cx.errors.drain(e0..).collect();
+    let state_warnings: Vec<_> = cx.warnings.drain(w0..).collect();
+    let mut providers = super::providers::providers(root.get("providers"), cx);
+    if let Some(s) = &state {
+        super::profiles_file::add_file_profiles(
+            &s.dir,
+            &mut providers.valid,
+            &mut providers.declared,
+            cx,
+        );
+    }
     let retry = retry_section(root, cx);
     let auth = auth(root.get("auth"), &providers, cx);
     let (default_chain, agents) = super::chains::chains(root, &providers, cx);
     let timeouts = timeouts(root.get("timeouts"), cx);
     let stream = stream(root.get("stream"), cx);
-    let state = state(root.get("state"), cx);
+    cx.errors.extend(state_errors);
+    cx.warnings.extend(state_warnings);
     Some((
         server?,
         providers.valid,

@@ -3,7 +3,7 @@
 //! The engine talks only to [`StateStore`]. It is synchronous and cheap on
 //! purpose: it is called on the hot path (admit before every attempt, record
 //! after it), so a store answers from memory and persists behind the scenes (a
-//! file store writes `auth-state.json` in the background; a Redis store keeps a
+//! [`FileStore`] writes `auth-state.json` in the background; a Redis store keeps a
 //! local cache and publishes changes). [`MemoryStore`] is the in-process one,
 //! and the cache the others are expected to build on.
 //!
@@ -12,11 +12,13 @@
 //!
 //! Sessions (§3.5) have their own store, [`session::SessionStore`].
 
+pub mod file;
 pub mod memory;
 pub mod session;
 
 pub use crate::failover::breaker::{Admission, BreakerSnapshot, BreakerState};
 pub use crate::failover::cooldown::{Penalty, Scope};
+pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use session::{FileSessionStore, MemorySessionStore, Session, SessionStore};
 

@@ -2,6 +2,7 @@
 
 mod chains;
 mod loading;
+mod profiles_file;
 mod routing;
 
 use super::*;

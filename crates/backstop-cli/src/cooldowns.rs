@@ -1,0 +1,184 @@
+//! `backstop cooldowns list|clear`: through a running gateway's `/v1/cooldowns`, else
+//! straight in the state dir (`auth-state.json`, under its lock).
+
+use crate::gateway::{self, Target};
+use anyhow::{Result, anyhow};
+use backstop::clock::{Clock, SystemClock, rfc3339};
+use backstop::state::{BreakerSnapshot, BreakerState, FileStore, Scope, StateStore, file};
+use serde_json::{Value, json};
+use std::process::ExitCode;
+
+/// One cooldown as `GET /v1/cooldowns` shows it.
+pub fn item(scope: &Scope, s: &BreakerSnapshot) -> Value {
+    json!({
+        "scope": scope.to_string(),
+        "provider": scope.provider(),
+        "profile": scope.profile_name(),
+        "model": scope.model(),
+        "state": s.state.as_str(),
+        "reason": s.reason.map(|r| r.as_str()),
+        "until": s.until_ms.map(rfc3339),
+        "until_ms": s.until_ms,
+        "consecutive": s.consecutive,
+        "error_count": s.error_count,
+        "last_failure_at": s.last_failure_ms.map(rfc3339),
+    })
+}
+
+/// Every cooldown (open or half-open), and where they came from.
+fn collect(target: &Target) -> Result<(Vec<Value>, String)> {
+    if let Some(reply) = gateway::call(target, reqwest::Method::GET, "/v1/cooldowns")? {
+        if reply.status != 200 {
+            return Err(anyhow!(
+                "gateway at {}: {}",
+                target.url,
+                gateway::error_message(&reply)
+            ));
+        }
+        let items = reply.body["cooldowns"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        return Ok((items, format!("gateway {}", target.url)));
+    }
+    let view = file::read_state(&target.state_dir, SystemClock.now_ms())?;
+    for w in &view.warnings {
+        eprintln!(
+            "warning: {}: {w}",
+            file::state_file(&target.state_dir).display()
+        );
+    }
+    let items = view
+        .scopes
+        .iter()
+        .filter(|(_, s)| s.state != BreakerState::Closed)
+        .map(|(scope, s)| item(scope, s))
+        .collect();
+    Ok((items, format!("state dir {}", target.state_dir.display())))
+}
+
+pub fn list(target: &Target, as_json: bool) -> Result<ExitCode> {
+    let (items, source) = collect(target)?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "source": source, "cooldowns": items }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("# from {source}");
+    if items.is_empty() {
+        println!("no cooldowns");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = SystemClock.now_ms();
+    let rows: Vec<[String; 6]> = items
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i[k].as_str().unwrap_or("-").to_owned();
+            [
+                s("scope"),
+                s("state"),
+                s("reason"),
+                s("until"),
+                i["until_ms"]
+                    .as_u64()
+                    .map_or_else(|| "-".into(), |u| gateway::in_how_long(u, now)),
+                i["error_count"].as_u64().unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["SCOPE", "STATE", "REASON", "UNTIL", "IN", "ERRORS"],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn print_table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = head.map(str::len);
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(head.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// What to clear.
+pub enum Clear {
+    One(Scope),
+    All,
+}
+
+pub fn clear(target: &Target, what: &Clear) -> Result<ExitCode> {
+    let path = match what {
+        Clear::One(s) => format!("/v1/cooldowns/{s}"),
+        Clear::All => "/v1/cooldowns".into(),
+    };
+    if let Some(reply) = gateway::call(target, reqwest::Method::DELETE, &path)? {
+        return match (reply.status, what) {
+            (204 | 200, Clear::One(s)) => {
+                println!("cleared {s} (gateway {})", target.url);
+                Ok(ExitCode::SUCCESS)
+            }
+            (204 | 200, Clear::All) => {
+                println!("cleared every cooldown (gateway {})", target.url);
+                Ok(ExitCode::SUCCESS)
+            }
+            (404, Clear::One(s)) => {
+                eprintln!("backstop: no cooldown for {s}");
+                Ok(ExitCode::FAILURE)
+            }
+            _ => Err(anyhow!(
+                "gateway at {}: {}",
+                target.url,
+                gateway::error_message(&reply)
+            )),
+        };
+    }
+    let store = FileStore::open(&target.state_dir).map_err(|e| {
+        anyhow!(
+            "cannot open the state dir {}: {e}",
+            target.state_dir.display()
+        )
+    })?;
+    let code = match what {
+        Clear::One(s) => {
+            if store.clear(s) {
+                println!("cleared {s} (state dir {})", target.state_dir.display());
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("backstop: no cooldown for {s}");
+                ExitCode::FAILURE
+            }
+        }
+        Clear::All => {
+            let n = store.snapshot(SystemClock.now_ms()).len();
+            store.clear_all();
+            println!(
+                "cleared {n} cooldown(s) (state dir {})",
+                target.state_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+    };
+    store.flush_now().map_err(|e| {
+        anyhow!(
+            "cannot write {}: {e}",
+            file::state_file(&target.state_dir).display()
+        )
+    })?;
+    Ok(code)
+}

@@ -1,0 +1,197 @@
+//! `backstop status`: every provider, profile and model with its state, read from the
+//! state dir (a running gateway's `/status` will be added here).
+
+use crate::cooldowns::print_table;
+use crate::gateway::{self, Target};
+use anyhow::Result;
+use backstop::clock::{Clock, SystemClock, rfc3339};
+use backstop::failover::Reason;
+use backstop::state::{BreakerSnapshot, BreakerState, Scope, file};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+/// `ok | cooldown | disabled | half_open`, as `/status` spells them.
+fn state_of(scope: &Scope, s: Option<&BreakerSnapshot>) -> &'static str {
+    match s.map(|s| (s.state, s.reason)) {
+        None | Some((BreakerState::Closed, _)) => "ok",
+        Some((BreakerState::HalfOpen, _)) => "half_open",
+        Some((BreakerState::Open, Some(Reason::Billing | Reason::AuthPermanent)))
+            if scope.model().is_none() =>
+        {
+            "disabled"
+        }
+        Some((BreakerState::Open, _)) => "cooldown",
+    }
+}
+
+fn entry(id: &str, scope: &Scope, s: Option<&BreakerSnapshot>) -> Value {
+    json!({
+        "id": id,
+        "state": state_of(scope, s),
+        "reason": s.and_then(|s| s.reason).filter(|_| s.is_some_and(|s| s.state != BreakerState::Closed)).map(|r| r.as_str()),
+        "until": s.and_then(|s| s.until_ms).map(rfc3339),
+        "until_ms": s.and_then(|s| s.until_ms),
+        "error_count": s.map_or(0, |s| s.error_count),
+    })
+}
+
+/// provider → (profiles → models, provider-wide models), from the config and the state.
+#[derive(Default)]
+struct Tree {
+    profiles: BTreeMap<String, Vec<String>>,
+    models: Vec<String>,
+}
+
+fn push(list: &mut Vec<String>, s: &str) {
+    if !list.iter().any(|x| x == s) {
+        list.push(s.to_owned());
+    }
+}
+
+pub fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
+    let now = SystemClock.now_ms();
+    let view = file::read_state(&target.state_dir, now)?;
+    for w in &view.warnings {
+        eprintln!(
+            "warning: {}: {w}",
+            file::state_file(&target.state_dir).display()
+        );
+    }
+    let breakers: BTreeMap<&Scope, &BreakerSnapshot> =
+        view.scopes.iter().map(|(s, b)| (s, b)).collect();
+    let mut order: Vec<String> = Vec::new();
+    let mut trees: BTreeMap<String, Tree> = BTreeMap::new();
+    if let Some(c) = &target.config {
+        for p in &c.providers {
+            push(&mut order, &p.id);
+            let t = trees.entry(p.id.clone()).or_default();
+            for m in &p.models {
+                push(&mut t.models, &m.id);
+            }
+            for prof in &p.profiles {
+                t.profiles.entry(prof.name.clone()).or_default();
+            }
+        }
+    }
+    for (scope, _) in &view.scopes {
+        push(&mut order, scope.provider());
+        let t = trees.entry(scope.provider().to_owned()).or_default();
+        if let Some(m) = scope.model() {
+            push(&mut t.models, m);
+        }
+        if let Some(prof) = scope.profile_name() {
+            let models = t.profiles.entry(prof.to_owned()).or_default();
+            if let Some(m) = scope.model() {
+                push(models, m);
+            }
+        }
+    }
+    let used: BTreeMap<(&str, &str), u64> = view
+        .usage
+        .iter()
+        .map(|(p, q, t)| ((p.as_str(), q.as_str()), *t))
+        .collect();
+    let mut providers = Vec::new();
+    for pid in &order {
+        let Some(t) = trees.get(pid) else { continue };
+        let profiles: Vec<Value> = t
+            .profiles
+            .iter()
+            .map(|(prof, models)| {
+                let scope = Scope::profile(pid, prof);
+                let mut e = entry(prof, &scope, breakers.get(&scope).copied());
+                e["last_used"] = json!(
+                    used.get(&(pid.as_str(), prof.as_str()))
+                        .map(|t| rfc3339(*t))
+                );
+                e["models"] = models
+                    .iter()
+                    .map(|m| {
+                        let s = Scope::profile_model(pid, prof, m);
+                        entry(m, &s, breakers.get(&s).copied())
+                    })
+                    .collect();
+                e
+            })
+            .collect();
+        let models: Vec<Value> = t
+            .models
+            .iter()
+            .map(|m| {
+                let s = Scope::provider_model(pid, m);
+                entry(m, &s, breakers.get(&s).copied())
+            })
+            .collect();
+        providers.push(json!({ "id": pid, "profiles": profiles, "models": models }));
+    }
+    let source = format!("state dir {}", target.state_dir.display());
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "source": source, "providers": providers }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("# from {source}");
+    if providers.is_empty() {
+        println!("no providers configured and no state recorded");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    let row = |name: String, e: &Value| -> [String; 5] {
+        let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+        let until = e["until_ms"]
+            .as_u64()
+            .filter(|_| e["state"] != "ok")
+            .map_or_else(
+                || "-".to_owned(),
+                |u| format!("{} ({})", rfc3339(u), gateway::in_how_long(u, now)),
+            );
+        [
+            name,
+            s("state"),
+            s("reason"),
+            until,
+            e["error_count"].as_u64().unwrap_or(0).to_string(),
+        ]
+    };
+    for p in &providers {
+        let pid = p["id"].as_str().unwrap_or("?");
+        rows.push([
+            pid.to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+        for prof in p["profiles"].as_array().into_iter().flatten() {
+            rows.push(row(
+                format!("  profile {}", prof["id"].as_str().unwrap_or("?")),
+                prof,
+            ));
+            for m in prof["models"].as_array().into_iter().flatten() {
+                if m["state"] != "ok" || m["error_count"].as_u64().unwrap_or(0) > 0 {
+                    rows.push(row(format!("    {}", m["id"].as_str().unwrap_or("?")), m));
+                }
+            }
+        }
+        for m in p["models"].as_array().into_iter().flatten() {
+            rows.push(row(
+                format!("  model {}", m["id"].as_str().unwrap_or("?")),
+                m,
+            ));
+        }
+    }
+    print_table(
+        &[
+            "PROVIDER / PROFILE / MODEL",
+            "STATE",
+            "REASON",
+            "UNTIL",
+            "ERRORS",
+        ],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
