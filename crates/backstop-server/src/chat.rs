@@ -254,27 +254,6 @@ fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ClientError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn depth_limit_counts_only_structure() {
-        assert!(check_depth(br#"{"a":[[1]]}"#, 3).is_ok());
-        assert!(check_depth(br#"{"a":[[[1]]]}"#, 3).is_err());
-        assert!(check_depth(br#"{"a":"[[[[[[[["}"#, 2).is_ok());
-        assert!(check_depth(br#"{"a":"\"[[[[["}"#, 2).is_ok());
-    }
-
-    #[test]
-    fn bad_bodies_are_client_errors() {
-        assert_eq!(parse_json(b"", 8).unwrap_err().status, 400);
-        assert_eq!(parse_json(b"{nope", 8).unwrap_err().status, 400);
-        assert_eq!(parse_json(b"[1]", 8).unwrap_err().status, 400);
-        assert!(parse_json(br#"{"model":"x"}"#, 8).is_ok());
-    }
-}
-
 /// The session of a request (`x-backstop-session`), with a user profile pin from
 /// `x-backstop-profile` applied first.
 fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCtx>, ClientError> {
@@ -314,4 +293,25 @@ fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCt
         id,
         store: state.sessions.clone(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_limit_counts_only_structure() {
+        assert!(check_depth(br#"{"a":[[1]]}"#, 3).is_ok());
+        assert!(check_depth(br#"{"a":[[[1]]]}"#, 3).is_err());
+        assert!(check_depth(br#"{"a":"[[[[[[[["}"#, 2).is_ok());
+        assert!(check_depth(br#"{"a":"\"[[[[["}"#, 2).is_ok());
+    }
+
+    #[test]
+    fn bad_bodies_are_client_errors() {
+        assert_eq!(parse_json(b"", 8).unwrap_err().status, 400);
+        assert_eq!(parse_json(b"{nope", 8).unwrap_err().status, 400);
+        assert_eq!(parse_json(b"[1]", 8).unwrap_err().status, 400);
+        assert!(parse_json(br#"{"model":"x"}"#, 8).is_ok());
+    }
 }

@@ -203,7 +203,7 @@ async fn probe_one(
         ok,
         reason: failure.as_ref().map(|f| f.reason.as_str().to_string()),
         status: failure.as_ref().and_then(|f| f.status),
-        message: failure.as_ref().map(|f| describe(f)),
+        message: failure.as_ref().map(describe),
         latency_ms,
     }
 }
