@@ -256,12 +256,36 @@ impl Engine {
         });
         let route = steering.route.as_ref().unwrap_or(&call.route);
         let plan = self.plan_with(route, steering.profile.as_deref());
+        let mut skipped_first: Vec<(Target, Reason)> = Vec::new();
+        if steering.route.is_some()
+            && let Some(first) = call.route.targets.first()
+        {
+            // The session led with its pinned fallback because the chain's first model is
+            // cooling down: that cooldown is the reason a fallback answers.
+            for (scope, snap) in self.cooldowns.snapshot() {
+                let covers = scope.provider() == first.provider
+                    && scope.model().is_none_or(|m| m == first.model);
+                if covers && snap.state != crate::state::BreakerState::Closed {
+                    if let Some(reason) = snap.reason {
+                        skipped_first.push((
+                            Target {
+                                model_index: 0,
+                                model: first.clone(),
+                                profile: scope.profile_name().unwrap_or("").to_string(),
+                                usable_at: snap.until_ms,
+                            },
+                            reason,
+                        ));
+                    }
+                }
+            }
+        }
         let mut run = Run {
             deadline: Instant::now() + Duration::from_millis(self.config.timeouts.request_ms),
             attempts: 0,
             failed: Vec::new(),
             upstream_time: Duration::ZERO,
-            skipped: Vec::new(),
+            skipped: skipped_first,
         };
         let first_model = call.route.targets.first().cloned();
         let mut skip_model: Option<usize> = None;
