@@ -265,18 +265,19 @@ impl Engine {
             for (scope, snap) in self.cooldowns.snapshot() {
                 let covers = scope.provider() == first.provider
                     && scope.model().is_none_or(|m| m == first.model);
-                if covers && snap.state != crate::state::BreakerState::Closed {
-                    if let Some(reason) = snap.reason {
-                        skipped_first.push((
-                            Target {
-                                model_index: 0,
-                                model: first.clone(),
-                                profile: scope.profile_name().unwrap_or("").to_string(),
-                                usable_at: snap.until_ms,
-                            },
-                            reason,
-                        ));
-                    }
+                if covers
+                    && snap.state != crate::state::BreakerState::Closed
+                    && let Some(reason) = snap.reason
+                {
+                    skipped_first.push((
+                        Target {
+                            model_index: 0,
+                            model: first.clone(),
+                            profile: scope.profile_name().unwrap_or("").to_string(),
+                            usable_at: snap.until_ms,
+                        },
+                        reason,
+                    ));
                 }
             }
         }
