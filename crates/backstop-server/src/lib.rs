@@ -25,9 +25,14 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The engine on the store `config.state` asks for ([`backstop::state::open_store`]:
+    /// Redis when `state.redis_url` is set) and the system clock. Needs a tokio runtime
+    /// when a Redis store is configured.
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        let clock: Arc<dyn backstop::clock::Clock> = Arc::new(backstop::clock::SystemClock);
+        let store = backstop::state::open_store(&config, clock.clone())?;
         Ok(AppState {
-            engine: Arc::new(Engine::new(config)?),
+            engine: Arc::new(Engine::with_state(config, store, clock)?),
         })
     }
 
