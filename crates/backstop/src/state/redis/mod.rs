@@ -36,16 +36,22 @@
 //! locally (one per instance). When Redis is back the queue is replayed, every
 //! locally open scope is merged into Redis and the others are pulled.
 
+mod events;
 mod kv;
+mod layout;
+mod probes;
 mod scripts;
+mod sync;
 mod task;
 
 pub use kv::{KvError, RedisKv};
+pub use layout::redact_url;
+
+use layout::{Keys, parse_breaker, rungs};
 
 use super::{Admission, BreakerSnapshot, MemoryStore, Penalty, Scope, StateStore};
-use crate::clock::{Clock, SystemClock, duration_ms};
+use crate::clock::{Clock, SystemClock};
 use crate::failover::Reason;
-use crate::failover::breaker::BreakerState;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -132,42 +138,42 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// What the hot path and the background tasks share.
-pub(super) struct Shared {
-    pub(super) cache: MemoryStore,
-    pub(super) clock: Arc<dyn Clock>,
-    pub(super) instance: String,
+struct Shared {
+    cache: MemoryStore,
+    clock: Arc<dyn Clock>,
+    instance: String,
     /// The URL with its password masked, for logs.
-    pub(super) url: String,
-    pub(super) keys: Keys,
-    pub(super) options: RedisOptions,
-    pub(super) connected: AtomicBool,
-    pub(super) subscribed: AtomicBool,
+    url: String,
+    keys: Keys,
+    options: RedisOptions,
+    connected: AtomicBool,
+    subscribed: AtomicBool,
     /// Full syncs done (readiness for `connect`).
-    pub(super) syncs: AtomicU64,
-    pub(super) changed: Notify,
+    syncs: AtomicU64,
+    changed: Notify,
     /// Local writes not yet applied in Redis: a refresh must not overwrite them.
-    pub(super) pending: Mutex<Pending>,
-    pub(super) probes: Mutex<HashMap<Scope, Grant>>,
+    pending: Mutex<Pending>,
+    probes: Mutex<HashMap<Scope, Grant>>,
     /// Scopes this instance was denied while open: it will want their probe.
-    pub(super) wanted: Mutex<HashMap<Scope, Instant>>,
+    wanted: Mutex<HashMap<Scope, Instant>>,
     /// Messages the full channel refused (hot path never waits).
-    pub(super) dropped: AtomicU64,
-    pub(super) dropped_warned: AtomicBool,
+    dropped: AtomicU64,
+    dropped_warned: AtomicBool,
 }
 
 #[derive(Debug, Default)]
-pub(super) struct Pending {
-    pub(super) scopes: HashMap<Scope, u32>,
+struct Pending {
+    scopes: HashMap<Scope, u32>,
     /// `clear_all` calls in flight.
-    pub(super) all: u32,
+    all: u32,
 }
 
 impl Pending {
-    pub(super) fn is_quiet(&self, scope: &Scope) -> bool {
+    fn is_quiet(&self, scope: &Scope) -> bool {
         self.all == 0 && !self.scopes.contains_key(scope)
     }
 
-    pub(super) fn done(&mut self, scope: &Scope) {
+    fn done(&mut self, scope: &Scope) {
         if let Some(n) = self.scopes.get_mut(scope) {
             *n -= 1;
             if *n == 0 {
@@ -179,7 +185,7 @@ impl Pending {
 
 /// This instance's knowledge of a half-open scope's Redis probe key.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Grant {
+enum Grant {
     /// A `TakeProbe` is in flight since then.
     Asking(Instant),
     /// We hold the key until then (with a margin): the next local probe may go.
@@ -190,7 +196,7 @@ pub(super) enum Grant {
 
 /// Work for the background writer.
 #[derive(Debug)]
-pub(super) enum Op {
+enum Op {
     Failure {
         scope: Scope,
         reason: Reason,
@@ -231,48 +237,11 @@ pub(super) enum Op {
 
 impl Op {
     /// The scope whose pending count this write holds, if it is a breaker write.
-    pub(super) fn pending_scope(&self) -> Option<&Scope> {
+    fn pending_scope(&self) -> Option<&Scope> {
         match self {
             Op::Failure { scope, .. } | Op::Close { scope, .. } => Some(scope),
             _ => None,
         }
-    }
-}
-
-/// Key names under the prefix.
-#[derive(Debug, Clone)]
-pub(super) struct Keys {
-    pub(super) prefix: String,
-}
-
-impl Keys {
-    pub(super) fn breaker(&self, scope: &Scope) -> String {
-        format!("{}breaker:{scope}", self.prefix)
-    }
-    pub(super) fn probe(&self, scope: &Scope) -> String {
-        format!("{}probe:{scope}", self.prefix)
-    }
-    pub(super) fn closed(&self, scope: &Scope) -> String {
-        format!("{}closed:{scope}", self.prefix)
-    }
-    pub(super) fn cleared(&self) -> String {
-        format!("{}cleared", self.prefix)
-    }
-    pub(super) fn used(&self) -> String {
-        format!("{}used", self.prefix)
-    }
-    pub(super) fn events(&self) -> String {
-        format!("{}events", self.prefix)
-    }
-    pub(super) fn instance(&self, id: &str) -> String {
-        format!("{}instance:{id}", self.prefix)
-    }
-    /// The scope of a `breaker:` key.
-    pub(super) fn scope_of(&self, key: &str) -> Option<Scope> {
-        key.strip_prefix(&self.prefix)?
-            .strip_prefix("breaker:")?
-            .parse()
-            .ok()
     }
 }
 
@@ -342,7 +311,7 @@ impl RedisStore {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let stop = CancellationToken::new();
         runtime.spawn(task::Writer::new(shared.clone(), client.clone(), rx).run());
-        runtime.spawn(task::subscribe(
+        runtime.spawn(events::subscribe(
             shared.clone(),
             client,
             tx.clone(),
@@ -591,86 +560,8 @@ impl RedisStore {
     }
 }
 
-/// The cooldown of every rung of `penalty`'s ladder, up to where it stops growing (the
-/// last one applies to every higher rung), so Redis can climb the same ladder.
-pub(super) fn rungs(penalty: &Penalty) -> Vec<u64> {
-    let mut out: Vec<u64> = Vec::new();
-    for n in 1..=64 {
-        let ms = duration_ms(penalty.cooldown(n));
-        if out.last() == Some(&ms) {
-            break;
-        }
-        out.push(ms);
-    }
-    out
-}
-
-/// A breaker from its Redis hash (`HGETALL` as field, value pairs); `None` when empty.
-pub(super) fn parse_breaker(fields: &[String], now_ms: u64) -> Option<BreakerSnapshot> {
-    let mut snap = BreakerSnapshot::default();
-    let mut any = false;
-    for pair in fields.chunks_exact(2) {
-        let (field, value) = (pair[0].as_str(), pair[1].as_str());
-        any = true;
-        match field {
-            "until" => snap.until_ms = value.parse().ok(),
-            "reason" => snap.reason = parse_reason(value),
-            "consecutive" => snap.consecutive = value.parse().unwrap_or(0),
-            "errors" => snap.error_count = value.parse().unwrap_or(0),
-            "last_failure" => snap.last_failure_ms = value.parse().ok(),
-            _ => {
-                if let (Some(reason), Ok(n)) = (
-                    field.strip_prefix("c:").and_then(parse_reason),
-                    value.parse::<u32>(),
-                ) {
-                    snap.failure_counts.insert(reason, n);
-                }
-            }
-        }
-    }
-    if !any {
-        return None;
-    }
-    snap.state = match snap.until_ms {
-        None => BreakerState::Closed,
-        Some(until) if now_ms < until => BreakerState::Open,
-        Some(_) => BreakerState::HalfOpen,
-    };
-    Some(snap)
-}
-
-fn parse_reason(s: &str) -> Option<Reason> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
-}
-
-/// `url` with any password replaced by `****` (`redis://:****@host:6379`).
-///
-/// ```
-/// use backstop::state::redis::redact_url;
-/// assert_eq!(redact_url("redis://:hunter2@cache:6379/0"), "redis://:****@cache:6379/0");
-/// assert_eq!(redact_url("redis://app:hunter2@cache"), "redis://app:****@cache");
-/// assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-/// ```
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let (userinfo, host) = authority.split_at(at);
-    let user = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:****"),
-        // A lone userinfo may be a password (`redis://secret@host`): mask it all.
-        None => "****".to_owned(),
-    };
-    format!("{scheme}://{user}{host}{tail}")
-}
-
 /// Lock, recovering from poisoning: every update leaves the maps consistent.
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -678,7 +569,6 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::config::Ladder;
-    use crate::failover::breaker::Breaker;
 
     fn penalty(retry_after: Option<Duration>) -> Penalty {
         Penalty {
@@ -693,60 +583,6 @@ mod tests {
             failure_window_ms: 86_400_000,
             probe_interval_ms: 0,
         }
-    }
-
-    #[test]
-    fn rungs_climb_to_the_cap_then_stop() {
-        assert_eq!(
-            rungs(&penalty(None)),
-            [30_000, 60_000, 120_000, 240_000, 300_000]
-        );
-        assert_eq!(rungs(&penalty(Some(Duration::from_secs(7)))), [7_000]);
-    }
-
-    #[test]
-    fn breaker_hashes_parse_back() {
-        let mut b = Breaker::default();
-        b.on_failure(&penalty(None), 1_000);
-        let snap = b.snapshot(2_000);
-        let fields: Vec<String> = [
-            ("until", "31000"),
-            ("reason", "rate_limit"),
-            ("consecutive", "1"),
-            ("errors", "1"),
-            ("last_failure", "1000"),
-            ("c:rate_limit", "1"),
-            ("c:nonsense", "4"),
-        ]
-        .iter()
-        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
-        .collect();
-        assert_eq!(parse_breaker(&fields, 2_000), Some(snap));
-        assert_eq!(parse_breaker(&[], 2_000), None);
-        let half = parse_breaker(&fields, 31_000).map(|s| s.state);
-        assert_eq!(half, Some(BreakerState::HalfOpen));
-    }
-
-    #[test]
-    fn keys_round_trip_scopes() {
-        let keys = Keys {
-            prefix: "backstop:".into(),
-        };
-        let scope = Scope::profile_model("ollama", "local", "llama3:8b");
-        let key = keys.breaker(&scope);
-        assert_eq!(key, "backstop:breaker:ollama:local/llama3:8b");
-        assert_eq!(keys.scope_of(&key), Some(scope));
-        assert_eq!(keys.scope_of("backstop:probe:openai:work"), None);
-    }
-
-    #[test]
-    fn passwords_never_reach_the_logs() {
-        assert_eq!(redact_url("redis://secret@h:1"), "redis://****@h:1");
-        assert_eq!(
-            redact_url("rediss://u:p@ss@h/2?x=1"),
-            "rediss://u:****@h/2?x=1"
-        );
-        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[tokio::test]
