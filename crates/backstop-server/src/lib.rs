@@ -32,11 +32,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The gateway's state: cooldowns persisted in `state.dir` (`auth-state.json`), or in
-    /// memory with a warning when that dir cannot be created or written.
+    /// The gateway's state on the store `config.state` asks for
+    /// ([`backstop::state::open_store`]: Redis when `state.redis_url` is set, else
+    /// `auth-state.json` in `state.dir`) and the system clock. Needs a tokio runtime when
+    /// a Redis store is configured.
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
-        let store = backstop::state::file::open_or_memory(&config.state.dir);
-        Self::with_state(config, store, Arc::new(SystemClock))
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = backstop::state::open_store(&config, clock.clone())?;
+        Self::with_state(config, store, clock)
     }
 
     /// On a given state store and clock (tests pass a `MemoryStore` or a `FileStore` in a

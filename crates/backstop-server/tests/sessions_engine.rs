@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Sessions in the engine (PRODUCT §3.5): stickiness, user pins, reset, the fallback
 //! notice and its clearing, and the narrow rollback that never clobbers a concurrent
 //! manual change. Cooldowns run on the gateway's manual clock.

@@ -14,6 +14,8 @@
 
 pub mod file;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod session;
 
 pub use crate::failover::breaker::{Admission, BreakerSnapshot, BreakerState};
@@ -21,6 +23,51 @@ pub use crate::failover::cooldown::{Penalty, Scope};
 pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use session::{FileSessionStore, MemorySessionStore, Session, SessionStore};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use std::sync::Arc;
+
+/// The state store `config.state` asks for: a [`redis::RedisStore`] when
+/// `state.redis_url` is set (started in the background: a gateway starts even while
+/// Redis is down), else the [`FileStore`] on `state.dir` (`auth-state.json`), or a
+/// [`MemoryStore`] with a warning when that dir cannot be used.
+///
+/// The one place a store is chosen: the gateway and the CLI call it.
+///
+/// With `redis_url` set it needs a tokio runtime; an error names the bad setting.
+///
+/// ```
+/// use backstop::clock::SystemClock;
+/// use backstop::config::{ConfigOrigin, Format, MapEnv, from_str};
+/// use backstop::state::{Scope, StateStore, open_store};
+/// use std::sync::Arc;
+/// let dir = std::env::temp_dir().join(format!("backstop-doc-{}", std::process::id()));
+/// let text = format!(r#"{{ providers: {{ ollama: {{ models: ["llama3.2"] }} }}, state: {{ dir: {:?} }} }}"#, dir);
+/// let config = from_str(&text, Format::Json5, ConfigOrigin::Environment, &MapEnv::new()).unwrap();
+/// let store = open_store(&config, Arc::new(SystemClock)).unwrap();
+/// assert_eq!(store.get(&Scope::profile("openai", "work"), 0), None);
+/// ```
+pub fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn StateStore>, String> {
+    match &config.state.redis_url {
+        #[cfg(feature = "redis")]
+        Some(url) => {
+            let store = redis::RedisStore::start(url, clock, redis::RedisOptions::default())
+                .map_err(|e| e.to_string())?;
+            tracing::info!(redis = %store.redacted_url(), instance = store.instance_id(), "state shared through Redis");
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "redis"))]
+        Some(_) => {
+            let _ = clock;
+            Err("state.redis_url is set, but this build has no Redis support (cargo feature \"redis\")".into())
+        }
+        None => {
+            let _ = clock;
+            Ok(file::open_or_memory(&config.state.dir))
+        }
+    }
+}
 
 /// Where breakers and usage live. See the module docs.
 ///

@@ -1,0 +1,155 @@
+//! Two gateways sharing state through one real Redis (`state.redis_url`): a key
+//! rate-limited through gateway A is skipped by gateway B.
+//!
+//! Starts its own `redis-server` on a free loopback port; without it on PATH the
+//! test FAILS saying so (CI installs it). Skip it with `cargo test -- --skip redis_`.
+#![allow(clippy::unwrap_used)]
+
+use backstop::config::{ConfigOrigin, Format, MapEnv, from_str};
+use backstop_fake::{FakeProvider, Step};
+use backstop_server::{AppState, bind, serve_state};
+use serde_json::{Value, json};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}). This test needs it on PATH \
+                     (Debian: apt-get install redis-server; .ci/run installs it). \
+                     To run the other tests without Redis: cargo test -- --skip redis_"
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        RedisServer { child, port }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn gateway(config: &str) -> (String, Arc<AppState>) {
+    let config = from_str(
+        config,
+        Format::Json5,
+        ConfigOrigin::Environment,
+        &MapEnv::new(),
+    )
+    .unwrap();
+    let state = Arc::new(AppState::new(Arc::new(config)).unwrap());
+    let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve_state(
+        state.clone(),
+        listener,
+        std::future::pending::<()>(),
+    ));
+    (url, state)
+}
+
+async fn chat(client: &reqwest::Client, base: &str) -> reqwest::Response {
+    client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_key_rate_limited_through_one_gateway_is_skipped_by_the_other() {
+    let redis = RedisServer::start();
+    let fake = FakeProvider::start().unwrap();
+    let config = format!(
+        r#"{{
+          providers: {{ fake: {{ api: "openai", base_url: "{}",
+                                auth: [{{ profile: "a", key: "sk-a" }}, {{ profile: "b", key: "sk-b" }}],
+                                models: ["gpt-4o"] }} }},
+          auth: {{ order: {{ fake: ["a", "b"] }} }},
+          agents: {{ defaults: {{ model: {{ primary: "fake/gpt-4o", fallbacks: [] }} }} }},
+          state: {{ redis_url: "redis://127.0.0.1:{}" }},
+        }}"#,
+        fake.openai_base_url(),
+        redis.port
+    );
+    let (a, _) = gateway(&config).await;
+    let (b, b_state) = gateway(&config).await;
+    // reqwest uses rustls: the engine installed its crypto provider above.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // Through A: key "a" is rate limited, "b" answers.
+    fake.push(Step::error(429));
+    let resp = chat(&client, &a).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-backstop-attempts"], "2");
+    let keys: Vec<_> = fake
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(keys, ["Bearer sk-a", "Bearer sk-b"]);
+
+    // B learns of the cooldown without ever calling key "a"…
+    let start = Instant::now();
+    loop {
+        let list: Value = client
+            .get(format!("{b}/v1/cooldowns"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list["cooldowns"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|c| c["scope"] == "fake:a/gpt-4o"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "gateway B never saw the cooldown: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("cooldown visible on gateway B after {:?}", start.elapsed());
+    assert_eq!(b_state.engine.cooldowns.snapshot().len(), 1);
+
+    // … and skips it: its first and only attempt goes to key "b".
+    fake.clear();
+    let resp = chat(&client, &b).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-backstop-attempts"], "1");
+    let keys: Vec<_> = fake
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(keys, ["Bearer sk-b"]);
+}
