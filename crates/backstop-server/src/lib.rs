@@ -7,6 +7,7 @@
 
 mod chat;
 mod cooldowns;
+mod dashboard;
 mod guard;
 mod info;
 mod status;
