@@ -227,10 +227,7 @@ fn badge(state: &Value) -> String {
         "unknown"
     };
     let shown = if name.is_empty() { "unknown" } else { &name };
-    format!(
-        "<span class=\"state s-{class}\">{}</span>",
-        escape(shown)
-    )
+    format!("<span class=\"state s-{class}\">{}</span>", escape(shown))
 }
 
 fn err_cell(e: &Value) -> String {
@@ -436,11 +433,11 @@ pub fn render(doc: &Value, nonce: &str) -> String {
     }
     out.push_str("</section>");
     events(&mut out, doc, now);
-    let _ = write!(
+    let _ = writeln!(
         out,
         "</main><footer>JSON: <code>GET /status</code> with <code>Accept: application/json</code> \
          \u{b7} Prometheus: <code>GET /metrics</code></footer>\
-         <script nonce=\"{nonce}\">{JS}</script></body></html>\n"
+         <script nonce=\"{nonce}\">{JS}</script></body></html>"
     );
     out
 }
@@ -458,7 +455,8 @@ mod tests {
 
     #[test]
     fn browsers_get_html_and_api_clients_json() {
-        let chromium = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8";
+        let chromium =
+            "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8";
         assert!(wants_html(&accept(chromium)));
         assert!(wants_html(&accept("TEXT/HTML")));
         assert!(!wants_html(&accept("application/json")));
@@ -555,7 +553,13 @@ mod tests {
 
     #[test]
     fn the_script_never_parses_strings_as_html() {
-        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
             assert!(!JS.contains(sink), "dashboard.js uses {sink}");
         }
         assert!(!JS.contains("</script"));

@@ -87,14 +87,14 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
     assert_eq!(a["error_count"], 0);
     assert_eq!(a["last_used"], Value::Null);
     assert_eq!(a["last_error"], Value::Null);
-    assert_eq!(
-        a["key"], "sk-…cdef",
-        "keys show redacted, never whole: {a}"
-    );
+    assert_eq!(a["key"], "sk-…cdef", "keys show redacted, never whole: {a}");
     assert!(!s.to_string().contains("0123456789abcdef"));
     let m = model_of(&s, "openai", "gpt-4o");
     assert_eq!(m["state"], "ok");
-    assert_eq!(m["latency_ms"], json!({"ewma": null, "p50": null, "p95": null}));
+    assert_eq!(
+        m["latency_ms"],
+        json!({"ewma": null, "p50": null, "p95": null})
+    );
     assert_eq!(m["error_rate"], Value::Null);
     assert_eq!(provider_of(&s, "openai")["api"], "openai");
     assert_eq!(provider_of(&s, "anthropic")["api"], "anthropic");
@@ -161,7 +161,10 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
     assert_eq!(m["until"], rfc3339(until_ms));
     assert_eq!(m["error_rate"], 1.0 / 3.0);
     assert_eq!(m["last_error"]["status"], 401);
-    assert_eq!(model_of(&s, "anthropic", "claude-sonnet-4-5")["state"], "ok");
+    assert_eq!(
+        model_of(&s, "anthropic", "claude-sonnet-4-5")["state"],
+        "ok"
+    );
     assert_eq!(chain_of(&s, "default")["active"], FALLBACK);
     let events = s["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{events:?}");
@@ -191,7 +194,9 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
         1.0,
     );
     has(
-        &format!("backstop_failovers_total{{from=\"{PRIMARY}\",to=\"{FALLBACK}\",reason=\"auth\"}}"),
+        &format!(
+            "backstop_failovers_total{{from=\"{PRIMARY}\",to=\"{FALLBACK}\",reason=\"auth\"}}"
+        ),
         1.0,
     );
     assert_eq!(breaker(&text, "open"), Some(1.0), "{text}");
@@ -268,7 +273,9 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
     assert_eq!(chain_of(&s, "default")["active"], PRIMARY);
     let events = s["events"].as_array().unwrap();
     assert!(
-        events.iter().any(|e| e["request_id"] == request_id.as_str()),
+        events
+            .iter()
+            .any(|e| e["request_id"] == request_id.as_str()),
         "the failover stays in the timeline: {events:?}"
     );
     assert_eq!(events[0]["to"], FALLBACK, "newest first");
@@ -311,8 +318,15 @@ async fn a_rate_limited_key_cools_per_model_and_the_metrics_name_the_reason() {
     let m = model_of(&s, "openai", "gpt-4o");
     assert_eq!(m["state"], "cooldown", "{m}");
     assert_eq!(m["reason"], "rate_limit");
-    let until = gw.engine.cooldowns.usable_at("openai", "a", "gpt-4o").unwrap();
-    assert!((20_000..=25_000).contains(&(until - CLOCK_START_MS)), "Retry-After 20 s");
+    let until = gw
+        .engine
+        .cooldowns
+        .usable_at("openai", "a", "gpt-4o")
+        .unwrap();
+    assert!(
+        (20_000..=25_000).contains(&(until - CLOCK_START_MS)),
+        "Retry-After 20 s"
+    );
     assert_eq!(m["until"], rfc3339(until));
     assert_eq!(m["profiles"][0]["state"], "cooldown");
     assert_eq!(m["last_error"]["reason"], "rate_limit");

@@ -192,9 +192,7 @@ impl Gateway {
 
     /// `GET /status` as JSON.
     pub async fn status(&self) -> Value {
-        let r = self
-            .get("/status", &[("accept", "application/json")])
-            .await;
+        let r = self.get("/status", &[("accept", "application/json")]).await;
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()
     }
