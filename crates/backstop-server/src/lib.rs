@@ -8,6 +8,7 @@
 
 mod chat;
 mod cooldowns;
+mod dashboard;
 mod guard;
 mod info;
 mod sessions;

@@ -4,12 +4,13 @@
 use crate::AppState;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use backstop::clock::rfc3339;
 use backstop::config::{Config, Route};
 use backstop::failover::Reason;
 use backstop::failover::cooldown::Scope;
+use backstop::health::LastError;
 use backstop::metrics::BreakerGauge;
 use backstop::state::{BreakerSnapshot, BreakerState};
 use serde_json::{Value, json};
@@ -36,6 +37,24 @@ fn breaker_json(s: Option<&BreakerSnapshot>) -> (Value, Value, Value) {
             json!(s.until_ms.map(rfc3339)),
         ),
         _ => (json!("ok"), Value::Null, Value::Null),
+    }
+}
+
+/// The longest error message `/status` shows (the classifier already keeps it to one
+/// scrubbed line of at most 1000 characters).
+const MAX_ERROR_CHARS: usize = 300;
+
+/// A profile's or model's last failure: `{"at","reason","status","message"}`, or null.
+fn last_error_json(e: Option<LastError>) -> Value {
+    match e {
+        None => Value::Null,
+        Some(e) => {
+            let message = match e.message.char_indices().nth(MAX_ERROR_CHARS) {
+                Some((cut, _)) => format!("{}…", &e.message[..cut]),
+                None => e.message,
+            };
+            json!({"at": rfc3339(e.at_ms), "reason": e.reason, "status": e.status, "message": message})
+        }
     }
 }
 
@@ -88,6 +107,7 @@ pub fn status_json(state: &AppState) -> Value {
                         "error_count": snap.map_or(0, |s| s.error_count),
                         "last_used": engine.cooldowns.last_used(&p.id, &a.name).map(rfc3339),
                         "key": a.key.as_ref().map(|k| k.redacted()),
+                        "last_error": last_error_json(engine.health.last_error(&p.id, Some(&a.name), None)),
                     })
                 })
                 .collect();
@@ -101,25 +121,29 @@ pub fn status_json(state: &AppState) -> Value {
                         .iter()
                         .map(|a| (a.name.clone(), breakers.get(&Scope::profile_model(&p.id, &a.name, &m))))
                         .collect();
-                    let usable: Vec<bool> = p
-                        .profiles
-                        .iter()
-                        .map(|a| engine.cooldowns.usable_at(&p.id, &a.name, &m).is_none())
-                        .collect();
                     let (mut st, mut reason, mut until) = breaker_json(model_scope);
                     if st == "ok" {
-                        let cooling: Vec<&BreakerSnapshot> = per_profile
+                        // What keeps each key from this model: its profile × model breaker,
+                        // else the whole profile's (an auth or billing cooldown).
+                        let blocked: Vec<Option<&BreakerSnapshot>> = per_profile
                             .iter()
-                            .filter_map(|(_, s)| *s)
-                            .filter(|s| s.state != BreakerState::Closed)
+                            .map(|(name, s)| {
+                                s.filter(|s| s.state != BreakerState::Closed).or_else(|| {
+                                    breakers
+                                        .get(&Scope::profile(&p.id, name))
+                                        .filter(|s| s.state != BreakerState::Closed)
+                                })
+                            })
                             .collect();
-                        if !usable.is_empty() && usable.iter().all(|u| !u) {
-                            // No key can serve this model now: it is cooling down as a whole.
-                            let soonest = cooling.iter().min_by_key(|s| s.until_ms);
-                            (st, reason, until) = breaker_json(soonest.copied());
-                            if st == "ok" {
-                                st = json!("cooldown");
-                            }
+                        let cooling: Vec<&BreakerSnapshot> = blocked.iter().flatten().copied().collect();
+                        if !blocked.is_empty() && cooling.len() == blocked.len() {
+                            // No key can serve it freely: it is half-open while some key
+                            // may probe, else cooling down until the soonest key returns.
+                            let shown = cooling
+                                .iter()
+                                .find(|s| s.state == BreakerState::HalfOpen)
+                                .or_else(|| cooling.iter().min_by_key(|s| s.until_ms));
+                            (st, reason, until) = breaker_json(shown.copied());
                         } else if !cooling.is_empty() || health.degraded {
                             st = json!("degraded");
                             reason = if health.degraded { json!("degraded") } else { json!(cooling[0].reason.map(|r| r.as_str())) };
@@ -145,6 +169,7 @@ pub fn status_json(state: &AppState) -> Value {
                         "in_flight": health.in_flight,
                         "requests": {"ok": health.ok, "failed": health.failed},
                         "profiles": profiles,
+                        "last_error": last_error_json(engine.health.last_error(&p.id, None, Some(&m))),
                     })
                 })
                 .collect();
@@ -194,9 +219,17 @@ pub fn status_json(state: &AppState) -> Value {
     })
 }
 
-/// `GET /status`.
-pub async fn status(State(state): State<Arc<AppState>>) -> Response {
-    Json(status_json(&state)).into_response()
+/// `GET /status`: the JSON document, or the dashboard when a browser asks for HTML.
+pub async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let doc = status_json(&state);
+    if crate::dashboard::wants_html(&headers) {
+        return crate::dashboard::page(&doc);
+    }
+    let mut resp = Json(doc).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::VARY, HeaderValue::from_static("accept"));
+    resp
 }
 
 /// `GET /metrics`.

@@ -148,12 +148,25 @@ pub struct FailoverEvent {
     pub reason: String,
 }
 
+/// The last failure seen on one provider × profile × model, for `/status` and the
+/// dashboard. The message is the classifier's one-line, scrubbed, bounded text; it
+/// came from outside and is shown escaped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastError {
+    pub at_ms: u64,
+    pub reason: String,
+    pub status: Option<u16>,
+    pub message: String,
+}
+
 /// Health of every provider × model the engine has used.
 #[derive(Debug, Default)]
 pub struct Health {
     config: HealthConfig,
     models: Mutex<HashMap<(String, String), ModelHealth>>,
     events: Mutex<VecDeque<FailoverEvent>>,
+    /// Keyed (provider, profile, model): bounded by the configuration's size.
+    last_errors: Mutex<HashMap<(String, String, String), LastError>>,
 }
 
 /// Counts one in-flight attempt until dropped.
@@ -297,6 +310,32 @@ impl Health {
         })
     }
 
+    /// Remember the last failure of a provider × profile × model.
+    pub fn record_error(&self, provider: &str, profile: &str, model: &str, error: LastError) {
+        let mut map = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(
+            (provider.to_string(), profile.to_string(), model.to_string()),
+            error,
+        );
+    }
+
+    /// The latest failure matching `provider` and, when given, `profile` and `model`.
+    pub fn last_error(
+        &self,
+        provider: &str,
+        profile: Option<&str>,
+        model: Option<&str>,
+    ) -> Option<LastError> {
+        let map = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|((p, a, m), _)| {
+                p == provider && profile.is_none_or(|x| x == a) && model.is_none_or(|x| x == m)
+            })
+            .map(|(_, e)| e)
+            .max_by_key(|e| e.at_ms)
+            .cloned()
+    }
+
     pub fn push_event(&self, event: FailoverEvent) {
         let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
         push_bounded(&mut q, event, EVENTS);
@@ -377,6 +416,28 @@ mod tests {
         assert_eq!(h.view("p", "m", 0).in_flight, 1);
         drop(g);
         assert_eq!(h.view("p", "m", 0).in_flight, 0);
+    }
+
+    #[test]
+    fn last_error_is_the_latest_matching_one() {
+        let h = Health::default();
+        let err = |at_ms, message: &str| LastError {
+            at_ms,
+            reason: "rate_limit".into(),
+            status: Some(429),
+            message: message.into(),
+        };
+        h.record_error("p", "a", "m1", err(10, "first"));
+        h.record_error("p", "b", "m1", err(20, "second"));
+        h.record_error("p", "a", "m2", err(30, "third"));
+        h.record_error("q", "a", "m1", err(40, "other provider"));
+        let msg = |p, a, m| h.last_error(p, a, m).map(|e| e.message);
+        assert_eq!(msg("p", Some("a"), None).as_deref(), Some("third"));
+        assert_eq!(msg("p", None, Some("m1")).as_deref(), Some("second"));
+        assert_eq!(msg("p", Some("b"), Some("m2")), None);
+        // A newer failure of the same scope replaces the old one.
+        h.record_error("p", "a", "m1", err(50, "newest"));
+        assert_eq!(msg("p", None, Some("m1")).as_deref(), Some("newest"));
     }
 
     #[test]

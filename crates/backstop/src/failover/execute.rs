@@ -570,6 +570,17 @@ impl Engine {
                 super::session::after_failure(ctx, undo);
             }
             self.health.record(p, m, now_ms, took, Some(failure.reason));
+            self.health.record_error(
+                p,
+                a,
+                m,
+                crate::health::LastError {
+                    at_ms: now_ms,
+                    reason: failure.reason.as_str().to_string(),
+                    status: failure.status,
+                    message: failure.message.clone(),
+                },
+            );
             self.metrics.attempt(p, m, failure.reason.as_str(), took);
             let remaining = run.deadline.saturating_duration_since(Instant::now());
             let backoff = {
