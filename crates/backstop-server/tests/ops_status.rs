@@ -278,7 +278,11 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
             .any(|e| e["request_id"] == request_id.as_str()),
         "the failover stays in the timeline: {events:?}"
     );
-    assert_eq!(events[0]["to"], FALLBACK, "newest first");
+    // Newest first: traffic back on the primary says "fallback cleared" once, after
+    // the failover itself.
+    assert_eq!(events[0]["reason"], "fallback_cleared", "{events:?}");
+    assert_eq!(events[0]["to"], PRIMARY, "{events:?}");
+    assert_eq!(events[1]["to"], FALLBACK, "newest first: {events:?}");
     let text = gw.metrics().await;
     assert_eq!(breaker(&text, "closed"), Some(1.0), "{text}");
     assert_eq!(breaker(&text, "open"), Some(0.0));
