@@ -4,6 +4,8 @@
 //! 2 bad command-line usage.
 #![forbid(unsafe_code)]
 
+mod simulate;
+
 use anyhow::{Context, Result};
 use backstop::config::{self, ConfigOrigin, ProcessEnv};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -49,6 +51,9 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Fire drill: run the configured chain through an incident (outage, 429 storm, …)
+    /// against local fake providers, on simulated time, and report what clients saw.
+    Simulate(simulate::Args),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
             allow_unauthenticated,
         } => serve(config, listen, allow_unauthenticated),
         Command::Check { config } => check(config),
+        Command::Simulate(args) => simulate::run(args),
     };
     match result {
         Ok(code) => code,
