@@ -1,7 +1,7 @@
 //! The one-line live progress on a terminal (nothing at all when stdout is not one).
 
 use super::drive::Counters;
-use super::scenario::fmt_ms;
+use super::scenario::fmt_clock;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -54,8 +54,8 @@ fn line(sim_ms: u64, total_ms: u64, issued: u64, done: u64, ok: u64) -> String {
     };
     format!(
         "simulating {} / {} · {issued} requests sent, {done} done · availability {availability}",
-        fmt_ms(sim_ms),
-        fmt_ms(total_ms)
+        fmt_clock(sim_ms),
+        fmt_clock(total_ms)
     )
 }
 
@@ -65,7 +65,7 @@ mod tests {
     fn the_line_says_where_the_run_is() {
         assert_eq!(
             super::line(1_380_000, 3_600_000, 139, 137, 137),
-            "simulating 23m / 1h · 139 requests sent, 137 done · availability 100.0 %"
+            "simulating 23:00 / 1:00:00 · 139 requests sent, 137 done · availability 100.0 %"
         );
         assert!(super::line(0, 1, 0, 0, 0).ends_with("availability —"));
     }

@@ -674,7 +674,7 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "  {:<13} {:<12} {what}",
+                "  {:<15} {:<12} {what}",
                 format!("{}–{}", fmt_clock(p.start_ms), fmt_clock(p.end_ms)),
                 p.name
             );
@@ -682,7 +682,7 @@ impl Report {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "{:<15}{:<12}{:>5}  {:>8}  {:>8}  served by",
+            "{:<17}{:<12}{:>5}  {:>8}  {:>8}  served by",
             "Timeline", "phase", "reqs", "backstop", "direct"
         );
         for s in &self.timeline {
@@ -708,7 +708,7 @@ impl Report {
             };
             let _ = writeln!(
                 o,
-                "{:<15}{:<12}{:>5}  {:>8}  {:>8}  {served}{failed}",
+                "{:<17}{:<12}{:>5}  {:>8}  {:>8}  {served}{failed}",
                 format!("{}–{}", fmt_clock(s.start_ms), fmt_clock(s.end_ms)),
                 s.phase,
                 s.requests,
