@@ -39,7 +39,7 @@ pub struct Args {
     /// Config file (same lookup as `serve`). Keys are never used: dummies go to local fakes.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// The chain to drill: an agent id, or `default`.
+    /// The chain to drill: an agent id, `default`, or a model as a client would name it.
     #[arg(long, default_value = "default")]
     agent: String,
     /// Print the report as JSON.

@@ -54,8 +54,8 @@ impl Env for SimEnv {
     fn var(&self, name: &str) -> Option<String> {
         match ProcessEnv.var(name) {
             Some(v) if !v.is_empty() => Some(v),
-            // Backstop's own settings keep their meaning: unset is unset.
-            _ if name.starts_with("BACKSTOP_") => None,
+            // Where Backstop looks for files keeps its meaning: unset is unset.
+            _ if matches!(name, "BACKSTOP_CONFIG" | "BACKSTOP_STATE_DIR") => None,
             _ => {
                 self.unset
                     .lock()
@@ -436,6 +436,26 @@ mod tests {
         let anthropic = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": prompt(4)}]}]});
         assert_eq!(request_id(&anthropic), Some(4));
         assert_eq!(request_id(&json!({"messages": []})), None);
+    }
+
+    #[test]
+    fn unset_variables_read_as_placeholders_except_file_locations() {
+        let env = SimEnv::default();
+        assert_eq!(
+            env.var("BACKSTOP_SIMTEST_SURELY_UNSET").as_deref(),
+            Some("simulated")
+        );
+        assert_eq!(
+            env.var("BACKSTOP_CONFIG").filter(|v| v == "simulated"),
+            None
+        );
+        assert_eq!(
+            env.var("BACKSTOP_STATE_DIR").filter(|v| v == "simulated"),
+            None
+        );
+        let unset = env.unset.lock().unwrap();
+        assert!(unset.contains("BACKSTOP_SIMTEST_SURELY_UNSET"));
+        assert!(!unset.contains("BACKSTOP_CONFIG"));
     }
 
     #[test]
