@@ -8,6 +8,7 @@
 mod cooldowns;
 mod gateway;
 mod probe;
+mod simulate;
 mod status;
 
 use anyhow::{Context, Result};
@@ -85,6 +86,9 @@ enum Command {
         #[command(flatten)]
         at: At,
     },
+    /// Fire drill: run the configured chain through an incident (outage, 429 storm, …)
+    /// against local fake providers, on simulated time, and report what clients saw.
+    Simulate(simulate::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
             }),
         },
         Command::Status { json, at } => target(&at).and_then(|t| status::status(&t, json)),
+        Command::Simulate(args) => simulate::run(args),
     };
     match result {
         Ok(code) => code,

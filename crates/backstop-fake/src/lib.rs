@@ -30,5 +30,5 @@ pub mod step;
 mod text;
 
 pub use plan::Format;
-pub use server::{FakeHandle, FakeProvider};
+pub use server::{FakeHandle, FakeProvider, Responder};
 pub use step::{ErrorStep, Recorded, Reply, Step, ToolCall, Usage};

@@ -32,6 +32,10 @@ use crate::step::{Recorded, Step};
 /// Request bodies up to this size are accepted (long contexts are a test case).
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
+/// Chooses the step for a request when the queue is empty (before the default step);
+/// `None` falls through to the default. Set with [`FakeHandle::set_responder`].
+pub type Responder = Arc<dyn Fn(&Recorded) -> Option<Step> + Send + Sync>;
+
 /// Starts fake providers.
 ///
 /// ```
@@ -76,6 +80,7 @@ impl FakeProvider {
             script: Mutex::new(Script::default()),
             recorded: Mutex::new(Vec::new()),
             recording: AtomicBool::new(true),
+            responder: Mutex::new(None),
             shutdown: shutdown_rx,
         });
         let app = router(shared.clone()).into_make_service_with_connect_info::<ConnMeta>();
@@ -142,6 +147,27 @@ impl FakeHandle {
         self.shared.script().default = step;
     }
 
+    /// Decide each request's step with `responder` when the queue is empty (instead of
+    /// the default step, unless it returns `None`): a script that depends on the
+    /// request (its key, model, body) or on the time, as `backstop simulate` needs.
+    /// `clear` does not remove it; `set_responder(None)` does.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// use backstop_fake::{FakeProvider, Step};
+    /// use std::sync::Arc;
+    /// let fake = FakeProvider::start()?;
+    /// fake.set_responder(Some(Arc::new(|req: &backstop_fake::Recorded| {
+    ///     (req.header("authorization") == Some("Bearer sk-bad")).then(|| Step::error(401))
+    /// })));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_responder(&self, responder: Option<Responder>) {
+        *lock(&self.shared.responder) = responder;
+    }
+
     /// Steps still queued.
     pub fn pending(&self) -> usize {
         self.shared.script().queue.len()
@@ -180,6 +206,7 @@ struct Shared {
     script: Mutex<Script>,
     recorded: Mutex<Vec<Recorded>>,
     recording: AtomicBool,
+    responder: Mutex<Option<Responder>>,
     shutdown: watch::Receiver<()>,
 }
 
@@ -194,12 +221,19 @@ impl Shared {
         lock(&self.script)
     }
 
-    fn next_step(&self) -> Step {
-        let mut script = self.script();
-        match script.queue.pop_front() {
-            Some(step) => step,
-            None => script.default.clone(),
+    /// The next queued step, else the responder's, else the default. `request` is
+    /// `None` only when there is no responder.
+    fn next_step(&self, request: Option<&Recorded>) -> Step {
+        if let Some(step) = self.script().queue.pop_front() {
+            return step;
         }
+        let responder = lock(&self.responder).clone();
+        if let (Some(responder), Some(request)) = (responder, request)
+            && let Some(step) = responder(request)
+        {
+            return step;
+        }
+        self.script().default.clone()
     }
 
     fn reset(&self) {
@@ -390,20 +424,31 @@ async fn provider(
     };
     let json = parse_body(&body);
     let ctx = Ctx::new(format, &json, body.len());
-    let step = shared.next_step();
-    let plan = plan::plan(&step, &ctx, &json);
-    if shared.recording.load(Ordering::Relaxed) {
-        let recorded = Recorded {
-            path: path.to_string(),
-            headers: headers
-                .iter()
-                .map(|(k, v)| {
-                    let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-                    (k.as_str().to_string(), value)
-                })
-                .collect(),
-            body: json,
-        };
+    let recording = shared.recording.load(Ordering::Relaxed);
+    // The request as recorded, for the log and for a responder (the body moves into it).
+    let (recorded, json) = if recording || lock(&shared.responder).is_some() {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| {
+                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_string(), value)
+            })
+            .collect();
+        let path = path.to_string();
+        (
+            Some(Recorded {
+                path,
+                headers,
+                body: json,
+            }),
+            Value::Null,
+        )
+    } else {
+        (None, json)
+    };
+    let step = shared.next_step(recorded.as_ref());
+    let plan = plan::plan(&step, &ctx, recorded.as_ref().map_or(&json, |r| &r.body));
+    if recording && let Some(recorded) = recorded {
         lock(&shared.recorded).push(recorded);
     }
     execute(plan, &conn, shared.shutdown.clone()).await
