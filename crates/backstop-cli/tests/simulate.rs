@@ -208,7 +208,6 @@ fn stream_cuts_are_rescued() {
 /// health's latency rule compares a fast average with a baseline that only new
 /// attempts can move, and once degraded the primary gets no attempts.
 #[test]
-#[ignore = "engine bug: a degraded-by-latency primary is never tried again (health.rs)"]
 fn brownout_traffic_returns_to_the_primary() {
     let r = report("brownout", &["brownout", "--requests", "120"]);
     assert_eq!(f(&r["availability"]["backstop"]["ratio"]), 1.0);

@@ -62,6 +62,9 @@ struct ModelHealth {
     in_flight: i64,
     ok: u64,
     failed: u64,
+    /// When this model was last attempted (a degraded one is still tried once per
+    /// probe interval, or it could never show that it recovered).
+    last_attempt_ms: Option<u64>,
 }
 
 fn ewma(prev: Option<f64>, x: f64, alpha: f64) -> f64 {
@@ -219,12 +222,19 @@ impl Health {
         let multiple = self.config.latency_multiple;
         self.with(provider, model, |m| {
             m.prune(now_ms, window);
+            m.last_attempt_ms = Some(now_ms);
             push_bounded(&mut m.outcomes, (now_ms, failure), OUTCOMES);
             match failure {
                 None => {
                     m.ok += 1;
                     let ms = latency.as_secs_f64() * 1000.0;
-                    m.fast_ms = Some(ewma(m.fast_ms, ms, FAST_ALPHA));
+                    let normal = m.baseline_ms.map(|b| multiple * b);
+                    m.fast_ms = match (m.fast_ms, normal) {
+                        // Slow until now, normal again: snap back at once, so one good probe
+                        // of a degraded target is enough to trust it again.
+                        (Some(f), Some(n)) if f > n && ms <= n => Some(ms),
+                        (prev, _) => Some(ewma(prev, ms, FAST_ALPHA)),
+                    };
                     // The baseline is what is normal for this target: outliers move it ten
                     // times slower, so a brownout shows against it yet a lasting change is
                     // eventually learnt.
@@ -275,6 +285,19 @@ impl Health {
                 };
                 pruned.degraded(&self.config)
             })
+    }
+
+    /// Whether the planner should put this model after healthier ones now: it is degraded
+    /// and was attempted less than `probe_interval_ms` ago (once per interval it is tried
+    /// in its place, so it can show that it recovered).
+    pub fn avoid(&self, provider: &str, model: &str, now_ms: u64, probe_interval_ms: u64) -> bool {
+        if !self.degraded(provider, model, now_ms) {
+            return false;
+        }
+        let map = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(provider.to_string(), model.to_string()))
+            .and_then(|m| m.last_attempt_ms)
+            .is_some_and(|t| now_ms.saturating_sub(t) < probe_interval_ms)
     }
 
     /// The figures of one provider × model.
@@ -380,6 +403,23 @@ mod tests {
             h.record("p", "m", i * 1000, ms(100), None);
         }
         assert!(!h.degraded("p", "m", 90_000));
+    }
+
+    #[test]
+    fn a_degraded_model_is_retried_once_per_probe_interval_and_recovers_on_one_good_probe() {
+        let h = Health::new(HealthConfig::default());
+        for i in 0..50 {
+            h.record("p", "m", i * 1000, ms(100), None);
+        }
+        for i in 50..60 {
+            h.record("p", "m", i * 1000, ms(500), None);
+        }
+        let last = 59_000;
+        assert!(h.avoid("p", "m", last + 1_000, 30_000));
+        assert!(!h.avoid("p", "m", last + 30_000, 30_000), "probe due");
+        h.record("p", "m", last + 30_000, ms(100), None);
+        assert!(!h.degraded("p", "m", last + 30_000));
+        assert!(!h.avoid("p", "m", last + 31_000, 30_000));
     }
 
     #[test]

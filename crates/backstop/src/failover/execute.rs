@@ -248,8 +248,9 @@ impl Engine {
     /// The plan, with `pinned_profile` first among its provider's usable keys.
     pub fn plan_with(&self, route: &Route, pinned_profile: Option<&str>) -> AttemptPlan {
         let now = self.cooldowns.now_ms();
+        let probe_interval = self.config.auth.cooldowns.probe_interval_ms;
         let mut plan = super::plan::plan(&self.config, route, &self.cooldowns, |p, m| {
-            self.health.degraded(p, m, now)
+            self.health.avoid(p, m, now, probe_interval)
         });
         if let Some(pin) = pinned_profile {
             super::plan::pin_profile(&mut plan, pin);
