@@ -247,7 +247,24 @@ fn serve(
         );
         // Tests and scripts read this line to learn the port.
         println!("listening on http://{local}");
-        backstop_server::serve(Arc::new(config), listener, shutdown_signal()).await?;
+        let watch = match &config.origin {
+            ConfigOrigin::File(p) => Some(p.clone()),
+            ConfigOrigin::Environment => None,
+        };
+        let state =
+            Arc::new(backstop_server::AppState::new(Arc::new(config)).map_err(anyhow::Error::msg)?);
+        // Reload from the same place: the file it came from, else the environment.
+        let again = watch.clone();
+        let loader: backstop_server::reload::Loader = Arc::new(move || {
+            config::load(again.as_deref(), &ProcessEnv).map_err(|e| e.to_string())
+        });
+        backstop_server::reload::spawn(
+            state.clone(),
+            loader,
+            watch,
+            std::time::Duration::from_secs(2),
+        );
+        backstop_server::serve_state(state, listener, shutdown_signal()).await?;
         tracing::info!("backstop stopped");
         Ok::<_, anyhow::Error>(())
     })?;

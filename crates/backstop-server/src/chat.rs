@@ -33,7 +33,7 @@ pub async fn anthropic(State(state): State<Arc<AppState>>, req: Request) -> Resp
 
 async fn handle(state: Arc<AppState>, ingress: WireFormat, req: Request) -> Response {
     let started = std::time::Instant::now();
-    let metrics = state.engine.metrics.clone();
+    let metrics = state.engine().metrics.clone();
     let (resp, upstream_time) = match serve(state, ingress, req).await {
         Ok(ok) => ok,
         Err(err) => (error_response(ingress, &err), std::time::Duration::ZERO),
@@ -117,7 +117,7 @@ async fn serve(
         session,
         translate: false,
     };
-    match state.engine.execute(&call).await {
+    match state.engine().execute(&call).await {
         Ok(success) => {
             let upstream_time = success.upstream_time;
             Ok((respond(&state, call, include_usage, success), upstream_time))
@@ -194,7 +194,7 @@ fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Succ
                 head,
                 rest,
             };
-            let rx = relay(state.engine.clone(), call, committed, include_usage);
+            let rx = relay(state.engine(), call, committed, include_usage);
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
                     .await
@@ -284,7 +284,7 @@ fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCt
         let current = state.sessions.get(&id);
         // Checked against the provider of the session's user model pin, else any provider.
         let pins =
-            user_pins(config, None, Some(Some(&profile)), current.as_ref()).map_err(|e| {
+            user_pins(&config, None, Some(Some(&profile)), current.as_ref()).map_err(|e| {
                 ClientError::invalid(format!("{PROFILE_HEADER}: {e}")).with_param(PROFILE_HEADER)
             })?;
         state.sessions.update(&id, &mut |s| pins.apply(s));

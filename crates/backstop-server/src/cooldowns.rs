@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// Every scope that is not closed: cooling down, disabled or half-open.
 pub async fn list(State(state): State<Arc<AppState>>) -> Response {
     let items: Vec<_> = state
-        .engine
+        .engine()
         .cooldowns
         .snapshot()
         .into_iter()
@@ -54,7 +54,7 @@ pub async fn clear(State(state): State<Arc<AppState>>, Path(scope): Path<String>
             );
         }
     };
-    if state.engine.cooldowns.clear(&parsed) {
+    if state.engine().cooldowns.clear(&parsed) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         error_response(
@@ -66,6 +66,6 @@ pub async fn clear(State(state): State<Arc<AppState>>, Path(scope): Path<String>
 
 /// Clear every cooldown.
 pub async fn clear_all(State(state): State<Arc<AppState>>) -> Response {
-    state.engine.cooldowns.clear_all();
+    state.engine().cooldowns.clear_all();
     StatusCode::NO_CONTENT.into_response()
 }

@@ -61,7 +61,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
                 .collect(),
         };
         let usable = state
-            .engine
+            .engine()
             .plan(&route)
             .targets
             .iter()

@@ -11,9 +11,11 @@ mod cooldowns;
 mod dashboard;
 mod guard;
 mod info;
+pub mod reload;
 mod sessions;
 mod status;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::{delete, get, post};
 use backstop::Config;
@@ -27,7 +29,8 @@ use tokio::net::TcpListener;
 
 /// What every handler shares.
 pub struct AppState {
-    pub engine: Arc<Engine>,
+    /// Swapped whole by a config reload ([`AppState::reload`]).
+    engine: ArcSwap<Engine>,
     /// Sessions (`x-backstop-session`): `<state.dir>/sessions.json`.
     pub sessions: Arc<dyn SessionStore>,
 }
@@ -52,7 +55,7 @@ impl AppState {
     ) -> Result<Self, String> {
         let sessions = sessions::open_store(&config, clock.clone())?;
         Ok(AppState {
-            engine: Arc::new(Engine::with_state(config, store, clock)?),
+            engine: ArcSwap::from_pointee(Engine::with_state(config, store, clock)?),
             sessions,
         })
     }
@@ -61,7 +64,10 @@ impl AppState {
     /// Sessions are kept in memory on the engine's clock; see [`AppState::with_sessions`].
     pub fn with_engine(engine: Arc<Engine>) -> Self {
         let sessions = sessions::memory_store(&engine.config, engine.cooldowns.clock().clone());
-        AppState { engine, sessions }
+        AppState {
+            engine: ArcSwap::new(engine),
+            sessions,
+        }
     }
 
     /// Replace the session store.
@@ -70,8 +76,22 @@ impl AppState {
         self
     }
 
-    pub fn config(&self) -> &Config {
-        &self.engine.config
+    /// The engine serving now (a reload may replace it; a request keeps the one it started on).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.load_full()
+    }
+
+    /// The config serving now.
+    pub fn config(&self) -> Arc<Config> {
+        self.engine.load().config.clone()
+    }
+
+    /// Replace the config: a new engine on it, keeping cooldowns, breakers, health and
+    /// metrics. A config that cannot make an engine changes nothing.
+    pub fn reload(&self, config: Config) -> Result<(), String> {
+        let next = self.engine.load().reconfigure(Arc::new(config))?;
+        self.engine.store(Arc::new(next));
+        Ok(())
     }
 }
 

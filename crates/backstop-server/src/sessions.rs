@@ -140,7 +140,7 @@ pub async fn put(
         return invalid(format!("nothing to set; {SHAPE}"));
     }
     let current = state.sessions.get(&id);
-    let pins = match session::user_pins(state.config(), model, profile, current.as_ref()) {
+    let pins = match session::user_pins(&state.config(), model, profile, current.as_ref()) {
         Ok(p) => p,
         Err(m) => return invalid(m),
     };

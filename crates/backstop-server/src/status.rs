@@ -83,7 +83,7 @@ fn models_of(config: &Config, provider: &str) -> Vec<String> {
 
 /// The `/status` document.
 pub fn status_json(state: &AppState) -> Value {
-    let engine = &state.engine;
+    let engine = &state.engine();
     let config = &engine.config;
     let now = engine.cooldowns.now_ms();
     let breakers: BTreeMap<Scope, BreakerSnapshot> =
@@ -234,7 +234,7 @@ pub async fn status(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let engine = &state.engine;
+    let engine = &state.engine();
     let snapshot = engine.cooldowns.snapshot();
     let config = &engine.config;
     // One gauge series set per configured profile × model (closed when no breaker exists).

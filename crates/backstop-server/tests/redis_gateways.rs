@@ -139,7 +139,7 @@ async fn redis_a_key_rate_limited_through_one_gateway_is_skipped_by_the_other() 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     println!("cooldown visible on gateway B after {:?}", start.elapsed());
-    assert_eq!(b_state.engine.cooldowns.snapshot().len(), 1);
+    assert_eq!(b_state.engine().cooldowns.snapshot().len(), 1);
 
     // … and skips it: its first and only attempt goes to key "b".
     fake.clear();

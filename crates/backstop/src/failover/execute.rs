@@ -158,7 +158,7 @@ pub struct Engine {
     pub config: Arc<Config>,
     upstreams: Upstreams,
     pub cooldowns: Cooldowns,
-    pub health: Health,
+    pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     budget: RetryBudget,
     rng: Mutex<fastrand::Rng>,
@@ -210,7 +210,7 @@ impl Engine {
         .with_probe_lease(Duration::from_millis(config.timeouts.request_ms));
         let budget = RetryBudget::from_config(&config.retry);
         Ok(Engine {
-            health: Health::new(HealthConfig::default()),
+            health: Arc::new(Health::new(HealthConfig::default())),
             metrics: Arc::new(Metrics::new()),
             config,
             upstreams,
@@ -233,6 +233,20 @@ impl Engine {
     /// let engine = Engine::new(Arc::new(config)).unwrap().with_seed(7);
     /// assert_eq!(engine.config.default_chain.primary.to_string(), "ollama/llama3.2");
     /// ```
+    /// An engine on a new config that keeps this one's state: the store (cooldowns,
+    /// breakers, last use), the clock, health and metrics. Breakers of targets that
+    /// still exist carry on; a hot reload swaps this in.
+    pub fn reconfigure(&self, config: Arc<Config>) -> Result<Engine, String> {
+        let mut next = Engine::with_state(
+            config,
+            self.cooldowns.store().clone(),
+            self.cooldowns.clock().clone(),
+        )?;
+        next.health = self.health.clone();
+        next.metrics = self.metrics.clone();
+        Ok(next)
+    }
+
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.rng = Mutex::new(fastrand::Rng::with_seed(seed));
         // A different stream for the cooldowns, so the two draws are not correlated.
