@@ -1,5 +1,6 @@
-//! `backstop status`: every provider, profile and model with its state, read from the
-//! state dir (a running gateway's `/status` will be added here).
+//! `backstop status`: every provider, profile and model with its state — from the running
+//! gateway's `/status` when one answers at `--url` (latency, error rates, chains and the
+//! last failovers too), else read from the state dir.
 
 use crate::cooldowns::print_table;
 use crate::gateway::{self, Target};
@@ -50,6 +51,21 @@ fn push(list: &mut Vec<String>, s: &str) {
 }
 
 pub fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
+    if let Some(reply) = gateway::call(target, reqwest::Method::GET, "/status")? {
+        if reply.status != 200 {
+            anyhow::bail!(
+                "gateway at {}: {}",
+                target.url,
+                gateway::error_message(&reply)
+            );
+        }
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&reply.body)?);
+        } else {
+            print_gateway_status(&target.url, &reply.body);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let now = SystemClock.now_ms();
     let view = file::read_state(&target.state_dir, now)?;
     for w in &view.warnings {
@@ -194,4 +210,97 @@ pub fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
         &rows,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A running gateway's `/status` as tables: keys, models, chains, last failovers.
+fn print_gateway_status(url: &str, v: &Value) {
+    eprintln!("# from the gateway at {url}");
+    let text = |x: &Value| x.as_str().map_or_else(|| "-".to_owned(), str::to_owned);
+    let num = |x: &Value, digits: usize| {
+        x.as_f64()
+            .map_or_else(|| "-".to_owned(), |f| format!("{f:.digits$}"))
+    };
+    let mut rows: Vec<[String; 6]> = Vec::new();
+    for p in v["providers"].as_array().into_iter().flatten() {
+        let pid = text(&p["id"]);
+        for a in p["profiles"].as_array().into_iter().flatten() {
+            rows.push([
+                format!("{pid}:{}", text(&a["id"])),
+                text(&a["state"]),
+                text(&a["reason"]),
+                text(&a["until"]),
+                a["error_count"].as_u64().unwrap_or(0).to_string(),
+                text(&a["last_used"]),
+            ]);
+        }
+    }
+    print_table(
+        &["KEY", "STATE", "REASON", "UNTIL", "ERRORS", "LAST USED"],
+        &rows,
+    );
+    println!();
+    let mut rows: Vec<[String; 6]> = Vec::new();
+    for p in v["providers"].as_array().into_iter().flatten() {
+        let pid = text(&p["id"]);
+        for m in p["models"].as_array().into_iter().flatten() {
+            rows.push([
+                format!("{pid}/{}", text(&m["id"])),
+                text(&m["state"]),
+                text(&m["reason"]),
+                format!(
+                    "{} / {}",
+                    num(&m["latency_ms"]["p50"], 0),
+                    num(&m["latency_ms"]["p95"], 0)
+                ),
+                m["error_rate"]
+                    .as_f64()
+                    .map_or_else(|| "-".to_owned(), |r| format!("{:.0} %", r * 100.0)),
+                text(&m["until"]),
+            ]);
+        }
+    }
+    print_table(
+        &[
+            "MODEL",
+            "STATE",
+            "REASON",
+            "P50 / P95 MS",
+            "ERRORS",
+            "UNTIL",
+        ],
+        &rows,
+    );
+    println!();
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    for c in v["chains"].as_array().into_iter().flatten() {
+        let targets: Vec<String> = c["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| text(t))
+            .collect();
+        rows.push([text(&c["agent"]), text(&c["active"]), targets.join(" → ")]);
+    }
+    print_table(&["CHAIN", "ACTIVE", "TARGETS"], &rows);
+    let events: Vec<&Value> = v["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(10)
+        .collect();
+    if !events.is_empty() {
+        println!();
+        let rows: Vec<[String; 4]> = events
+            .iter()
+            .map(|e| {
+                [
+                    text(&e["at"]),
+                    text(&e["from"]),
+                    text(&e["to"]),
+                    text(&e["reason"]),
+                ]
+            })
+            .collect();
+        print_table(&["AT", "FROM", "TO", "REASON"], &rows);
+    }
 }

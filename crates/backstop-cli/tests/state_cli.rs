@@ -370,6 +370,24 @@ fn the_commands_use_a_running_gateway() {
     assert!(v["source"].as_str().unwrap().starts_with("gateway"), "{v}");
     assert_eq!(v["cooldowns"].as_array().unwrap().len(), 2, "{v}");
 
+    // `status` shows the running gateway's /status: as JSON, and as readable tables.
+    let o = run(&["status", "--json", "--config", cfg, "--url", &gw.url]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["providers"].is_array() && v["chains"].is_array(), "{v}");
+    let o = run(&["status", "--config", cfg, "--url", &gw.url]);
+    assert!(o.status.success(), "{o:?}");
+    let table = stdout(&o);
+    assert!(table.contains("KEY") && table.contains("CHAIN"), "{table}");
+    assert!(
+        table.contains("ollama/llama3.2  cooldown  rate_limit"),
+        "{table}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("from the gateway"),
+        "{o:?}"
+    );
+
     let o = run(&[
         "cooldowns",
         "clear",
