@@ -277,7 +277,7 @@ fn print_gateway_status(url: &str, v: &Value) {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|t| text(t))
+            .map(&text)
             .collect();
         rows.push([text(&c["agent"]), text(&c["active"]), targets.join(" → ")]);
     }
