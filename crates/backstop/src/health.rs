@@ -165,7 +165,7 @@ pub struct LastError {
 /// Health of every provider × model the engine has used.
 #[derive(Debug, Default)]
 pub struct Health {
-    config: HealthConfig,
+    config: std::sync::RwLock<HealthConfig>,
     models: Mutex<HashMap<(String, String), ModelHealth>>,
     events: Mutex<VecDeque<FailoverEvent>>,
     /// Keyed (provider, profile, model): bounded by the configuration's size.
@@ -188,9 +188,18 @@ impl Drop for InFlight<'_> {
 impl Health {
     pub fn new(config: HealthConfig) -> Self {
         Health {
-            config,
+            config: std::sync::RwLock::new(config),
             ..Health::default()
         }
+    }
+
+    fn cfg(&self) -> HealthConfig {
+        *self.config.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Change the detection settings (a config reload), keeping every figure.
+    pub fn set_config(&self, config: HealthConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
     fn with<R>(&self, provider: &str, model: &str, f: impl FnOnce(&mut ModelHealth) -> R) -> R {
@@ -218,8 +227,9 @@ impl Health {
         latency: Duration,
         failure: Option<Reason>,
     ) {
-        let window = self.config.window_ms;
-        let multiple = self.config.latency_multiple;
+        let cfg = self.cfg();
+        let window = cfg.window_ms;
+        let multiple = cfg.latency_multiple;
         self.with(provider, model, |m| {
             m.prune(now_ms, window);
             m.last_attempt_ms = Some(now_ms);
@@ -263,7 +273,8 @@ impl Health {
 
     /// Whether a model's recent latency or error rate marks it degraded.
     pub fn degraded(&self, provider: &str, model: &str, now_ms: u64) -> bool {
-        if !self.config.enabled {
+        let cfg = self.cfg();
+        if !cfg.enabled {
             return false;
         }
         let map = self.models.lock().unwrap_or_else(|e| e.into_inner());
@@ -272,7 +283,7 @@ impl Health {
                 let mut recent = m.outcomes.clone();
                 while recent
                     .front()
-                    .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > self.config.window_ms)
+                    .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > cfg.window_ms)
                 {
                     recent.pop_front();
                 }
@@ -283,7 +294,7 @@ impl Health {
                     baseline_ms: m.baseline_ms,
                     ..ModelHealth::default()
                 };
-                pruned.degraded(&self.config)
+                pruned.degraded(&cfg)
             })
     }
 
@@ -302,8 +313,8 @@ impl Health {
 
     /// The figures of one provider × model.
     pub fn view(&self, provider: &str, model: &str, now_ms: u64) -> ModelView {
-        let window = self.config.window_ms;
-        let cfg = self.config;
+        let cfg = self.cfg();
+        let window = cfg.window_ms;
         self.with(provider, model, |m| {
             m.prune(now_ms, window);
             let mut errors_by_reason = std::collections::BTreeMap::new();

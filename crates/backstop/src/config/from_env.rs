@@ -164,6 +164,7 @@ pub fn from_env(env: &dyn Env) -> Result<Config, ConfigErrors> {
         retry: RetryConfig::default(),
         timeouts: Timeouts::default(),
         stream: StreamConfig::default(),
+        health: crate::health::HealthConfig::default(),
         state: StateConfig {
             dir,
             redis_url: None,

@@ -55,6 +55,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub stream: StreamConfig,
     pub state: StateConfig,
+    /// Degradation detection (`health`).
+    pub health: crate::health::HealthConfig,
     /// Where this config came from: a file, or the environment.
     pub origin: ConfigOrigin,
     /// Non-fatal findings (literal keys, unset variables…), each naming its key path.

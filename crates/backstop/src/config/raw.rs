@@ -127,6 +127,15 @@ pub(crate) struct RawStream {
 }
 
 #[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawHealth {
+    pub enabled: Option<bool>,
+    pub latency_multiple: Option<f64>,
+    pub error_rate: Option<f64>,
+    pub min_samples: Option<usize>,
+    pub window_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct RawState {
     pub dir: Option<String>,
     pub redis_url: Option<String>,
@@ -253,6 +262,16 @@ const TOP: Shape = Obj(&[
         ]),
     ),
     // `providers` is walked by hand: its keys are provider ids plus the seed keys.
+    (
+        "health",
+        Obj(&[
+            ("enabled", Leaf),
+            ("error_rate", Leaf),
+            ("latency_multiple", Leaf),
+            ("min_samples", Leaf),
+            ("window_ms", Leaf),
+        ]),
+    ),
     ("providers", Leaf),
     ("retry", Obj(RETRY_KEYS)),
     (
@@ -364,7 +383,7 @@ mod tests {
         assert_eq!(
             errs,
             vec![
-                "servr: unknown key (did you mean \"server\"?); valid keys: agents, auth, providers, retry, server, state, stream, timeouts",
+                "servr: unknown key (did you mean \"server\"?); valid keys: agents, auth, health, providers, retry, server, state, stream, timeouts",
                 "auth.cooldowns.per_provider.openai.transiet: unknown key (did you mean \"transient\"?); valid keys: auth, auth_permanent, billing, model_not_found, transient",
                 "agents.list[0].model.fallback4: unknown key (did you mean \"fallback\"?); valid keys: fallback, fallback2, fallback3, fallbacks, primary",
                 "providers.openai.bse_url: unknown key (did you mean \"base_url\"?); valid keys: api, auth, base_url, headers, models",

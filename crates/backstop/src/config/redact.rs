@@ -131,6 +131,13 @@ impl Config {
                 "idle_ms": self.timeouts.idle_ms,
                 "request_ms": self.timeouts.request_ms,
             },
+            "health": {
+                "enabled": self.health.enabled,
+                "latency_multiple": self.health.latency_multiple,
+                "error_rate": self.health.error_rate,
+                "min_samples": self.health.min_samples,
+                "window_ms": self.health.window_ms,
+            },
             "stream": {
                 "commit": match self.stream.commit {
                     StreamCommit::FirstContent => "first_content",

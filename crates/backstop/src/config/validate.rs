@@ -50,8 +50,18 @@ pub(crate) fn validate(
     let built = build(root, &mut cx);
     match built {
         Some(parts) if cx.errors.is_empty() => {
-            let (server, providers, auth, default_chain, agents, retry, timeouts, stream, state) =
-                parts;
+            let (
+                server,
+                providers,
+                auth,
+                default_chain,
+                agents,
+                retry,
+                timeouts,
+                stream,
+                state,
+                health,
+            ) = parts;
             Ok(Config {
                 server,
                 providers,
@@ -62,6 +72,7 @@ pub(crate) fn validate(
                 timeouts,
                 stream,
                 state,
+                health,
                 origin,
                 warnings: cx.warnings,
             })
@@ -89,6 +100,7 @@ type Parts = (
     Timeouts,
     StreamConfig,
     StateConfig,
+    crate::health::HealthConfig,
 );
 
 fn build(root: &Value, cx: &mut Ctx<'_>) -> Option<Parts> {
@@ -123,6 +135,7 @@ fn build(root: &Value, cx: &mut Ctx<'_>) -> Option<Parts> {
     let (default_chain, agents) = super::chains::chains(root, &providers, cx);
     let timeouts = timeouts(root.get("timeouts"), cx);
     let stream = stream(root.get("stream"), cx);
+    let health = health(root.get("health"), cx);
     cx.errors.extend(state_errors);
     cx.warnings.extend(state_warnings);
     Some((
@@ -135,6 +148,7 @@ fn build(root: &Value, cx: &mut Ctx<'_>) -> Option<Parts> {
         timeouts?,
         stream?,
         state?,
+        health?,
     ))
 }
 
@@ -436,6 +450,52 @@ fn timeouts(v: Option<&Value>, cx: &mut Ctx<'_>) -> Option<Timeouts> {
         }
     }
     Some(t)
+}
+
+fn health(v: Option<&Value>, cx: &mut Ctx<'_>) -> Option<crate::health::HealthConfig> {
+    let raw: raw::RawHealth = section(v, "health", &mut cx.errors)?;
+    let mut out = crate::health::HealthConfig::default();
+    if let Some(b) = raw.enabled {
+        out.enabled = b;
+    }
+    if let Some(m) = raw.latency_multiple {
+        if m.is_finite() && m > 1.0 {
+            out.latency_multiple = m;
+        } else {
+            cx.err(
+                "health.latency_multiple",
+                format!("{m} is not valid; it must be a number above 1 (e.g. 3)"),
+            );
+        }
+    }
+    if let Some(r) = raw.error_rate {
+        if r.is_finite() && r > 0.0 && r <= 1.0 {
+            out.error_rate = r;
+        } else {
+            cx.err(
+                "health.error_rate",
+                format!("{r} is not valid; it must be above 0 and at most 1 (e.g. 0.5)"),
+            );
+        }
+    }
+    if let Some(n) = raw.min_samples {
+        if n >= 1 {
+            out.min_samples = n;
+        } else {
+            cx.err(
+                "health.min_samples",
+                "0 is not valid; it must be at least 1",
+            );
+        }
+    }
+    if let Some(w) = raw.window_ms {
+        if w > 0 {
+            out.window_ms = w;
+        } else {
+            cx.err("health.window_ms", "0 is not valid; it must be above 0");
+        }
+    }
+    Some(out)
 }
 
 fn stream(v: Option<&Value>, cx: &mut Ctx<'_>) -> Option<StreamConfig> {

@@ -15,7 +15,7 @@ use super::stream::{StreamItem, UpstreamDecoder, UpstreamStream};
 use crate::chat::{self, StreamEvent, WireFormat};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ModelRef, Route, StreamCommit};
-use crate::health::{FailoverEvent, Health, HealthConfig};
+use crate::health::{FailoverEvent, Health};
 use crate::metrics::Metrics;
 use crate::provider::{Upstream, Upstreams, anthropic::DEFAULT_MAX_TOKENS};
 use crate::sse::SseEvent;
@@ -210,7 +210,7 @@ impl Engine {
         .with_probe_lease(Duration::from_millis(config.timeouts.request_ms));
         let budget = RetryBudget::from_config(&config.retry);
         Ok(Engine {
-            health: Arc::new(Health::new(HealthConfig::default())),
+            health: Arc::new(Health::new(config.health)),
             metrics: Arc::new(Metrics::new()),
             config,
             upstreams,
@@ -242,6 +242,7 @@ impl Engine {
             self.cooldowns.store().clone(),
             self.cooldowns.clock().clone(),
         )?;
+        self.health.set_config(next.config.health);
         next.health = self.health.clone();
         next.metrics = self.metrics.clone();
         Ok(next)

@@ -625,3 +625,36 @@ fn state_dir_expansion_and_override() {
         "{e:?}"
     );
 }
+
+#[test]
+fn health_settings_and_their_errors() {
+    let c = ok(
+        r#"{ providers: { ollama: { models: ["m"] } }, health: { enabled: false, latency_multiple: 4, error_rate: 0.25, min_samples: 5, window_ms: 60000 } }"#,
+        &MapEnv::new(),
+    );
+    assert!(!c.health.enabled);
+    assert_eq!(c.health.latency_multiple, 4.0);
+    assert_eq!(c.health.error_rate, 0.25);
+    assert_eq!(c.health.min_samples, 5);
+    assert_eq!(c.health.window_ms, 60_000);
+    let d = ok(
+        r#"{ providers: { ollama: { models: ["m"] } } }"#,
+        &MapEnv::new(),
+    );
+    assert_eq!(d.health, crate::health::HealthConfig::default());
+    let e = errs(
+        r#"{ providers: { ollama: { models: ["m"] } }, health: { latency_multiple: 0.5, error_rate: 2, min_samples: 0, windw_ms: 1 } }"#,
+        &MapEnv::new(),
+    );
+    let all = e.join("\n");
+    assert!(
+        all.contains("health.latency_multiple: 0.5 is not valid"),
+        "{all}"
+    );
+    assert!(all.contains("health.error_rate: 2 is not valid"), "{all}");
+    assert!(all.contains("health.min_samples: 0 is not valid"), "{all}");
+    assert!(
+        all.contains("health.windw_ms: unknown key (did you mean \"window_ms\"?)"),
+        "{all}"
+    );
+}
