@@ -5,12 +5,12 @@
 
 use backstop_fake::{FakeProvider, Step};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_backstop");
 
-fn config(dir: &PathBuf, oa: &str, an: &str, solo: bool) -> PathBuf {
+fn config(dir: &Path, oa: &str, an: &str, solo: bool) -> PathBuf {
     let agents = if solo {
         r#"list: [{ id: "solo", model: { primary: "an/m2", fallbacks: [] } }],"#
     } else {
@@ -33,7 +33,7 @@ fn config(dir: &PathBuf, oa: &str, an: &str, solo: bool) -> PathBuf {
     path
 }
 
-fn probe(config: &PathBuf, json: bool) -> (i32, String) {
+fn probe(config: &Path, json: bool) -> (i32, String) {
     let mut args = vec!["probe", "--config", config.to_str().unwrap()];
     if json {
         args.push("--json");
