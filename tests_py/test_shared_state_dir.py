@@ -80,7 +80,10 @@ def test_two_gateways_on_one_state_dir_lose_no_update(fake_process, fake):
         assert sum(seen.values()) >= len(PROFILES), seen
         deadline = time.monotonic() + 10
         while True:
-            doc = json.loads((state / "auth-state.json").read_text())
+            try:
+                doc = json.loads((state / "auth-state.json").read_text())
+            except FileNotFoundError:  # not flushed yet (within a second)
+                doc = {"usageStats": {}}
             counts = {p: doc["usageStats"].get(f"oa:{p}", {}).get("errorCount", 0) for p in PROFILES}
             if all(counts[p] == seen[p] for p in PROFILES) or time.monotonic() > deadline:
                 break
