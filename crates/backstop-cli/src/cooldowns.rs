@@ -3,27 +3,10 @@
 
 use crate::gateway::{self, Target};
 use anyhow::{Result, anyhow};
-use backstop::clock::{Clock, SystemClock, rfc3339};
-use backstop::state::{BreakerSnapshot, BreakerState, FileStore, Scope, StateStore, file};
+use backstop::clock::{Clock, SystemClock};
+use backstop::state::{BreakerState, FileStore, Scope, StateStore, file};
 use serde_json::{Value, json};
 use std::process::ExitCode;
-
-/// One cooldown as `GET /v1/cooldowns` shows it.
-pub fn item(scope: &Scope, s: &BreakerSnapshot) -> Value {
-    json!({
-        "scope": scope.to_string(),
-        "provider": scope.provider(),
-        "profile": scope.profile_name(),
-        "model": scope.model(),
-        "state": s.state.as_str(),
-        "reason": s.reason.map(|r| r.as_str()),
-        "until": s.until_ms.map(rfc3339),
-        "until_ms": s.until_ms,
-        "consecutive": s.consecutive,
-        "error_count": s.error_count,
-        "last_failure_at": s.last_failure_ms.map(rfc3339),
-    })
-}
 
 /// Every cooldown (open or half-open), and where they came from.
 fn collect(target: &Target) -> Result<(Vec<Value>, String)> {
@@ -52,7 +35,7 @@ fn collect(target: &Target) -> Result<(Vec<Value>, String)> {
         .scopes
         .iter()
         .filter(|(_, s)| s.state != BreakerState::Closed)
-        .map(|(scope, s)| item(scope, s))
+        .map(|(scope, s)| backstop::state::cooldown_json(scope, s))
         .collect();
     Ok((items, format!("state dir {}", target.state_dir.display())))
 }

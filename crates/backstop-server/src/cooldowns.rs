@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use backstop::WireFormat;
 use backstop::chat::{ClientError, ErrorKind};
-use backstop::clock::rfc3339;
 use backstop::failover::cooldown::Scope;
 use serde_json::json;
 use std::sync::Arc;
@@ -22,21 +21,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Response {
         .snapshot()
         .into_iter()
         .filter(|(_, s)| s.state != backstop::state::BreakerState::Closed)
-        .map(|(scope, s)| {
-            json!({
-                "scope": scope.to_string(),
-                "provider": scope.provider(),
-                "profile": scope.profile_name(),
-                "model": scope.model(),
-                "state": s.state.as_str(),
-                "reason": s.reason.map(|r| r.as_str()),
-                "until": s.until_ms.map(rfc3339),
-                "until_ms": s.until_ms,
-                "consecutive": s.consecutive,
-                "error_count": s.error_count,
-                "last_failure_at": s.last_failure_ms.map(rfc3339),
-            })
-        })
+        .map(|(scope, s)| backstop::state::cooldown_json(&scope, &s))
         .collect();
     Json(json!({ "cooldowns": items })).into_response()
 }

@@ -114,3 +114,21 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// Close every breaker by hand (usage times are kept).
     fn clear_all(&self);
 }
+
+/// One cooldown as `GET /v1/cooldowns` and `backstop cooldowns list --json` show it.
+pub fn cooldown_json(scope: &Scope, s: &BreakerSnapshot) -> serde_json::Value {
+    use crate::clock::rfc3339;
+    serde_json::json!({
+        "scope": scope.to_string(),
+        "provider": scope.provider(),
+        "profile": scope.profile_name(),
+        "model": scope.model(),
+        "state": s.state.as_str(),
+        "reason": s.reason.map(|r| r.as_str()),
+        "until": s.until_ms.map(rfc3339),
+        "until_ms": s.until_ms,
+        "consecutive": s.consecutive,
+        "error_count": s.error_count,
+        "last_failure_at": s.last_failure_ms.map(rfc3339),
+    })
+}
