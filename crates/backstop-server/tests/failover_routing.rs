@@ -306,3 +306,31 @@ async fn a_primary_answer_carries_no_fallback_headers() {
     assert_eq!(r.header("x-backstop-fallback"), None);
     assert_eq!(r.header("x-backstop-fallback-notice"), None);
 }
+
+#[tokio::test]
+async fn a_redirect_never_carries_a_key_to_another_host() {
+    let an = fake();
+    let elsewhere = fake();
+    let gw = Gateway::start(config(
+        json!({"an": anthropic_provider(&an, &["x"], json!(["m"]))}),
+        "an/m",
+        &[],
+        json!({}),
+    ))
+    .await;
+    an.push(Step::Raw {
+        status: 307,
+        headers: vec![(
+            "location".into(),
+            format!("{}/v1/messages", elsewhere.anthropic_base_url()),
+        )],
+        body: String::new(),
+    });
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_ne!(r.status, 200, "{}", r.body);
+    assert_eq!(an.requests().len(), 1);
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the key followed a redirect to another host"
+    );
+}

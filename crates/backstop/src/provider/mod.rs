@@ -91,6 +91,10 @@ impl Upstream {
             .tcp_keepalive(Duration::from_secs(30))
             .tcp_nodelay(true)
             .no_proxy()
+            // Never follow a redirect: a key must reach no host but its provider's
+            // base_url (reqwest drops `authorization` on a cross-host redirect, but not
+            // `x-api-key` or `x-goog-api-key`). A 3xx is a failure like any other.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("providers.{}: cannot build HTTP client: {e}", config.id))?;
