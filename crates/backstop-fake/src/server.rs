@@ -444,6 +444,7 @@ async fn provider(
         (
             Some(Recorded {
                 path,
+                query: uri.query().map(str::to_string),
                 headers,
                 body: json,
             }),

@@ -58,10 +58,9 @@ async fn reply_non_streaming() {
         }]
     );
     assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (9, 2));
-    assert_eq!(
-        fake.requests()[0].path,
-        "/v1beta/models/gemini-2.5-flash:generateContent"
-    );
+    let seen = &fake.requests()[0];
+    assert_eq!(seen.path, "/v1beta/models/gemini-2.5-flash:generateContent");
+    assert_eq!(seen.query, None);
 }
 
 #[tokio::test]
@@ -95,6 +94,7 @@ async fn streams_text_and_tool_calls() {
     }));
     let resp = post(&url(&fake, true), request()).await;
     assert_eq!(header(&resp, "content-type"), "text/event-stream");
+    assert_eq!(fake.requests()[0].query.as_deref(), Some("alt=sse"));
     let bytes = read_body(resp).await.unwrap();
     let events = decode_stream(&bytes);
     assert_eq!(events.last(), Some(&StreamEvent::Done));
