@@ -423,9 +423,7 @@ fn convert_schema(schema: &Value, defs: Option<&Obj>, depth: usize) -> Value {
                 }
             }
             "minimum" | "maximum" => {
-                if value.is_number() {
-                    out.insert(key.clone(), value.clone());
-                }
+                out.extend(value.is_number().then(|| (key.clone(), value.clone())));
             }
             "format" => {
                 // Gemini only acts on a few formats and rejects some others on strings.
