@@ -220,15 +220,14 @@ fn encode_tool(t: &chat::Tool) -> Value {
     if let Some(d) = &t.description {
         m.insert("description".into(), d.clone().into());
     }
-    // A function without parameters has no `parameters` (an empty object schema is rejected).
-    let has_params = t
-        .parameters
-        .get("properties")
-        .and_then(Value::as_object)
-        .is_some_and(|p| !p.is_empty())
-        || t.parameters.get("type").and_then(Value::as_str) != Some("object");
-    if t.parameters.is_object() && has_params {
-        m.insert("parameters".into(), gemini_schema(&t.parameters));
+    // A function without parameters has no `parameters`: Gemini rejects an OBJECT
+    // schema with no properties.
+    let schema = gemini_schema(&t.parameters);
+    let no_params = schema.get("properties").is_none()
+        && schema.get("anyOf").is_none()
+        && schema.get("type").is_none_or(|ty| ty == "OBJECT");
+    if !no_params {
+        m.insert("parameters".into(), schema);
     }
     Value::Object(m)
 }

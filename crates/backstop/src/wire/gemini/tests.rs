@@ -158,6 +158,11 @@ fn encodes_tools_with_gemini_schemas_and_tool_choice() {
                 description: None,
                 parameters: json!({"type": "object", "properties": {}}),
             },
+            Tool {
+                name: "ping".into(),
+                description: None,
+                parameters: json!({}),
+            },
         ],
         tool_choice: Some(ToolChoice::Tool {
             name: "get_weather".into(),
@@ -185,6 +190,7 @@ fn encodes_tools_with_gemini_schemas_and_tool_choice() {
                 },
             },
             {"name": "now"},
+            {"name": "ping"},
         ]}])
     );
     assert_eq!(
