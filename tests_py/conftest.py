@@ -1,7 +1,7 @@
 """Fixtures for the client tests: a scripted fake provider and a real gateway process.
 
-The fake provider (`backstop-fake`) speaks the real OpenAI and Anthropic wire
-formats; the gateway (`backstop serve`) is the real binary. The official SDKs
+The fake provider (`backstop-fake`) speaks the real OpenAI, Anthropic and Gemini
+wire formats; the gateway (`backstop serve`) is the real binary. The official SDKs
 talk to the gateway exactly as they would to a provider.
 """
 
@@ -24,6 +24,7 @@ FAKE_BIN = os.environ.get("FAKE_BIN", str(TARGET / "debug" / "backstop-fake"))
 # Keys the gateway holds for the fake upstreams, and the key clients use.
 UPSTREAM_OPENAI_KEY = "sk-upstream-openai-0123456789abcdef"
 UPSTREAM_ANTHROPIC_KEY = "sk-ant-upstream-0123456789abcdef"
+UPSTREAM_GEMINI_KEY = "AIza-upstream-gemini-0123456789abcdef"
 CLIENT_KEY = "sk-backstop-client-0123456789abcdef"
 
 
@@ -103,7 +104,7 @@ def fake(fake_process):
 
 
 def gateway_config(fake_url):
-    """A config with an OpenAI-style and an Anthropic-style provider, both on the fake."""
+    """A config with an OpenAI-style, an Anthropic-style and a Gemini provider, all on the fake."""
     return f"""
     {{
       server: {{ listen: "127.0.0.1:0", api_keys: ["$BACKSTOP_TEST_CLIENT_KEY"] }},
@@ -114,6 +115,9 @@ def gateway_config(fake_url):
         an: {{ api: "anthropic", base_url: "{fake_url}",
               auth: [{{ profile: "main", key: "$BACKSTOP_TEST_ANTHROPIC_KEY" }}],
               models: ["claude-sonnet-4-5", {{ id: "claude-haiku-4-5", context_window: 200000 }}] }},
+        gm: {{ api: "gemini", base_url: "{fake_url}",
+              auth: [{{ profile: "main", key: "$BACKSTOP_TEST_GEMINI_KEY" }}],
+              models: ["gemini-2.5-flash"] }},
       }},
       agents: {{
         defaults: {{ model: {{ primary: "oa/gpt-4o", fallbacks: ["an/claude-sonnet-4-5"] }} }},
@@ -121,6 +125,7 @@ def gateway_config(fake_url):
           {{ id: "claude-first", model: {{ primary: "an/claude-sonnet-4-5", fallbacks: ["oa/gpt-4o"] }} }},
           {{ id: "solo-openai", model: {{ primary: "oa/gpt-4o-mini", fallbacks: [] }} }},
           {{ id: "solo-anthropic", model: {{ primary: "an/claude-haiku-4-5", fallbacks: [] }} }},
+          {{ id: "solo-gemini", model: {{ primary: "gm/gemini-2.5-flash", fallbacks: [] }} }},
         ],
       }},
       retry: {{ max_attempts: 2, backoff_ms: 10 }},
@@ -139,6 +144,7 @@ def gateway(fake_process):
         "BACKSTOP_TEST_CLIENT_KEY": CLIENT_KEY,
         "BACKSTOP_TEST_OPENAI_KEY": UPSTREAM_OPENAI_KEY,
         "BACKSTOP_TEST_ANTHROPIC_KEY": UPSTREAM_ANTHROPIC_KEY,
+        "BACKSTOP_TEST_GEMINI_KEY": UPSTREAM_GEMINI_KEY,
         "BACKSTOP_STATE_DIR": tmp,
     }
     proc, url = _start([BACKSTOP_BIN, "serve", "--config", str(cfg)], env=env)

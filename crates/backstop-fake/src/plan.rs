@@ -2,7 +2,7 @@
 //!
 //! Planning is pure (no I/O, no clock but the `created` timestamp), so every wire
 //! shape can be tested without a socket; the server only executes plans. A wire
-//! format is a [`Wire`] implementation (`openai`, `anthropic`; Gemini later), and
+//! format is a [`Wire`] implementation (`openai`, `anthropic`, `gemini`), and
 //! every delay goes through [`Plan`] so a latency multiplier can scale them in
 //! one place.
 
@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::errors::ErrKind;
 use crate::step::{ErrorStep, Reply, Step, Usage};
 use crate::text::{last_user_text, split_even, split_words};
-use crate::{anthropic, openai};
+use crate::{anthropic, gemini, openai};
 
 /// The wire format of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,17 +23,22 @@ pub enum Format {
     OpenAi,
     /// Anthropic Messages (`/v1/messages`).
     Anthropic,
+    /// Google Gemini (`…/models/{model}:generateContent`, `:streamGenerateContent`).
+    Gemini,
 }
 
 impl Format {
     /// The format a request path speaks, if any: any path ending in
     /// `/chat/completions` (so base URLs with a prefix such as `/api/v1` work), and
-    /// any path ending in `/v1/messages`.
+    /// any path ending in `/v1/messages`, and any `…/models/{model}:generateContent`
+    /// or `:streamGenerateContent`.
     pub fn for_path(path: &str) -> Option<Format> {
         if path.ends_with("/chat/completions") {
             Some(Format::OpenAi)
         } else if path.ends_with("/v1/messages") {
             Some(Format::Anthropic)
+        } else if gemini_target(path).is_some() {
+            Some(Format::Gemini)
         } else {
             None
         }
@@ -43,8 +48,22 @@ impl Format {
         match self {
             Format::OpenAi => &openai::OpenAi,
             Format::Anthropic => &anthropic::Anthropic,
+            Format::Gemini => &gemini::Gemini,
         }
     }
+}
+
+/// `(model, streaming)` of a Gemini path: `…/models/{model}:generateContent` or
+/// `…/models/{model}:streamGenerateContent`.
+pub(crate) fn gemini_target(path: &str) -> Option<(&str, bool)> {
+    let (_, rest) = path.rsplit_once("/models/")?;
+    let (model, method) = rest.rsplit_once(':')?;
+    let stream = match method {
+        "generateContent" => false,
+        "streamGenerateContent" => true,
+        _ => return None,
+    };
+    (!model.is_empty() && !model.contains('/')).then_some((model, stream))
 }
 
 /// What one wire format knows how to write.
@@ -95,6 +114,17 @@ impl Ctx {
                 == Some(true),
             input_tokens: (body_len as u64 / 4).max(1),
         }
+    }
+
+    /// Gemini names the model and whether to stream in the path, not the body.
+    pub(crate) fn with_path(mut self, path: &str) -> Ctx {
+        if self.format == Format::Gemini
+            && let Some((model, stream)) = gemini_target(path)
+        {
+            self.model = model.to_string();
+            self.stream = stream;
+        }
+        self
     }
 }
 
@@ -523,6 +553,30 @@ mod tests {
         );
         assert_eq!(Format::for_path("/v1/messages"), Some(Format::Anthropic));
         assert_eq!(Format::for_path("/v1/models"), None);
+        assert_eq!(
+            Format::for_path("/v1beta/models/gemini-2.5-flash:generateContent"),
+            Some(Format::Gemini)
+        );
+        assert_eq!(
+            gemini_target("/v1beta/models/gemini-2.5-flash:streamGenerateContent"),
+            Some(("gemini-2.5-flash", true))
+        );
+        assert_eq!(
+            Format::for_path("/v1beta/models/gemini-2.5-flash:countTokens"),
+            None
+        );
+        assert_eq!(Format::for_path("/v1beta/models/:generateContent"), None);
+    }
+
+    #[test]
+    fn gemini_ctx_reads_the_path() {
+        let c = Ctx::new(Format::Gemini, &json!({"contents": []}), 40)
+            .with_path("/v1beta/models/gemini-2.0-flash:streamGenerateContent");
+        assert_eq!(c.model, "gemini-2.0-flash");
+        assert!(c.stream);
+        let c = Ctx::new(Format::Gemini, &json!({"stream": true}), 40)
+            .with_path("/v1beta/models/g:generateContent");
+        assert!(!c.stream, "the body's stream field means nothing to Gemini");
     }
 
     #[test]
@@ -582,7 +636,7 @@ mod tests {
 
     #[test]
     fn cut_keeps_exactly_the_first_chunks() {
-        for format in [Format::OpenAi, Format::Anthropic] {
+        for format in [Format::OpenAi, Format::Anthropic, Format::Gemini] {
             let step = Step::StreamThenCut {
                 text: "one two three".into(),
                 after_chunks: 2,

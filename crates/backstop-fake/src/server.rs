@@ -132,6 +132,12 @@ impl FakeHandle {
         self.url()
     }
 
+    /// `http://127.0.0.1:PORT` — a Gemini base URL (the client appends
+    /// `/v1beta/models/{model}:generateContent`).
+    pub fn gemini_base_url(&self) -> String {
+        self.url()
+    }
+
     /// Queue a step for the next request (FIFO, shared by every route).
     pub fn push(&self, step: Step) {
         self.shared.script().queue.push_back(step);
@@ -417,13 +423,13 @@ async fn provider(
         return control_error(
             StatusCode::NOT_FOUND,
             format!(
-                "backstop-fake: no route for {method} {path} (POST …/chat/completions or \
-                 /v1/messages)"
+                "backstop-fake: no route for {method} {path} (POST …/chat/completions, \
+                 /v1/messages or …/models/{{model}}:generateContent)"
             ),
         );
     };
     let json = parse_body(&body);
-    let ctx = Ctx::new(format, &json, body.len());
+    let ctx = Ctx::new(format, &json, body.len()).with_path(path);
     let recording = shared.recording.load(Ordering::Relaxed);
     // The request as recorded, for the log and for a responder (the body moves into it).
     let (recorded, json) = if recording || lock(&shared.responder).is_some() {
@@ -438,6 +444,7 @@ async fn provider(
         (
             Some(Recorded {
                 path,
+                query: uri.query().map(str::to_string),
                 headers,
                 body: json,
             }),

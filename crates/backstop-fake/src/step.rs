@@ -195,6 +195,9 @@ impl Step {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recorded {
     pub path: String,
+    /// The query string without its `?` (Gemini streams ask for `alt=sse`), when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// Header names in lower case, values as text (lossy), in arrival order.
     pub headers: Vec<(String, String)>,
     /// The JSON body; a string when the body was not JSON, null when empty.

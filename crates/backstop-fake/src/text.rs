@@ -48,7 +48,7 @@ pub(crate) fn split_even(text: &str, n: usize) -> Vec<String> {
 /// content, or the `text` of its `type: "text"` parts/blocks joined with `\n`.
 pub(crate) fn last_user_text(body: &Value) -> String {
     let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return String::new();
+        return gemini_last_user_text(body);
     };
     let Some(last) = messages
         .iter()
@@ -67,6 +67,30 @@ pub(crate) fn last_user_text(body: &Value) -> String {
             .join("\n"),
         _ => String::new(),
     }
+}
+
+/// Gemini: the `text` parts of the last `user` turn of `contents`, joined with `\n`.
+fn gemini_last_user_text(body: &Value) -> String {
+    body.get("contents")
+        .and_then(Value::as_array)
+        .and_then(|c| {
+            c.iter().rev().find(|m| {
+                m.get("role").and_then(Value::as_str).unwrap_or("user") == "user"
+                    && m.get("parts")
+                        .and_then(Value::as_array)
+                        .is_some_and(|p| p.iter().any(|p| p.get("text").is_some()))
+            })
+        })
+        .and_then(|m| m.get("parts"))
+        .and_then(Value::as_array)
+        .map(|parts| {
+            parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -103,5 +127,11 @@ mod tests {
         let anthropic = json!({"messages": [{"role": "user", "content": "hello"}]});
         assert_eq!(last_user_text(&anthropic), "hello");
         assert_eq!(last_user_text(&json!({})), "");
+        let gemini = json!({"contents": [
+            {"role": "user", "parts": [{"text": "q1"}]},
+            {"role": "model", "parts": [{"text": "a"}]},
+            {"role": "user", "parts": [{"text": "q2"}, {"inlineData": {}}, {"text": "more"}]},
+        ]});
+        assert_eq!(last_user_text(&gemini), "q2\nmore");
     }
 }

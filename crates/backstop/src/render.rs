@@ -125,7 +125,9 @@ pub fn complete_body(
     body: &Bytes,
     response: &chat::Response,
 ) -> Bytes {
-    if ingress == upstream {
+    // Same format: the upstream's bytes as they came. Never for Gemini, which no
+    // client speaks (a Gemini answer is always translated).
+    if ingress == upstream && upstream != WireFormat::Gemini {
         return body.clone();
     }
     let v = match ingress {

@@ -692,17 +692,13 @@ impl Engine {
                         .unwrap_or(DEFAULT_MAX_TOKENS);
                     wire::anthropic::encode_request(&call.request, model, max)
                 }
-                WireFormat::Gemini => {
-                    return Err(Failure::new(
-                        Reason::BadRequest,
-                        Phase::Transport,
-                        "the gemini wire format is not supported yet",
-                    ));
-                }
+                // The stream is chosen by the URL (`:streamGenerateContent?alt=sse`), not the body.
+                WireFormat::Gemini => wire::gemini::encode_request(&call.request, model),
             }
         };
         let mut value = value;
         if !call.request.stream
+            && upstream.api() != WireFormat::Gemini
             && let Some(obj) = value.as_object_mut()
         {
             // Stream from the upstream even for a non-streamed answer: time to first token
@@ -788,9 +784,13 @@ impl Engine {
                             format!("upstream stream could not be assembled: {e}"),
                         )
                     })?;
+                // Gemini has no client side: its answers are always translated from
+                // `response`, so the body only needs to be some faithful rendering.
                 let encoded = match upstream.api() {
                     WireFormat::Anthropic => wire::anthropic::encode_response(&response),
-                    _ => wire::openai::encode_response(&response),
+                    WireFormat::OpenAi | WireFormat::Gemini => {
+                        wire::openai::encode_response(&response)
+                    }
                 };
                 let body = Bytes::from(serde_json::to_vec(&encoded).unwrap_or_default());
                 Ok(Answer::Complete { body, response })
@@ -821,7 +821,8 @@ impl Engine {
             if hold_all && content_type.contains("json") {
                 let parsed = match upstream.api() {
                     WireFormat::Anthropic => wire::anthropic::decode_response(&body),
-                    _ => wire::openai::decode_response(&body),
+                    WireFormat::OpenAi => wire::openai::decode_response(&body),
+                    WireFormat::Gemini => wire::gemini::decode_response(&body),
                 };
                 if let Ok(response) = parsed {
                     return Ok(Answer::Complete { body, response });

@@ -12,6 +12,7 @@ use std::time::Duration;
 pub enum UpstreamDecoder {
     OpenAi(wire::openai::StreamDecoder),
     Anthropic(wire::anthropic::StreamDecoder),
+    Gemini(wire::gemini::StreamDecoder),
 }
 
 impl UpstreamDecoder {
@@ -19,7 +20,7 @@ impl UpstreamDecoder {
         match format {
             WireFormat::OpenAi => Some(Self::OpenAi(wire::openai::StreamDecoder::new())),
             WireFormat::Anthropic => Some(Self::Anthropic(wire::anthropic::StreamDecoder::new())),
-            WireFormat::Gemini => None,
+            WireFormat::Gemini => Some(Self::Gemini(wire::gemini::StreamDecoder::new())),
         }
     }
 
@@ -27,6 +28,7 @@ impl UpstreamDecoder {
         match self {
             Self::OpenAi(d) => d.push(ev),
             Self::Anthropic(d) => d.push(ev),
+            Self::Gemini(d) => d.push(ev),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! comes back lives in [`crate::failover`].
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 
 use crate::chat::WireFormat;
@@ -114,15 +115,7 @@ impl Upstream {
         match self.config.api {
             WireFormat::OpenAi => openai::endpoint(&self.config.base_url),
             WireFormat::Anthropic => anthropic::endpoint(&self.config.base_url),
-            WireFormat::Gemini => format!(
-                "{}/v1beta/models/{model}:{}",
-                self.config.base_url,
-                if stream {
-                    "streamGenerateContent?alt=sse"
-                } else {
-                    "generateContent"
-                }
-            ),
+            WireFormat::Gemini => gemini::endpoint(&self.config.base_url, model, stream),
         }
     }
 
@@ -143,10 +136,7 @@ impl Upstream {
         rb = match self.config.api {
             WireFormat::OpenAi => openai::authorize(rb, profile),
             WireFormat::Anthropic => anthropic::authorize(rb, profile),
-            WireFormat::Gemini => match &profile.key {
-                Some(k) => rb.header("x-goog-api-key", k.expose()),
-                None => rb,
-            },
+            WireFormat::Gemini => gemini::authorize(rb, profile),
         };
         if stream {
             rb = rb.header(http::header::ACCEPT, "text/event-stream");

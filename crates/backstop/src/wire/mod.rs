@@ -8,8 +8,12 @@
 //! - `encode_response(&chat::Response) -> Value`: the client's answer;
 //! - `decode_error(&[u8]) -> Option<UpstreamErrorBody>` and `encode_error(&ClientError) -> Value`;
 //! - `StreamDecoder` (provider SSE → `StreamEvent`s) and `StreamEncoder` (`StreamEvent`s → client SSE bytes).
+//!
+//! `gemini` is egress only (no client speaks it): it has `encode_request`,
+//! `decode_response`, `decode_error` and `StreamDecoder`.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 
 use serde_json::Value;
