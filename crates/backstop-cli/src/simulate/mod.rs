@@ -82,7 +82,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         print!("{}", after_help());
         return Ok(ExitCode::SUCCESS);
     }
-    let (config, mut notes) = world::load_config(args.config.as_deref()).map_err(|e| anyhow!(e))?;
+    let (config, notes) = world::load_config(args.config.as_deref()).map_err(|e| anyhow!(e))?;
     let route = config
         .resolve(&args.agent, None)
         .map_err(|e| anyhow!("--agent {}: {e}", args.agent))?;
@@ -112,13 +112,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 Some(p) => anyhow!("scenario file {}: {e}", p.display()),
                 None => anyhow!(e),
             })?;
-    if config.providers.iter().any(|p| {
-        p.api == backstop::WireFormat::Gemini && route.targets.iter().any(|t| t.provider == p.id)
-    }) {
-        notes.push(
-            "gemini providers are not simulated: the engine does not speak gemini yet".into(),
-        );
-    }
     let seed = args.seed;
     let model = args.agent.clone();
     let progress = progress::Progress::new(!args.json && std::io::stdout().is_terminal());

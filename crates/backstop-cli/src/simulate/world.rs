@@ -181,7 +181,8 @@ impl World {
             })));
             p.base_url = match p.api {
                 WireFormat::Anthropic => fake.anthropic_base_url(),
-                _ => fake.openai_base_url(),
+                WireFormat::Gemini => fake.gemini_base_url(),
+                WireFormat::OpenAi => fake.openai_base_url(),
             };
             world
                 .fakes
