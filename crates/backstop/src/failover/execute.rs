@@ -711,6 +711,13 @@ impl Engine {
                 );
             }
         }
+        // Servers that reject `stream_options` never get it (a translated request adds it).
+        if upstream.api() == WireFormat::OpenAi
+            && !crate::provider::openai::accepts_stream_options(&upstream.config.base_url)
+            && let Some(obj) = value.as_object_mut()
+        {
+            obj.remove("stream_options");
+        }
         serde_json::to_vec(&value)
             .map(Bytes::from)
             .map_err(|e| Failure::new(Reason::BadRequest, Phase::Transport, e.to_string()))

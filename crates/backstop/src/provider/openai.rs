@@ -12,6 +12,21 @@ pub fn endpoint(base_url: &str) -> String {
     format!("{base_url}/chat/completions")
 }
 
+/// Whether this OpenAI-compatible server accepts `stream_options` (asking for usage in a
+/// stream). Most do; a few strict APIs reject unknown request fields, and send usage in
+/// their last chunk anyway.
+pub fn accepts_stream_options(base_url: &str) -> bool {
+    const STRICT: [&str; 1] = ["api.mistral.ai"];
+    let host = base_url
+        .split("://")
+        .nth(1)
+        .unwrap_or(base_url)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    !STRICT.contains(&host)
+}
+
 /// OpenAI-style providers take the key as a bearer token.
 pub fn authorize(rb: reqwest::RequestBuilder, profile: &AuthProfile) -> reqwest::RequestBuilder {
     match &profile.key {
@@ -23,6 +38,13 @@ pub fn authorize(rb: reqwest::RequestBuilder, profile: &AuthProfile) -> reqwest:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_options_everywhere_but_strict_apis() {
+        assert!(accepts_stream_options(DEFAULT_BASE_URL));
+        assert!(accepts_stream_options("http://127.0.0.1:11434/v1"));
+        assert!(!accepts_stream_options("https://api.mistral.ai/v1"));
+    }
 
     #[test]
     fn endpoint_appends_path_to_versioned_base() {
