@@ -19,7 +19,8 @@
 # Environment: CARGO_TARGET_DIR (respected), BENCH_PROFILE=release|debug (default:
 # release, debug with --quick), BENCH_DURATION (seconds per case), BENCH_OUT (write
 # the table there too), BENCH_STREAMS (slow streams; capped by the fd limit; 0: none),
-# BENCH_CONNS ("1 32"), BENCH_CASES (a regex over case names), BENCH_REPEATS.
+# BENCH_CONNS ("1 32"), BENCH_CASES (a regex over case names), BENCH_REPEATS,
+# BENCH_PERF=FILE (perf record the gateway during BENCH_PERF_CASE; FILE.<conns>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -327,6 +328,11 @@ measure() {
     wrk -t1 -c"$c" -d"${duration}s" --timeout 10s --latency -s bench/post.lua "$url" \
     >"$tmp/wrk.out" 2>&1 &
   pid=$!
+  if [ -n "${BENCH_PERF:-}" ] && [ "$m" = backstop ] && [ "$case" = "${BENCH_PERF_CASE:-same_format}" ]; then
+    # Profile the gateway during this run: BENCH_PERF=path/to/perf.data (cpu-clock sampling).
+    perf record -q -e cpu-clock -F 1999 ${BENCH_PERF_CALLGRAPH:+--call-graph dwarf,32768} \
+      -p "$backstop_pid" -o "$BENCH_PERF.$c" -- sleep "$((duration - 1))" >/dev/null 2>&1 || true
+  fi
   while kill -0 "$pid" 2>/dev/null; do
     if [ "${#watch[@]}" -gt 0 ]; then
       rss="$(rss_kb "${watch[@]}")"
