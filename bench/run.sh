@@ -36,8 +36,10 @@ esac
 fail() { echo "bench/run.sh: $*" >&2; exit 1; }
 stamp() { echo "== [${SECONDS}s] $*"; }
 
-for tool in nginx wrk taskset python3 curl; do
-  command -v "$tool" >/dev/null 2>&1 || fail "$tool is not installed (Debian: apt-get install -y nginx wrk util-linux python3 curl)"
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+[ -x "$nginx_bin" ] || fail "nginx is not installed (Debian: apt-get install -y nginx)"
+for tool in wrk taskset python3 curl; do
+  command -v "$tool" >/dev/null 2>&1 || fail "$tool is not installed (Debian: apt-get install -y wrk util-linux python3 curl)"
 done
 
 if [ "$mode" = quick ]; then
@@ -61,14 +63,15 @@ load_core="${LOAD_CORE:-0}"
 fake_core="${FAKE_CORE:-0}"
 if [ "$ncpu" -ge 2 ]; then proxy_core="${PROXY_CORE:-1}"; else proxy_core="${PROXY_CORE:-0}"; fi
 
+# `--workspace --bins`, as scripts/test builds them: the same features, so no rebuild in CI.
 target="${CARGO_TARGET_DIR:-target}"
 case "$target" in /*) ;; *) target="$root/$target" ;; esac
 stamp "building $profile binaries"
 if [ "$profile" = release ]; then
-  cargo build -q --release -p backstop-cli -p backstop-fake --bins
+  cargo build -q --release --workspace --bins
   bindir="$target/release"
 else
-  cargo build -q -p backstop-cli -p backstop-fake --bins
+  cargo build -q --workspace --bins
   bindir="$target/debug"
 fi
 backstop_bin="$bindir/backstop"
@@ -210,7 +213,7 @@ http {
   }
 }
 EOF
-taskset -c "$proxy_core" nginx -e "$tmp/nginx/logs/error.log" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' &
+taskset -c "$proxy_core" "$nginx_bin" -e "$tmp/nginx/logs/error.log" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -g 'daemon off;' &
 nginx_pid=$!
 pids+=("$nginx_pid")
 for _ in $(seq 1 100); do
