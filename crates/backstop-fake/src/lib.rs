@@ -16,7 +16,8 @@
 //!   format, streaming when the request's `stream` is true (Gemini: when the
 //!   method is `streamGenerateContent`).
 //! - Over HTTP: `POST /_fake/script` (a JSON array of steps, appended),
-//!   `POST /_fake/default` (one step), `GET /_fake/requests`, `POST /_fake/reset`.
+//!   `POST /_fake/default` (one step), `GET /_fake/requests`, `POST /_fake/reset`,
+//!   `POST /_fake/recording` (`{"on": false}`: stop recording, for benchmarks).
 //!
 //! Layout: [`step`] is the script, `plan` turns a step and a request into exact
 //! bytes and delays (pure; `openai`, `anthropic` and `gemini` implement its `Wire` trait,

@@ -404,6 +404,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_fake/default", post(post_default))
         .route("/_fake/requests", get(get_requests))
         .route("/_fake/reset", post(post_reset))
+        .route("/_fake/recording", post(post_recording))
         .fallback(provider)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
@@ -585,6 +586,24 @@ async fn post_default(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
 async fn get_requests(State(shared): State<Arc<Shared>>) -> Response {
     let recorded = lock(&shared.recorded).clone();
     axum::Json(recorded).into_response()
+}
+
+/// `POST /_fake/recording`: `{"on": false}` stops recording requests (benchmarks: no
+/// per-request copy), `{"on": true}` starts again.
+async fn post_recording(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("on").and_then(Value::as_bool))
+    {
+        Some(on) => {
+            shared.recording.store(on, Ordering::Relaxed);
+            axum::Json(json!({"ok": true, "recording": on})).into_response()
+        }
+        None => control_error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"on\": true} or {\"on\": false}".to_string(),
+        ),
+    }
 }
 
 /// `POST /_fake/reset`: empty queue, no recorded requests, `Echo` default.

@@ -102,6 +102,22 @@ async fn recording_can_be_turned_off() {
 }
 
 #[tokio::test]
+async fn recording_can_be_turned_off_over_http() {
+    let fake = FakeProvider::start().unwrap();
+    let base = fake.url();
+    let resp = post(&format!("{base}/_fake/recording"), json!({"on": false})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(openai_text_of(&base, "a").await, "echo: a");
+    assert!(fake.requests().is_empty());
+    let resp = post(&format!("{base}/_fake/recording"), json!({"on": "no"})).await;
+    assert_eq!(resp.status(), 400);
+    let resp = post(&format!("{base}/_fake/recording"), json!({"on": true})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(openai_text_of(&base, "b").await, "echo: b");
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
 async fn http_control_routes() {
     let fake = FakeProvider::start().unwrap();
     let base = fake.url();

@@ -112,6 +112,7 @@ async fn serve(
         request_id,
         ingress,
         raw: Arc::new(raw),
+        raw_bytes: Some(bytes),
         request: Arc::new(request),
         route,
         session,

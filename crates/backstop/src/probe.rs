@@ -174,6 +174,7 @@ async fn probe_one(
         request_id: format!("probe_{:016x}", fastrand::u64(..)),
         ingress: WireFormat::OpenAi,
         raw: Arc::new(serde_json::Value::Null),
+        raw_bytes: None,
         request: Arc::new(request),
         route: Route {
             agent: None,

@@ -136,6 +136,7 @@ async fn one(
                 request_id: format!("sim-{id}"),
                 ingress: WireFormat::OpenAi,
                 raw: Arc::new(raw),
+                raw_bytes: None,
                 request: Arc::new(request),
                 route,
                 session: None,

@@ -163,14 +163,19 @@ impl Cooldowns {
     /// An attempt succeeded: close every scope covering the target and note the profile's use.
     pub fn on_success(&self, provider: &str, profile: &str, model: &str) {
         let now = self.now_ms();
-        for scope in Self::scopes(provider, profile, model) {
-            self.store.record_success(&scope, now);
+        if self.store.has_breakers() {
+            for scope in Self::scopes(provider, profile, model) {
+                self.store.record_success(&scope, now);
+            }
         }
         self.store.mark_used(provider, profile, now);
     }
 
     /// An attempt ended without a verdict (the client went away): free any probe it held.
     pub fn on_abandon(&self, provider: &str, profile: &str, model: &str) {
+        if !self.store.has_breakers() {
+            return;
+        }
         for scope in Self::scopes(provider, profile, model) {
             self.store.release_probe(&scope);
         }
@@ -181,6 +186,9 @@ impl Cooldowns {
     /// won its probe (report the outcome with `on_success` / `on_failure` / `on_abandon`);
     /// else `Allowed`. A denied caller keeps no probe.
     pub fn admit(&self, provider: &str, profile: &str, model: &str) -> Admission {
+        if !self.store.has_breakers() {
+            return Admission::Allowed;
+        }
         let now = self.now_ms();
         let scopes = Self::scopes(provider, profile, model);
         let mut probed = [false; 3];
@@ -216,6 +224,9 @@ impl Cooldowns {
     /// When this target can next be tried: `None` = now; else the latest end among its
     /// scopes' windows (for ordering cooling targets and for `Retry-After`).
     pub fn usable_at(&self, provider: &str, profile: &str, model: &str) -> Option<u64> {
+        if !self.store.has_breakers() {
+            return None;
+        }
         let now = self.now_ms();
         Self::scopes(provider, profile, model)
             .iter()

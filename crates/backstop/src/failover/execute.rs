@@ -37,6 +37,9 @@ pub struct Call {
     pub ingress: WireFormat,
     /// The client's body as sent (for same-format passthrough).
     pub raw: Arc<serde_json::Value>,
+    /// The bytes `raw` was parsed from, when the caller has them: the same-format body
+    /// is then these bytes with `model` (and `stream`) spliced in, not `raw` re-serialized.
+    pub raw_bytes: Option<Bytes>,
     /// The client's request in the neutral model (for cross-format translation).
     pub request: Arc<chat::Request>,
     pub route: Route,
@@ -679,7 +682,15 @@ impl Engine {
         upstream: &Upstream,
         model: &str,
     ) -> Result<Bytes, Failure> {
-        let value = if upstream.api() == call.ingress && !call.translate {
+        let same_format = upstream.api() == call.ingress && !call.translate;
+        if same_format
+            && let Some(bytes) = &call.raw_bytes
+            && let Some(body) =
+                splice_same_format(bytes, model, call.request.stream, upstream.api())
+        {
+            return Ok(body);
+        }
+        let value = if same_format {
             wire::with_model(&call.raw, model)
         } else {
             match upstream.api() {
@@ -905,6 +916,26 @@ impl Engine {
             }
         }
     }
+}
+
+/// The same-format body spliced from the client's bytes: what `upstream_body` builds
+/// through a `Value` (`model` replaced; `stream` and OpenAI's `stream_options` forced for
+/// a non-streamed answer), without re-serializing the rest. `None`: use the `Value`.
+fn splice_same_format(
+    bytes: &[u8],
+    model: &str,
+    client_streams: bool,
+    api: WireFormat,
+) -> Option<Bytes> {
+    let model = serde_json::to_string(model).ok()?;
+    let mut fields: Vec<(&str, &str)> = vec![("model", &model)];
+    if !client_streams {
+        fields.push(("stream", "true"));
+        if api == WireFormat::OpenAi {
+            fields.push(("stream_options", r#"{"include_usage":true}"#));
+        }
+    }
+    wire::splice_fields(bytes, &fields).map(Bytes::from)
 }
 
 /// Read a whole body within the deadline, bounded in size.

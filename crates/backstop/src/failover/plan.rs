@@ -131,7 +131,8 @@ pub fn profile_order(
         .collect();
     if explicit.is_none() {
         // Stable sort: never-used (None) first, then oldest use; ties keep config order.
-        rest.sort_by_key(|n| last_used(n));
+        // Each profile's last use is read once (a store lookup under a lock), not per comparison.
+        rest.sort_by_cached_key(|n| last_used(n));
     }
     names.extend(rest.into_iter().map(str::to_owned));
     names

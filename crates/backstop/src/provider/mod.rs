@@ -71,6 +71,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct Upstream {
     pub config: ProviderConfig,
     client: reqwest::Client,
+    /// The endpoint parsed once, when it does not depend on the model (OpenAI and
+    /// Anthropic): parsing a URL on every request showed in profiles.
+    fixed_url: Option<reqwest::Url>,
 }
 
 static INSTALL_CRYPTO: Once = Once::new();
@@ -99,7 +102,17 @@ impl Upstream {
             .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("providers.{}: cannot build HTTP client: {e}", config.id))?;
-        Ok(Upstream { config, client })
+        let fixed_url = match config.api {
+            WireFormat::OpenAi => Some(openai::endpoint(&config.base_url)),
+            WireFormat::Anthropic => Some(anthropic::endpoint(&config.base_url)),
+            WireFormat::Gemini => None,
+        }
+        .and_then(|u| reqwest::Url::parse(&u).ok());
+        Ok(Upstream {
+            config,
+            client,
+            fixed_url,
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -128,9 +141,11 @@ impl Upstream {
         body: Bytes,
         stream: bool,
     ) -> Result<reqwest::Response, TransportError> {
-        let mut rb = self
-            .client
-            .post(self.endpoint(model, stream))
+        let rb = match &self.fixed_url {
+            Some(url) => self.client.post(url.clone()),
+            None => self.client.post(self.endpoint(model, stream)),
+        };
+        let mut rb = rb
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
         rb = match self.config.api {

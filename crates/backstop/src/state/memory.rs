@@ -121,6 +121,10 @@ impl StateStore for MemoryStore {
         self.with_breakers(|map| map.remove(scope).is_some())
     }
 
+    fn has_breakers(&self) -> bool {
+        !self.empty()
+    }
+
     fn usable_at(&self, scope: &Scope, now_ms: u64) -> Option<u64> {
         if self.empty() {
             return None;

@@ -96,6 +96,13 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// free); else the epoch ms its window (or the outstanding probe's lease) ends.
     fn usable_at(&self, scope: &Scope, now_ms: u64) -> Option<u64>;
 
+    /// Whether any breaker may exist. With none, every scope admits, nothing is cooling
+    /// and a success has nothing to close: callers skip building scopes (a fast path for
+    /// the healthy case). A store that cannot tell cheaply keeps this default.
+    fn has_breakers(&self) -> bool {
+        true
+    }
+
     /// One scope's breaker, if it has one (closed scopes with no history have none).
     fn get(&self, scope: &Scope, now_ms: u64) -> Option<BreakerSnapshot>;
 

@@ -16,7 +16,9 @@ pub mod anthropic;
 pub mod gemini;
 pub mod openai;
 
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Replace the `model` field of a same-format body, leaving everything else as the client sent it.
 pub fn with_model(body: &Value, model: &str) -> Value {
@@ -25,4 +27,235 @@ pub fn with_model(body: &Value, model: &str) -> Value {
         obj.insert("model".into(), Value::String(model.to_string()));
     }
     body
+}
+
+/// A same-format body without a round trip through `serde_json::Value`: the client's
+/// bytes, with each top-level field of `fields` (name, JSON text of its new value)
+/// replaced where it stands or, when absent, added at the end in the order given —
+/// what [`with_model`] and inserting the fields into the `Value` would give, but the
+/// rest of the body (a long prompt) is copied byte for byte instead of re-serialized.
+///
+/// `None` when `body` is not one JSON object or repeats a top-level key (the caller then
+/// goes through a `Value`, whose last-one-wins rule a splice could not follow).
+///
+/// ```
+/// use backstop::wire::splice_fields;
+/// let body = br#"{"model": "default", "messages": [{"role":"user","content":"hi"}]}"#;
+/// let out = splice_fields(body, &[("model", r#""gpt-4o""#), ("stream", "true")]).unwrap();
+/// assert_eq!(
+///     String::from_utf8(out).unwrap(),
+///     r#"{"model": "gpt-4o", "messages": [{"role":"user","content":"hi"}],"stream":true}"#
+/// );
+/// ```
+pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
+    let Entries(entries) = serde_json::from_slice(body).ok()?;
+    let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+    keys.sort_unstable();
+    if keys.windows(2).any(|w| w[0] == w[1]) {
+        return None;
+    }
+    let base = body.as_ptr() as usize;
+    // (start, end, new text) of every value replaced in place, in body order.
+    let mut replace: Vec<(usize, usize, &str)> = Vec::new();
+    let mut append: Vec<(&str, &str)> = Vec::new();
+    for &(name, value) in fields {
+        match entries.iter().find(|(k, _)| k.as_ref() == name) {
+            Some((_, raw)) => {
+                let text = raw.get();
+                let start = (text.as_ptr() as usize).checked_sub(base)?;
+                let end = start.checked_add(text.len())?;
+                if end > body.len() {
+                    return None;
+                }
+                replace.push((start, end, value));
+            }
+            None => append.push((name, value)),
+        }
+    }
+    replace.sort_unstable_by_key(|r| r.0);
+    // The object's closing brace: the last byte that is not whitespace.
+    let close = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if body[close] != b'}' {
+        return None;
+    }
+    let extra: usize = append.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+    let mut out = Vec::with_capacity(body.len() + extra + 64);
+    let mut at = 0;
+    for (start, end, value) in replace {
+        out.extend_from_slice(&body[at..start]);
+        out.extend_from_slice(value.as_bytes());
+        at = end;
+    }
+    out.extend_from_slice(&body[at..close]);
+    let mut empty = entries.is_empty();
+    for (name, value) in append {
+        if !empty {
+            out.push(b',');
+        }
+        empty = false;
+        serde_json::to_writer(&mut out, name).ok()?;
+        out.push(b':');
+        out.extend_from_slice(value.as_bytes());
+    }
+    out.extend_from_slice(&body[close..]);
+    Some(out)
+}
+
+/// The top-level members of a JSON object, borrowed from the text.
+struct Entries<'de>(Vec<(Key<'de>, &'de RawValue)>);
+
+/// An object key: borrowed unless it had escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl AsRef<str> for Key<'_> {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What the `Value` path sends: `with_model`, then the fields inserted in order.
+    fn via_value(body: &[u8], fields: &[(&str, &str)]) -> String {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        let model: Value = serde_json::from_str(fields[0].1).unwrap();
+        let mut v = with_model(&v, model.as_str().unwrap());
+        let obj = v.as_object_mut().unwrap();
+        for (k, text) in &fields[1..] {
+            obj.insert((*k).into(), serde_json::from_str(text).unwrap());
+        }
+        v.to_string()
+    }
+
+    fn via_splice(body: &[u8], fields: &[(&str, &str)]) -> String {
+        let out = splice_fields(body, fields).unwrap();
+        // Same members, same order, same values once parsed.
+        serde_json::from_slice::<Value>(&out).unwrap().to_string()
+    }
+
+    #[test]
+    fn splice_gives_what_the_value_path_gives() {
+        let stream = [
+            ("model", r#""gpt-4o""#),
+            ("stream", "true"),
+            ("stream_options", r#"{"include_usage":true}"#),
+        ];
+        let bodies: [&[u8]; 8] = [
+            br#"{"model":"default","messages":[{"role":"user","content":"hi"}]}"#,
+            br#"{"messages":[],"model":"x","stream":false,"temperature":0.5}"#,
+            br#"  { "temperature" : 1 , "model" : "a\"b" , "stream_options" : {"include_usage": false} }  "#,
+            br#"{}"#,
+            b"{\n}\n",
+            br#"{"\u006dodel":"escaped key","messages":[]}"#,
+            br#"{"messages":[{"content":"caf\u00e9 \ud83d\ude00 \n {\"model\":1}"}],"model":null}"#,
+            br#"{"a":{"model":"nested stays"},"b":[1,2,{"stream":1}]}"#,
+        ];
+        for body in bodies {
+            for n in 1..=stream.len() {
+                let fields = &stream[..n];
+                assert_eq!(
+                    via_splice(body, fields),
+                    via_value(body, fields),
+                    "body {}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn splice_copies_the_rest_byte_for_byte() {
+        let body = br#"{"model": "m", "x": 1.000000000000000000001, "big": 123456789012345678901234567890}"#;
+        let out = splice_fields(body, &[("model", r#""n""#)]).unwrap();
+        assert_eq!(
+            out,
+            br#"{"model": "n", "x": 1.000000000000000000001, "big": 123456789012345678901234567890}"#
+        );
+    }
+
+    #[test]
+    fn splice_declines_what_it_cannot_do_exactly() {
+        let f = [("model", r#""m""#)];
+        assert!(splice_fields(br#"{"model":"a","model":"b"}"#, &f).is_none());
+        assert!(splice_fields(br#"{"x":1,"x":2}"#, &f).is_none());
+        assert!(splice_fields(br#"[1]"#, &f).is_none());
+        assert!(splice_fields(br#"{"model":"a"} x"#, &f).is_none());
+        assert!(splice_fields(b"", &f).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn splice_matches_the_value_path(
+            keys in proptest::collection::vec("(model|stream|stream_options|messages|[a-z]{1,6})", 0..6),
+            text in ".{0,30}",
+            ws in "[ \n\t]{0,2}",
+        ) {
+            let mut body = String::from("{");
+            let mut seen = std::collections::HashSet::new();
+            for (i, k) in keys.iter().filter(|k| seen.insert(k.as_str())).enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(&ws);
+                body.push_str(&serde_json::to_string(k).unwrap());
+                body.push_str(&ws);
+                body.push(':');
+                body.push_str(&serde_json::to_string(&json_of(&text, i)).unwrap());
+            }
+            body.push_str(&ws);
+            body.push('}');
+            let fields = [("model", r#""up""#), ("stream", "true")];
+            prop_assert_eq!(via_splice(body.as_bytes(), &fields), via_value(body.as_bytes(), &fields));
+        }
+    }
+
+    fn json_of(text: &str, i: usize) -> Value {
+        match i % 3 {
+            0 => Value::String(text.to_string()),
+            1 => serde_json::json!([text, {"model": text}]),
+            _ => serde_json::json!(i),
+        }
+    }
 }

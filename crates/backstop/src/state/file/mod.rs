@@ -463,6 +463,10 @@ impl StateStore for FileStore {
         self.shared.inner.usable_at(scope, now_ms)
     }
 
+    fn has_breakers(&self) -> bool {
+        self.shared.inner.has_breakers()
+    }
+
     fn get(&self, scope: &Scope, now_ms: u64) -> Option<BreakerSnapshot> {
         self.shared.inner.get(scope, now_ms)
     }

@@ -14,8 +14,11 @@
 //! - Everything is built on `serde_json::Value` so that every decoding error
 //!   can name the JSON path of the offending field.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::chat::{self};
@@ -1145,6 +1148,14 @@ impl StreamDecoder {
         if data == "[DONE]" {
             return Ok(vec![StreamEvent::Done]);
         }
+        if let Some(out) = self.push_fast(data) {
+            return Ok(out);
+        }
+        self.push_value(ev, data)
+    }
+
+    /// The general decoder: any chunk, through a `Value`.
+    fn push_value(&mut self, ev: &SseEvent, data: &str) -> Result<Vec<StreamEvent>, WireError> {
         let v: Value = match serde_json::from_str(data) {
             Ok(v) => v,
             // An `event: error` frame with a plain-text body is still an error report.
@@ -1268,6 +1279,140 @@ impl StreamDecoder {
                 arguments,
             });
         }
+    }
+}
+
+/// The usual shape of a `chat.completion.chunk`, borrowed from the event's text: the
+/// fast path of [`StreamDecoder::push`]. A field of any other type (or a duplicate key)
+/// fails this parse, and the general decoder over a `Value` takes the chunk instead, so
+/// both paths give the same events.
+#[derive(Deserialize)]
+struct FastChunk<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    object: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    x_groq: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<FastChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<FastUsage>,
+}
+
+#[derive(Deserialize)]
+struct FastChoice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    delta: Option<FastDelta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct FastDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct FastUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<FastUsageDetails>,
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct FastUsageDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl StreamDecoder {
+    /// The events of a plain text chunk (no error, no tool call), without building a
+    /// `Value`; `None` leaves the chunk to the general decoder (nothing is changed then).
+    fn push_fast(&mut self, data: &str) -> Option<Vec<StreamEvent>> {
+        let chunk: FastChunk = serde_json::from_str(data).ok()?;
+        let choices = chunk.choices.unwrap_or_default();
+        if chunk.error.is_some()
+            || chunk.x_groq.is_some()
+            || chunk.object.as_deref() == Some("error")
+            || choices
+                .iter()
+                .any(|c| c.delta.as_ref().is_some_and(|d| d.tool_calls.is_some()))
+        {
+            return None;
+        }
+        let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            out.push(StreamEvent::Start {
+                id: chunk.id.map(Cow::into_owned).unwrap_or_default(),
+                model: chunk.model.map(Cow::into_owned).unwrap_or_default(),
+                input_tokens: None,
+            });
+        }
+        for choice in choices {
+            if choice.index.unwrap_or(0) != 0 {
+                continue;
+            }
+            if let Some(delta) = choice.delta {
+                if let Some(text) = delta
+                    .reasoning_content
+                    .or(delta.reasoning)
+                    .filter(|s| !s.is_empty())
+                {
+                    out.push(StreamEvent::ThinkingDelta {
+                        text: text.into_owned(),
+                    });
+                }
+                for text in [delta.content, delta.refusal].into_iter().flatten() {
+                    if !text.is_empty() {
+                        out.push(StreamEvent::TextDelta {
+                            text: text.into_owned(),
+                        });
+                    }
+                }
+            }
+            if let Some(reason) = choice.finish_reason {
+                out.push(StreamEvent::Finish {
+                    reason: finish_from_str(&reason),
+                    stop_sequence: None,
+                });
+            }
+        }
+        if let Some(u) = chunk.usage {
+            out.push(StreamEvent::Usage {
+                usage: Usage {
+                    input_tokens: u.prompt_tokens.unwrap_or(0),
+                    output_tokens: u.completion_tokens.unwrap_or(0),
+                    cache_read_tokens: u
+                        .prompt_tokens_details
+                        .and_then(|d| d.cached_tokens)
+                        .or(u.prompt_cache_hit_tokens),
+                    cache_write_tokens: None,
+                },
+            });
+        }
+        Some(out)
     }
 }
 

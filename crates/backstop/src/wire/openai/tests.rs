@@ -1428,3 +1428,69 @@ fn encoder_writes_upstream_error_events() {
         }]
     );
 }
+
+/// The fast path of the stream decoder gives exactly what the general decoder gives,
+/// and leaves every chunk it does not handle (odd types, errors, tool calls) to it.
+#[test]
+fn fast_stream_path_matches_the_general_decoder() {
+    let chunks = [
+        r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+        r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"caf\u00e9 \"q\" \n"},"finish_reason":null}]}"#,
+        r#"{"id":"c1","model":"m","choices":[{"index":1,"delta":{"content":"other choice"}},{"delta":{"content":"no index"}}]}"#,
+        r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"reasoning_content":"","reasoning":"ignored: reasoning_content wins"}}]}"#,
+        r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"reasoning":"think","refusal":"no"}}]}"#,
+        r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
+        r#"{"id":"c1","model":"m","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+        r#"{"choices":[],"usage":{"prompt_tokens":8,"prompt_tokens_details":{},"prompt_cache_hit_tokens":5}}"#,
+        r#"{"choices":[],"usage":{"prompt_tokens":8.5,"completion_tokens":"3"}}"#,
+        r#"{"id":7,"model":null,"choices":[{"index":0,"delta":{"content":5}}]}"#,
+        r#"{"id":"c1","choices":[{"index":-1,"delta":{"content":"negative index"}}]}"#,
+        r#"{"id":"c1","choices":[null,{"index":0,"delta":{"content":"after null"}}]}"#,
+        r#"{"id":"c1","choices":{"index":0}}"#,
+        r#"{"id":"c1","id":"c2","choices":[{"index":0,"delta":{"content":"dup"}}]}"#,
+        r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
+        r#"{"object":"error","message":"vllm style","type":"BadRequestError"}"#,
+        r#"{"choices":[],"x_groq":{"usage":{"prompt_tokens":4,"completion_tokens":2}}}"#,
+        r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+        r#"[1,2]"#,
+    ];
+    for first in [true, false] {
+        for chunk in chunks {
+            let ev = SseEvent {
+                event: None,
+                data: chunk.to_string(),
+                raw: bytes::Bytes::new(),
+            };
+            let mut fast = StreamDecoder::new();
+            let mut general = StreamDecoder::new();
+            if !first {
+                fast.started = true;
+                general.started = true;
+            }
+            let via_push = fast.push(&ev).map_err(|e| e.to_string());
+            let via_value = general.push_value(&ev, chunk).map_err(|e| e.to_string());
+            assert_eq!(via_push, via_value, "chunk {chunk}");
+            assert_eq!(fast.started, general.started, "chunk {chunk}");
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn fast_stream_path_matches_for_any_text(
+        text in ".{0,40}",
+        id in "[a-z0-9-]{0,12}",
+        index in 0u64..3,
+        finish in proptest::option::of("(stop|length|content_filter|tool_calls|weird)"),
+    ) {
+        let chunk = json!({
+            "id": id, "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": index, "delta": {"content": text}, "finish_reason": finish}],
+        })
+        .to_string();
+        let ev = SseEvent { event: None, data: chunk.clone(), raw: bytes::Bytes::new() };
+        let fast = StreamDecoder::new().push(&ev).map_err(|e| e.to_string());
+        let general = StreamDecoder::new().push_value(&ev, &chunk).map_err(|e| e.to_string());
+        prop_assert_eq!(fast, general);
+    }
+}
