@@ -21,7 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// (name, format, status, retry-after, body)
-type ErrorCase = (&'static str, WireFormat, u16, Option<&'static str>, &'static [u8]);
+type ErrorCase = (
+    &'static str,
+    WireFormat,
+    u16,
+    Option<&'static str>,
+    &'static [u8],
+);
 
 fn classifier(c: &mut Criterion) {
     let mut g = c.benchmark_group("classify_status");
