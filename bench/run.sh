@@ -141,6 +141,10 @@ start_fake rst '{"type":"reset"}' true
 rst_fake="$fake_addr"
 start_fake slow "{\"type\":\"reply\",\"text\":\"$(words 120)\",\"chunks\":120,\"chunk_delay_ms\":1000}" false
 slow_fake="$fake_addr"
+# nginx's slow streams get their own fake: the first one may still hold the gateway's
+# closed streams for a second, and each fake has the same open-file limit.
+start_fake slow2 "{\"type\":\"reply\",\"text\":\"$(words 120)\",\"chunks\":120,\"chunk_delay_ms\":1000}" false
+slow2_fake="$fake_addr"
 
 # ---- request bodies ----
 python3 - "$tmp" <<'EOF'
@@ -194,7 +198,7 @@ http {
   client_body_buffer_size 256k;
   keepalive_requests 1000000;
   upstream fake { server $main_fake; keepalive 256; keepalive_requests 1000000; }
-  upstream slowfake { server $slow_fake; keepalive 256; }
+  upstream slowfake { server $slow2_fake; keepalive 256; }
   server {
     listen 127.0.0.1:$nginx_port;
     location /slow/ {
