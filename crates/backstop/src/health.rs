@@ -107,14 +107,23 @@ impl ModelHealth {
         Some(bad as f64 / self.outcomes.len() as f64)
     }
 
-    fn degraded(&self, cfg: &HealthConfig) -> bool {
+    /// Degraded at `now_ms`: outcomes older than the window are left out without being
+    /// removed (this runs in the planner on every request; it must not allocate).
+    fn degraded(&self, cfg: &HealthConfig, now_ms: u64) -> bool {
         if !cfg.enabled {
             return false;
         }
         let slow = self.latencies.len() >= cfg.min_samples
             && matches!((self.fast_ms, self.baseline_ms), (Some(f), Some(b)) if b > 0.0 && f > cfg.latency_multiple * b);
-        let failing = self.outcomes.len() >= cfg.min_samples
-            && self.error_rate().is_some_and(|r| r > cfg.error_rate);
+        let (mut total, mut bad) = (0usize, 0usize);
+        for (t, r) in &self.outcomes {
+            if now_ms.saturating_sub(*t) <= cfg.window_ms {
+                total += 1;
+                bad += usize::from(r.is_some());
+            }
+        }
+        let failing =
+            total >= cfg.min_samples && total > 0 && bad as f64 / total as f64 > cfg.error_rate;
         slow || failing
     }
 }
@@ -279,23 +288,7 @@ impl Health {
         }
         let map = self.models.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&(provider.to_string(), model.to_string()))
-            .is_some_and(|m| {
-                let mut recent = m.outcomes.clone();
-                while recent
-                    .front()
-                    .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > cfg.window_ms)
-                {
-                    recent.pop_front();
-                }
-                let pruned = ModelHealth {
-                    outcomes: recent,
-                    latencies: m.latencies.clone(),
-                    fast_ms: m.fast_ms,
-                    baseline_ms: m.baseline_ms,
-                    ..ModelHealth::default()
-                };
-                pruned.degraded(&cfg)
-            })
+            .is_some_and(|m| m.degraded(&cfg, now_ms))
     }
 
     /// Whether the planner should put this model after healthier ones now: it is degraded
@@ -339,7 +332,7 @@ impl Health {
                 in_flight: m.in_flight,
                 ok: m.ok,
                 failed: m.failed,
-                degraded: m.degraded(&cfg),
+                degraded: m.degraded(&cfg, now_ms),
             }
         })
     }
