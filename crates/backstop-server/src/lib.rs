@@ -31,7 +31,8 @@ use tokio::net::TcpListener;
 pub struct AppState {
     /// Swapped whole by a config reload ([`AppState::reload`]).
     engine: ArcSwap<Engine>,
-    /// Sessions (`x-backstop-session`): `<state.dir>/sessions.json`.
+    /// Sessions (`x-backstop-session`): `<state.dir>/sessions.json`, or Redis
+    /// when `state.redis_url` is set.
     pub sessions: Arc<dyn SessionStore>,
 }
 
@@ -47,7 +48,7 @@ impl AppState {
     }
 
     /// On a given state store and clock (tests pass a `MemoryStore` or a `FileStore` in a
-    /// temp dir, and a manual clock). Sessions persist in `state.dir` (`sessions.json`).
+    /// temp dir, and a manual clock). Sessions persist in `state.dir` (`sessions.json`) or, with `state.redis_url`, in Redis.
     pub fn with_state(
         config: Arc<Config>,
         store: Arc<dyn StateStore>,

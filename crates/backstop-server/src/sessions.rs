@@ -14,7 +14,7 @@ use backstop::chat::{ClientError, ErrorKind};
 use backstop::clock::{Clock, rfc3339};
 use backstop::config::Config;
 use backstop::state::session::{
-    self, FileSessionStore, MemorySessionStore, ResetOutcome, Session, SessionLimits, SessionStore,
+    self, MemorySessionStore, ResetOutcome, Session, SessionLimits, SessionStore,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -22,15 +22,10 @@ use std::sync::Arc;
 /// A `PUT` body is two short strings; anything much larger is not one.
 const MAX_PUT_BYTES: usize = 64 * 1024;
 
-/// The gateway's session store: `<state.dir>/sessions.json`.
+/// The gateway's session store: shared through Redis when `state.redis_url` is set,
+/// else `<state.dir>/sessions.json` ([`session::open_store`]).
 pub fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn SessionStore>, String> {
-    let store = FileSessionStore::open(
-        config.state.dir.clone(),
-        SessionLimits::from_config(&config.state),
-        clock,
-    )
-    .map_err(|e| format!("state.dir: session store: {e}"))?;
-    Ok(Arc::new(store))
+    session::open_store(config, clock)
 }
 
 /// An in-memory store on `clock` (for a gateway around an injected engine).

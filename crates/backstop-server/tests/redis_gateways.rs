@@ -1,5 +1,6 @@
 //! Two gateways sharing state through one real Redis (`state.redis_url`): a key
-//! rate-limited through gateway A is skipped by gateway B.
+//! rate-limited through gateway A is skipped by gateway B, and a session pinned through A
+//! is served as pinned by B.
 //!
 //! Starts its own `redis-server` on a free loopback port; without it on PATH the
 //! test FAILS saying so (CI installs it). Skip it with `cargo test -- --skip redis_`.
@@ -152,4 +153,98 @@ async fn redis_a_key_rate_limited_through_one_gateway_is_skipped_by_the_other() 
         .map(|r| r.header("authorization").unwrap_or("").to_owned())
         .collect();
     assert_eq!(keys, ["Bearer sk-b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_session_pinned_through_one_gateway_is_honoured_by_the_other() {
+    let redis = RedisServer::start();
+    let fake = FakeProvider::start().unwrap();
+    let config = format!(
+        r#"{{
+          providers: {{ fake: {{ api: "openai", base_url: "{}",
+                                auth: [{{ profile: "a", key: "sk-a" }}, {{ profile: "b", key: "sk-b" }}],
+                                models: ["gpt-4o"] }} }},
+          auth: {{ order: {{ fake: ["a", "b"] }} }},
+          agents: {{ defaults: {{ model: {{ primary: "fake/gpt-4o", fallbacks: [] }} }} }},
+          state: {{ redis_url: "redis://127.0.0.1:{}" }},
+        }}"#,
+        fake.openai_base_url(),
+        redis.port
+    );
+    let (a, _) = gateway(&config).await;
+    let (b, _) = gateway(&config).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // The user pins profile "b" for session chat-7 through gateway A …
+    let put = client
+        .put(format!("{a}/v1/sessions/chat-7"))
+        .json(&json!({"profile": "b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+
+    // … gateway B reports it …
+    let start = Instant::now();
+    loop {
+        let got = client
+            .get(format!("{b}/v1/sessions/chat-7"))
+            .send()
+            .await
+            .unwrap();
+        if got.status() == 200 {
+            let view: Value = got.json().await.unwrap();
+            assert_eq!(view["profile_override"], "b", "{view}");
+            assert_eq!(view["profile_override_source"], "user", "{view}");
+            break;
+        }
+        assert_eq!(got.status(), 404);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "gateway B never saw the session"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("session visible on gateway B after {:?}", start.elapsed());
+
+    // … and serves the session on the pinned key, though "a" comes first in auth.order.
+    let resp = client
+        .post(format!("{b}/v1/chat/completions"))
+        .header("x-backstop-session", "chat-7")
+        .json(&json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let keys: Vec<_> = fake
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(keys, ["Bearer sk-b"]);
+
+    // A reset through B (user pins stay) and a request without the session on A
+    // still start at "a": the pin belongs to the session only.
+    let reset = client
+        .delete(format!("{b}/v1/sessions/chat-7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 204);
+    let kept: Value = client
+        .get(format!("{a}/v1/sessions/chat-7"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kept["profile_override"], "b", "{kept}");
+    fake.clear();
+    let resp = chat(&client, &a).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        fake.requests()[0].header("authorization"),
+        Some("Bearer sk-a")
+    );
 }

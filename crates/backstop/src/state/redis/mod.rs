@@ -41,11 +41,13 @@ mod kv;
 mod layout;
 mod probes;
 mod scripts;
+mod sessions;
 mod sync;
 mod task;
 
 pub use kv::{KvError, RedisKv};
 pub use layout::redact_url;
+pub use sessions::RedisSessionStore;
 
 use layout::{Keys, parse_breaker, rungs};
 
@@ -74,6 +76,9 @@ pub struct RedisOptions {
     pub probe_reservation: Duration,
     /// Bound on one Redis command or connection attempt. Default 2 s.
     pub command_timeout: Duration,
+    /// Full resync of the session replica ([`RedisSessionStore`]; events carry every
+    /// change, this heals missed ones and brings usage times). Default 30 s.
+    pub session_resync_interval: Duration,
 }
 
 impl Default for RedisOptions {
@@ -85,6 +90,7 @@ impl Default for RedisOptions {
             queue_limit: 10_000,
             probe_reservation: Duration::from_secs(5),
             command_timeout: Duration::from_secs(2),
+            session_resync_interval: Duration::from_secs(30),
         }
     }
 }

@@ -228,3 +228,105 @@ return 1
 "#,
     )
 });
+
+/// A session write ([`super::sessions`]): compare-and-set field by field.
+///
+/// A session is a hash under `<prefix>session:<id>`: one field per key of its
+/// `sessions.json` record, each holding that key's JSON text. KEYS: the session.
+/// ARGV: ttl_ms, now, created_at, delete (`1`/`0`), channel, message, then
+/// `field, expected, new` triples (`''` = absent). A field is set only if it still
+/// holds `expected` (what the writer saw), so a stale writer cannot overwrite a
+/// change it had not seen. `updatedAt` is raised when a field changed, `lastUsedAt`
+/// always; the key's TTL is the idle TTL. A delete removes the key once no
+/// content field is left. Publishes `message` when something changed. Returns the
+/// hash after (empty when gone).
+pub(super) static SESSION_WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local now = tonumber(ARGV[2])
+local applied = 0
+for i = 7, #ARGV, 3 do
+  local f, expected, new = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local cur = redis.call('HGET', KEYS[1], f)
+  if not cur then cur = '' end
+  if cur == expected then
+    if new == '' then redis.call('HDEL', KEYS[1], f) else redis.call('HSET', KEYS[1], f, new) end
+    applied = applied + 1
+  end
+end
+local content = false
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if f ~= 'createdAt' and f ~= 'updatedAt' and f ~= 'lastUsedAt' then
+    content = true
+    break
+  end
+end
+local function raise(f)
+  local v = tonumber(redis.call('HGET', KEYS[1], f) or '0') or 0
+  if now > v then redis.call('HSET', KEYS[1], f, ARGV[2]) end
+end
+if ARGV[4] == '1' and not content then
+  redis.call('DEL', KEYS[1])
+elseif redis.call('EXISTS', KEYS[1]) == 1 or (ARGV[4] ~= '1' and #ARGV < 7) then
+  -- (an existing session, or a new one without content fields: create it; a stale
+  -- write whose every field conflicted does not bring a removed session back)
+  redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[3])
+  if applied > 0 then raise('updatedAt') end
+  raise('lastUsedAt')
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+if applied > 0 then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+return redis.call('HGETALL', KEYS[1])
+"#,
+    )
+});
+
+/// Sessions used: raise `lastUsedAt` and renew the idle TTL of those that exist.
+/// KEYS: sessions. ARGV: ttl_ms, then one time per key.
+pub(super) static SESSION_TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+for i, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 then
+    local at = ARGV[i + 1]
+    local v = tonumber(redis.call('HGET', k, 'lastUsedAt') or '0') or 0
+    if tonumber(at) > v then redis.call('HSET', k, 'lastUsedAt', at) end
+    redis.call('PEXPIRE', k, ARGV[1])
+  end
+end
+return 0
+"#,
+    )
+});
+
+/// Put a whole session back when Redis lost it (it restarted empty): only if the key
+/// does not exist. KEYS: the session. ARGV: ttl_ms, then field, value pairs. Returns 1
+/// when written.
+pub(super) static SESSION_RESTORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 1 or #ARGV < 3 then return 0 end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Evict a session to fit the budget, unless it was used or changed since the
+/// evicting instance looked. KEYS: the session. ARGV: lastUsedAt, updatedAt (as seen),
+/// channel, message. Returns 1 when deleted.
+pub(super) static SESSION_EVICT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local used = redis.call('HGET', KEYS[1], 'lastUsedAt') or ''
+local updated = redis.call('HGET', KEYS[1], 'updatedAt') or ''
+if used ~= ARGV[1] or updated ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"#,
+    )
+});

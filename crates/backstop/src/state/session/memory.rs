@@ -46,13 +46,13 @@ impl MemorySessionStore {
         self.limits
     }
 
-    pub(super) fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
 
     /// Put sessions read from disk back, as they were (no stamping); expired
     /// ones are skipped. Returns how many were skipped.
-    pub(super) fn load(&self, sessions: Vec<Session>) -> usize {
+    pub(crate) fn load(&self, sessions: Vec<Session>) -> usize {
         let now = self.now_ms();
         let mut map = lock(&self.sessions);
         let mut expired = 0;
@@ -66,9 +66,31 @@ impl MemorySessionStore {
         expired
     }
 
+    /// Put one session as it is (no stamping), replacing any with its id.
+    pub(crate) fn put(&self, s: Session) {
+        lock(&self.sessions).insert(s.id.clone(), s);
+    }
+
+    /// Drop one session without a trace (no stamping, no eviction count).
+    pub(crate) fn forget(&self, id: &str) {
+        lock(&self.sessions).remove(id);
+    }
+
+    /// Every session held (expired ones too, until pruned).
+    pub(crate) fn all(&self) -> Vec<Session> {
+        lock(&self.sessions).values().cloned().collect()
+    }
+
     /// Drop expired sessions, evict the least recently used beyond the budget,
     /// and return the serialized store (the text of `sessions.json`).
     pub(super) fn prune_encode(&self) -> (String, PruneReport) {
+        let (text, report, _) = self.prune_evict();
+        (text, report)
+    }
+
+    /// [`MemorySessionStore::prune_encode`], also returning the evicted sessions as
+    /// they were (a shared store evicts them there too, unless used meanwhile).
+    pub(crate) fn prune_evict(&self) -> (String, PruneReport, Vec<Session>) {
         let now = self.now_ms();
         let ttl = self.limits.ttl_ms;
         let (sessions, expired) = {
@@ -84,13 +106,13 @@ impl MemorySessionStore {
         let mut evicted = Vec::new();
         if !victims.is_empty() {
             let mut map = lock(&self.sessions);
-            for v in &victims {
+            for v in victims {
                 let unchanged = map.get(&v.id).is_some_and(|s| {
                     s.last_used_ms == v.last_used_ms && s.updated_at_ms == v.updated_at_ms
                 });
                 if unchanged {
                     map.remove(&v.id);
-                    evicted.push(v.id.as_str());
+                    evicted.push(v);
                 }
             }
         }
@@ -103,7 +125,8 @@ impl MemorySessionStore {
                 "sessions: evicted {} least recently used to fit state.max_bytes",
                 evicted.len()
             );
-            tracing::debug!(ids = ?evicted, "sessions evicted");
+            let ids: Vec<&str> = evicted.iter().map(|s| s.id.as_str()).collect();
+            tracing::debug!(?ids, "sessions evicted");
         }
         if expired > 0 {
             tracing::debug!(expired, "sessions: dropped idle sessions past the TTL");
@@ -112,7 +135,7 @@ impl MemorySessionStore {
             expired,
             evicted: evicted.len(),
         };
-        (text, report)
+        (text, report, evicted)
     }
 }
 

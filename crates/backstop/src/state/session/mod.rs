@@ -23,9 +23,11 @@ pub use file::FileSessionStore;
 pub use memory::MemorySessionStore;
 pub use pins::{PinUndo, PinWrite, UserPins, user_pins};
 
-use crate::config::{ModelRef, StateConfig};
+use crate::clock::Clock;
+use crate::config::{Config, ModelRef, StateConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// The request header that names a session.
 pub const SESSION_HEADER: &str = "x-backstop-session";
@@ -214,6 +216,33 @@ impl SessionLimits {
         SessionLimits {
             max_bytes: state.session_max_bytes(),
             ttl_ms: state.session_ttl_ms,
+        }
+    }
+}
+
+/// The gateway's session store: shared through Redis when `state.redis_url` is set
+/// ([`crate::state::redis::RedisSessionStore`], started in the background; needs a tokio
+/// runtime), else `<state.dir>/sessions.json` ([`FileSessionStore`]).
+pub fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn SessionStore>, String> {
+    let limits = SessionLimits::from_config(&config.state);
+    match &config.state.redis_url {
+        #[cfg(feature = "redis")]
+        Some(url) => {
+            use crate::state::redis::{RedisOptions, RedisSessionStore};
+            let store = RedisSessionStore::start(url, clock, limits, RedisOptions::default())
+                .map_err(|e| e.to_string())?;
+            tracing::info!(redis = %store.redacted_url(), "sessions shared through Redis");
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "redis"))]
+        Some(_) => {
+            let _ = (clock, limits);
+            Err("state.redis_url is set, but this build has no Redis support (cargo feature \"redis\")".into())
+        }
+        None => {
+            let store = FileSessionStore::open(config.state.dir.clone(), limits, clock)
+                .map_err(|e| format!("state.dir: session store: {e}"))?;
+            Ok(Arc::new(store))
         }
     }
 }
