@@ -35,14 +35,15 @@
 //! `updatedAt`, …), each value that key's JSON text; `backstop:sessions-instance:<id>`
 //! this instance's liveness marker; channel `backstop:session-events`.
 
-use super::task::{is_outage, query, query_pipe, timed_out};
+use super::events::{Heard, Listener, listen};
+use super::sync::SCAN_COUNT;
+use super::task::{connect, is_outage, query, query_pipe, scan, timed_out};
 use super::{RedisOptions, RedisStoreError, redact_url, scripts};
 use crate::clock::Clock;
 use crate::state::session::{
     MemorySessionStore, PruneReport, Session, SessionLimits, SessionStore,
 };
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -58,8 +59,6 @@ const TIMES: [&str; 3] = ["createdAt", "updatedAt", "lastUsedAt"];
 const CHANNEL: usize = 16_384;
 /// The writer's housekeeping period (usage flush, reconnect).
 const TICK: Duration = Duration::from_millis(50);
-/// Keys per SCAN batch and per pipelined read.
-const SCAN_COUNT: u32 = 500;
 
 /// Sessions shared through Redis, answered from a local replica. See the module docs.
 ///
@@ -562,21 +561,9 @@ impl Writer {
     }
 
     async fn reconnect(&mut self) {
-        let timeout = self.timeout();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let attempt = async {
-            let mut conn = ConnectionManager::new_with_config(self.client.clone(), config).await?;
-            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-            Ok::<_, RedisError>(conn)
-        };
-        let conn = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return self.go_down(&e),
-            Err(_) => return self.go_down(&timed_out()),
+        let conn = match connect(&self.client, self.timeout()).await {
+            Ok(conn) => conn,
+            Err(e) => return self.go_down(&e),
         };
         self.conn = Some(conn);
         if let Err(e) = self.reconcile().await {
@@ -745,7 +732,7 @@ impl Writer {
             .await?;
         }
         let prefix = format!("{}session:", self.shared.prefix);
-        let keys = self.scan(&format!("{prefix}*")).await?;
+        let keys = scan(&mut conn, &format!("{prefix}*"), self.timeout()).await?;
         let mut seen = HashSet::with_capacity(keys.len());
         for batch in keys.chunks(SCAN_COUNT as usize) {
             let mut pipe = redis::pipe();
@@ -803,81 +790,33 @@ impl Writer {
         }
         Ok(())
     }
-
-    async fn scan(&self, pattern: &str) -> RedisResult<Vec<String>> {
-        let mut conn = self.conn()?;
-        let mut cursor = 0u64;
-        let mut out = Vec::new();
-        loop {
-            let cmd = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .to_owned();
-            let (next, keys): (u64, Vec<String>) = query(&mut conn, &cmd, self.timeout()).await?;
-            out.extend(keys);
-            if next == 0 {
-                return Ok(out);
-            }
-            cursor = next;
-        }
-    }
 }
 
-/// Listen to `<prefix>session-events` on a dedicated connection and ask the writer to
-/// reload what other instances changed; after every (re)subscription, a full resync.
+/// Listen to `<prefix>session-events` and ask the writer to reload what other
+/// instances changed; after every (re)subscription, a full resync.
 async fn subscribe(
     shared: Arc<Shared>,
     client: redis::Client,
     tx: mpsc::Sender<Op>,
     stop: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(50);
-    let channel = shared.events();
-    loop {
-        let connect = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, RedisError>(pubsub)
+    let listener = Listener {
+        client,
+        channel: shared.events(),
+        instance: &shared.instance,
+        options: &shared.options,
+        subscribed: &shared.subscribed,
+        changed: &shared.changed,
+    };
+    listen(listener, stop, |heard| {
+        let id = match heard {
+            Heard::Subscribed => None,
+            Heard::Message(id) => Some(id.to_owned()),
         };
-        let attempt = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = tokio::time::timeout(shared.options.command_timeout, connect) => r,
-        };
-        if let Ok(Ok(mut pubsub)) = attempt {
-            delay = Duration::from_millis(50);
-            shared.subscribed.store(true, Ordering::Release);
-            shared.changed.notify_waiters();
-            // Messages may have been missed while unsubscribed.
-            let _ = tx.try_send(Op::Refresh(None));
-            let mut messages = pubsub.on_message();
-            loop {
-                let msg = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    msg = messages.next() => msg,
-                };
-                let Some(msg) = msg else { break };
-                let Ok(payload) = msg.get_payload::<String>() else {
-                    continue;
-                };
-                match payload.split_once(' ') {
-                    Some((from, id)) if from != shared.instance => {
-                        // Full: the periodic resync heals it.
-                        let _ = tx.try_send(Op::Refresh(Some(id.to_owned())));
-                    }
-                    _ => {}
-                }
-            }
-            shared.subscribed.store(false, Ordering::Release);
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(shared.options.retry_interval);
-    }
+        // Full: the periodic resync heals it.
+        let _ = tx.try_send(Op::Refresh(id));
+    })
+    .await;
 }
 
 #[cfg(test)]

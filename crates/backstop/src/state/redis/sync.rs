@@ -2,7 +2,7 @@
 //! the periodic full resync (SCAN), and the reconcile after an outage (replay the
 //! queue, merge the local view into Redis, pull everything).
 
-use super::task::{Writer, is_outage, query, query_pipe};
+use super::task::{Writer, is_outage, query, query_pipe, scan};
 use super::{Grant, Shared, lock, parse_breaker, scripts};
 use crate::state::{BreakerSnapshot, Scope, StateStore};
 use redis::RedisResult;
@@ -114,9 +114,8 @@ impl Writer {
             )
             .await?;
         }
-        let keys = self
-            .scan(&format!("{}breaker:*", self.shared.keys.prefix))
-            .await?;
+        let pattern = format!("{}breaker:*", self.shared.keys.prefix);
+        let keys = scan(&mut conn, &pattern, self.timeout()).await?;
         let mut remote: Vec<(Scope, Vec<String>)> = Vec::with_capacity(keys.len());
         for batch in keys.chunks(64) {
             let mut pipe = redis::pipe();
@@ -164,27 +163,6 @@ impl Writer {
         self.shared.syncs.fetch_add(1, Ordering::AcqRel);
         self.shared.changed.notify_waiters();
         Ok(())
-    }
-
-    pub(super) async fn scan(&self, pattern: &str) -> RedisResult<Vec<String>> {
-        let mut conn = self.conn()?;
-        let mut cursor = 0u64;
-        let mut out = Vec::new();
-        loop {
-            let cmd = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .to_owned();
-            let (next, keys): (u64, Vec<String>) = query(&mut conn, &cmd, self.timeout()).await?;
-            out.extend(keys);
-            if next == 0 {
-                return Ok(out);
-            }
-            cursor = next;
-        }
     }
 }
 

@@ -179,21 +179,9 @@ impl Writer {
 
     /// Connect; on success replay the queue, push the local view and pull Redis's.
     pub(super) async fn reconnect(&mut self) {
-        let timeout = self.shared.options.command_timeout;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let attempt = async {
-            let mut conn = ConnectionManager::new_with_config(self.client.clone(), config).await?;
-            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-            Ok::<_, RedisError>(conn)
-        };
-        let conn = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return self.go_down(&e),
-            Err(_) => return self.go_down(&timed_out()),
+        let conn = match connect(&self.client, self.shared.options.command_timeout).await {
+            Ok(conn) => conn,
+            Err(e) => return self.go_down(&e),
         };
         self.conn = Some(conn);
         if let Err(e) = self.reconcile().await {
@@ -258,9 +246,21 @@ impl Writer {
                     .arg(RECONCILE_WINDOW_MS)
                     .to_owned();
                 let _: () = query(&mut self.conn()?, &stamp, self.timeout()).await?;
-                let mut deleted = self.scan(&format!("{}breaker:*", keys.prefix)).await?;
-                deleted.extend(self.scan(&format!("{}probe:*", keys.prefix)).await?);
                 let mut conn = self.conn()?;
+                let mut deleted = scan(
+                    &mut conn,
+                    &format!("{}breaker:*", keys.prefix),
+                    self.timeout(),
+                )
+                .await?;
+                deleted.extend(
+                    scan(
+                        &mut conn,
+                        &format!("{}probe:*", keys.prefix),
+                        self.timeout(),
+                    )
+                    .await?,
+                );
                 for batch in deleted.chunks(SCAN_COUNT as usize) {
                     let _: i64 =
                         query(&mut conn, redis::cmd("DEL").arg(batch), self.timeout()).await?;
@@ -391,6 +391,51 @@ impl Writer {
         tokio::time::timeout(self.timeout(), inv.invoke_async(&mut conn))
             .await
             .unwrap_or_else(|_| Err(timed_out()))
+    }
+}
+
+/// A connection to Redis that answered PING, within `timeout`.
+pub(super) async fn connect(
+    client: &redis::Client,
+    timeout: Duration,
+) -> RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    let attempt = async {
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok::<_, RedisError>(conn)
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
+/// Every key matching `pattern` (SCAN, in batches).
+pub(super) async fn scan(
+    conn: &mut ConnectionManager,
+    pattern: &str,
+    timeout: Duration,
+) -> RedisResult<Vec<String>> {
+    let mut cursor = 0u64;
+    let mut out = Vec::new();
+    loop {
+        let cmd = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .to_owned();
+        let (next, keys): (u64, Vec<String>) = query(conn, &cmd, timeout).await?;
+        out.extend(keys);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
     }
 }
 
