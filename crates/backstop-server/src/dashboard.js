@@ -129,11 +129,30 @@
     return el('section', null, [el('h2', null, ['Failover timeline']), el('div', 'card', [body])]);
   }
 
+  function stores(doc) {
+    var st = doc.state && typeof doc.state === 'object' ? doc.state : {};
+    var rows = ['cooldowns', 'sessions'].filter(function (n) {
+      return st[n] && typeof st[n] === 'object';
+    }).map(function (n) {
+      var s = st[n];
+      var up = s.connected !== false;
+      return attr(el('tr', null, [td([n]), td([code(s.kind)]), td([s.location ? str(s.location) : '\u2014']),
+        td([el('span', 'state ' + (up ? 's-ok' : 's-disabled'), [up ? 'reachable' : 'unreachable: serving the local view'])])]),
+        'data-store', n);
+    });
+    if (rows.length === 0) return null;
+    return el('section', null, [el('h2', null, ['State']),
+      el('div', 'card', [table('stores', ['Store', 'Kind', 'Where', 'Backend'], rows)])]);
+  }
+
   function render(doc) {
     var nowMs = Date.parse(doc.now);
     var providers = el('section', null, [el('h2', null, ['Providers'])]
       .concat(list(doc.providers).map(function (p) { return provider(p, nowMs); })));
-    root.replaceChildren(chains(doc), providers, events(doc, nowMs));
+    var parts = [chains(doc), providers, events(doc, nowMs)];
+    var st = stores(doc);
+    if (st) parts.push(st);
+    root.replaceChildren.apply(root, parts);
     if (asOf) { asOf.textContent = str(doc.now).slice(11, 19) + ' UTC'; asOf.setAttribute('datetime', str(doc.now)); }
   }
 

@@ -406,6 +406,35 @@ fn events(out: &mut String, doc: &Value, now: Option<i64>) {
     out.push_str("</div></section>");
 }
 
+/// Where state lives (`doc.state`): each store's kind, place and whether it reaches it.
+fn stores(out: &mut String, doc: &Value) {
+    let mut rows = String::new();
+    for name in ["cooldowns", "sessions"] {
+        let s = &doc["state"][name];
+        if !s.is_object() {
+            continue;
+        }
+        let (class, text) = if s["connected"].as_bool().unwrap_or(true) {
+            ("s-ok", "reachable")
+        } else {
+            ("s-disabled", "unreachable: serving the local view")
+        };
+        let _ = write!(
+            rows,
+            "<tr data-store=\"{name}\"><td>{name}</td><td>{}</td><td>{}</td>\
+             <td><span class=\"state {class}\">{text}</span></td></tr>",
+            code(&s["kind"]),
+            dash(&s["location"]),
+        );
+    }
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("<section><h2>State</h2><div class=\"card\">");
+    table(out, "stores", &["Store", "Kind", "Where", "Backend"], &rows);
+    out.push_str("</div></section>");
+}
+
 /// The whole page for a `/status` document; `nonce` marks the inline style and script.
 pub fn render(doc: &Value, nonce: &str) -> String {
     let now_iso = text_of(&doc["now"]);
@@ -433,6 +462,7 @@ pub fn render(doc: &Value, nonce: &str) -> String {
     }
     out.push_str("</section>");
     events(&mut out, doc, now);
+    stores(&mut out, doc);
     let _ = writeln!(
         out,
         "</main><footer>JSON: <code>GET /status</code> with <code>Accept: application/json</code> \
@@ -549,6 +579,24 @@ mod tests {
         let html = render(&json!({}), "n");
         assert!(html.contains("No failovers yet."));
         assert!(html.starts_with("<!doctype html>"));
+    }
+
+    #[test]
+    fn the_state_section_says_when_redis_is_unreachable() {
+        let doc = json!({"state": {
+            "cooldowns": {"kind": "file", "connected": true, "location": "/var/lib/<b>x"},
+            "sessions": {"kind": "redis", "connected": false, "location": "redis://:****@h:6379"},
+        }});
+        let html = render(&doc, "n");
+        assert!(html.contains("<h2>State</h2>"));
+        assert!(html.contains(
+            "<tr data-store=\"cooldowns\"><td>cooldowns</td><td><code>file</code></td><td>/var/lib/&lt;b&gt;x</td>\
+             <td><span class=\"state s-ok\">reachable</span></td></tr>"
+        ));
+        assert!(html.contains(
+            "<span class=\"state s-disabled\">unreachable: serving the local view</span>"
+        ));
+        assert!(!render(&json!({}), "n").contains("<h2>State</h2>"));
     }
 
     #[test]

@@ -211,8 +211,17 @@ pub fn status_json(state: &AppState) -> Value {
             json!({"at": rfc3339(e.at_ms), "request_id": e.request_id, "from": e.from, "to": e.to, "reason": e.reason})
         })
         .collect();
+    let sessions = &state.sessions;
+    let mut session_store = sessions.info().to_json();
+    session_store["count"] = json!(sessions.len());
+    session_store["bytes"] = json!(sessions.bytes());
+    session_store["evictions"] = json!(sessions.evictions());
     json!({
         "now": rfc3339(now),
+        "state": {
+            "cooldowns": engine.cooldowns.store().info().to_json(),
+            "sessions": session_store,
+        },
         "providers": providers,
         "chains": chains,
         "events": events,
@@ -269,7 +278,21 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             state,
         })
         .collect();
-    let body = engine.metrics.render(&gauges);
+    let mut body = engine.metrics.render(&gauges);
+    // Whether each store reaches its backend (a Redis outage shows as 0).
+    body.push_str(
+        "# HELP backstop_state_store_up Whether a state store reaches its backend (Redis: connected).\n# TYPE backstop_state_store_up gauge\n",
+    );
+    for (name, info) in [
+        ("cooldowns", engine.cooldowns.store().info()),
+        ("sessions", state.sessions.info()),
+    ] {
+        body.push_str(&format!(
+            "backstop_state_store_up{{store=\"{name}\",kind=\"{}\"}} {}\n",
+            info.kind,
+            u8::from(info.connected)
+        ));
+    }
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

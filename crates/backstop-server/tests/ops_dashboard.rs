@@ -188,6 +188,12 @@ async fn the_dashboard_renders_in_headless_chromium_and_runs_nothing_hostile() {
         "{dom}"
     );
     assert!(dom.contains(&format!("<li data-request-id=\"{request_id}\">")));
+    // Where state lives, re-rendered by the script too.
+    assert!(
+        dom.contains("<tr data-store=\"cooldowns\"><td>cooldowns</td>")
+            && dom.contains("<span class=\"state s-ok\">reachable</span>"),
+        "{dom}"
+    );
 
     // A screenshot: a real, non-trivial PNG of the right size.
     let shot = dir.0.join("dashboard.png");

@@ -247,4 +247,69 @@ async fn redis_a_session_pinned_through_one_gateway_is_honoured_by_the_other() {
         fake.requests()[0].header("authorization"),
         Some("Bearer sk-a")
     );
+
+    // /status and /metrics say where state lives and whether Redis is reachable …
+    let status = |base: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("{base}/status"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let doc = status(b.clone()).await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    for store in ["cooldowns", "sessions"] {
+        assert_eq!(doc["state"][store]["kind"], "redis", "{doc}");
+        assert_eq!(doc["state"][store]["connected"], true, "{doc}");
+        assert_eq!(doc["state"][store]["location"], url.as_str(), "{doc}");
+    }
+    assert_eq!(doc["state"]["sessions"]["count"], 1, "{doc}");
+    // … and when Redis goes away, say so while B keeps serving the session as pinned.
+    drop(redis);
+    let start = Instant::now();
+    loop {
+        let doc = status(b.clone()).await;
+        if doc["state"]["cooldowns"]["connected"] == false
+            && doc["state"]["sessions"]["connected"] == false
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "B never noticed Redis was gone: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = client
+        .get(format!("{b}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("backstop_state_store_up{store=\"cooldowns\",kind=\"redis\"} 0\n")
+            && metrics.contains("backstop_state_store_up{store=\"sessions\",kind=\"redis\"} 0\n"),
+        "{metrics}"
+    );
+    fake.clear();
+    let resp = client
+        .post(format!("{b}/v1/chat/completions"))
+        .header("x-backstop-session", "chat-7")
+        .json(&json!({"model": "default", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        fake.requests()[0].header("authorization"),
+        Some("Bearer sk-b")
+    );
 }

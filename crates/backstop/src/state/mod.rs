@@ -69,6 +69,33 @@ pub fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Stat
     }
 }
 
+/// Where a store keeps its state and whether it reaches it now (`/status`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreInfo {
+    /// `memory`, `file` or `redis`.
+    pub kind: &'static str,
+    /// Memory and files: always. Redis: connected now (else serving the local view).
+    pub connected: bool,
+    /// The state dir, or the Redis URL with its password masked.
+    pub location: Option<String>,
+}
+
+impl StoreInfo {
+    /// An in-process store.
+    pub fn memory() -> Self {
+        StoreInfo {
+            kind: "memory",
+            connected: true,
+            location: None,
+        }
+    }
+
+    /// For `/status`: `{"kind", "connected", "location"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"kind": self.kind, "connected": self.connected, "location": self.location})
+    }
+}
+
 /// Where breakers and usage live. See the module docs.
 ///
 /// Every method is one short critical section; none blocks on I/O or is held across an await.
@@ -120,6 +147,11 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 
     /// Close every breaker by hand (usage times are kept).
     fn clear_all(&self);
+
+    /// What kind of store this is and whether it reaches its backend now.
+    fn info(&self) -> StoreInfo {
+        StoreInfo::memory()
+    }
 }
 
 /// One cooldown as `GET /v1/cooldowns` and `backstop cooldowns list --json` show it.

@@ -521,6 +521,14 @@ impl StateStore for FileStore {
         p.clear_all_at = Some(now);
         s.mark(&mut p);
     }
+
+    fn info(&self) -> super::StoreInfo {
+        super::StoreInfo {
+            kind: "file",
+            connected: true,
+            location: Some(self.shared.paths.dir.display().to_string()),
+        }
+    }
 }
 
 /// The persisted state read without opening a store (nothing is created, locked or moved):

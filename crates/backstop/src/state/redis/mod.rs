@@ -549,6 +549,14 @@ impl StateStore for RedisStore {
         drop(pending);
         lock(&self.shared.probes).clear();
     }
+
+    fn info(&self) -> super::StoreInfo {
+        super::StoreInfo {
+            kind: "redis",
+            connected: self.is_connected(),
+            location: Some(self.shared.url.clone()),
+        }
+    }
 }
 
 impl RedisStore {

@@ -420,6 +420,14 @@ impl SessionStore for RedisSessionStore {
     fn prune(&self) -> PruneReport {
         self.shared.replica.prune()
     }
+
+    fn info(&self) -> crate::state::StoreInfo {
+        crate::state::StoreInfo {
+            kind: "redis",
+            connected: self.is_connected(),
+            location: Some(self.shared.url.clone()),
+        }
+    }
 }
 
 /// The background writer: owns the Redis connection; every write, usage flush, reload,
@@ -435,6 +443,7 @@ struct Writer {
     used: HashMap<String, u64>,
     next_retry: Instant,
     next_resync: Instant,
+    next_ping: Instant,
     down_logged: bool,
     overflow_logged: bool,
 }
@@ -451,6 +460,7 @@ impl Writer {
             used: HashMap::new(),
             next_retry: now,
             next_resync: now,
+            next_ping: now,
             down_logged: false,
             overflow_logged: false,
         }
@@ -552,11 +562,24 @@ impl Writer {
             return;
         }
         self.flush_used().await;
-        if self.up()
-            && Instant::now() >= self.next_resync
-            && let Err(e) = self.full_sync().await
-        {
-            self.failed(e, None);
+        if !self.up() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= self.next_resync {
+            if let Err(e) = self.full_sync().await {
+                self.failed(e, None);
+            }
+        } else if now >= self.next_ping {
+            // Idle: notice an outage (for /status) without waiting for the next write.
+            self.next_ping = now + self.shared.options.retry_interval;
+            let ping: RedisResult<String> = match self.conn() {
+                Ok(mut conn) => query(&mut conn, &redis::cmd("PING"), self.timeout()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ping {
+                self.failed(e, None);
+            }
         }
     }
 

@@ -180,6 +180,14 @@ impl SessionStore for FileSessionStore {
         }
         report
     }
+
+    fn info(&self) -> crate::state::StoreInfo {
+        crate::state::StoreInfo {
+            kind: "file",
+            connected: true,
+            location: Some(self.shared.path.display().to_string()),
+        }
+    }
 }
 
 impl Shared {

@@ -320,6 +320,11 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// write; with a memory store, call it now and then.
     fn prune(&self) -> PruneReport;
 
+    /// What kind of store this is and whether it reaches its backend now.
+    fn info(&self) -> crate::state::StoreInfo {
+        crate::state::StoreInfo::memory()
+    }
+
     /// Change a session under the store's lock, creating it if missing.
     /// Returns the session after.
     ///
