@@ -282,6 +282,28 @@ fn print_gateway_status(url: &str, v: &Value) {
         rows.push([text(&c["agent"]), text(&c["active"]), targets.join(" → ")]);
     }
     print_table(&["CHAIN", "ACTIVE", "TARGETS"], &rows);
+    let stores: Vec<[String; 4]> = ["cooldowns", "sessions"]
+        .into_iter()
+        .filter(|name| v["state"][name].is_object())
+        .map(|name| {
+            let s = &v["state"][name];
+            let backend = if s["connected"].as_bool().unwrap_or(true) {
+                "reachable"
+            } else {
+                "UNREACHABLE (local view)"
+            };
+            [
+                name.to_owned(),
+                text(&s["kind"]),
+                text(&s["location"]),
+                backend.to_owned(),
+            ]
+        })
+        .collect();
+    if !stores.is_empty() {
+        println!();
+        print_table(&["STATE", "KIND", "WHERE", "BACKEND"], &stores);
+    }
     let events: Vec<&Value> = v["events"]
         .as_array()
         .into_iter()

@@ -379,6 +379,14 @@ fn the_commands_use_a_running_gateway() {
     assert!(o.status.success(), "{o:?}");
     let table = stdout(&o);
     assert!(table.contains("KEY") && table.contains("CHAIN"), "{table}");
+    let store = table
+        .lines()
+        .find(|l| l.starts_with("cooldowns "))
+        .unwrap_or_default();
+    assert!(
+        store.contains("reachable") && (store.contains("file") || store.contains("memory")),
+        "{table}"
+    );
     assert!(
         table.contains("ollama/llama3.2  cooldown  rate_limit"),
         "{table}"
