@@ -22,6 +22,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_listening(port):
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "redis-server did not listen"
+            time.sleep(0.02)
+
+
 def start_redis():
     port = free_port()
     proc = subprocess.Popen(
@@ -29,14 +40,8 @@ def start_redis():
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            assert time.monotonic() < deadline, "redis-server did not listen"
-            time.sleep(0.02)
+    wait_listening(port)
+    return proc, port
 
 
 def call(method, url, body=None):

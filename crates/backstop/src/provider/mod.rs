@@ -78,7 +78,9 @@ pub struct Upstream {
 
 static INSTALL_CRYPTO: Once = Once::new();
 
-fn install_crypto_provider() {
+/// Install the process's rustls crypto provider (ring) once: HTTPS upstreams and
+/// `rediss://` both need it.
+pub(crate) fn install_crypto_provider() {
     INSTALL_CRYPTO.call_once(|| {
         // Another part of the process may have installed one already: that is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();

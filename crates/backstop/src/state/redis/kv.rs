@@ -71,6 +71,7 @@ impl RedisKv {
             url: redacted.clone(),
             source,
         };
+        crate::provider::install_crypto_provider();
         let client = redis::Client::open(url).map_err(bad)?;
         tokio::runtime::Handle::try_current().map_err(|_| RedisStoreError::NoRuntime)?;
         let timeout = Duration::from_secs(2);

@@ -289,6 +289,7 @@ impl RedisStore {
         options: RedisOptions,
     ) -> Result<RedisStore, RedisStoreError> {
         let redacted = redact_url(url);
+        crate::provider::install_crypto_provider();
         let client = redis::Client::open(url).map_err(|source| RedisStoreError::Url {
             url: redacted.clone(),
             source,

@@ -270,6 +270,7 @@ impl RedisSessionStore {
         options: RedisOptions,
     ) -> Result<RedisSessionStore, RedisStoreError> {
         let redacted = redact_url(url);
+        crate::provider::install_crypto_provider();
         let client = redis::Client::open(url).map_err(|source| RedisStoreError::Url {
             url: redacted.clone(),
             source,
