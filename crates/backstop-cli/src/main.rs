@@ -5,6 +5,7 @@
 //! 1 some failed but every chain has a working target, 2 a chain has none.
 #![forbid(unsafe_code)]
 
+mod chat;
 mod cooldowns;
 mod gateway;
 mod probe;
@@ -86,6 +87,9 @@ enum Command {
         #[command(flatten)]
         at: At,
     },
+    /// A terminal chat on a session, through the running gateway (else one started here):
+    /// /model, /status, /new, and the one-line fallback notices.
+    Chat(chat::Args),
     /// Fire drill: run the configured chain through an incident (outage, 429 storm, …)
     /// against local fake providers, on simulated time, and report what clients saw.
     Simulate(simulate::Args),
@@ -180,6 +184,7 @@ fn main() -> ExitCode {
         },
         Command::Status { json, at } => target(&at).and_then(|t| status::status(&t, json)),
         Command::Simulate(args) => simulate::run(args),
+        Command::Chat(args) => chat::run(args),
     };
     match result {
         Ok(code) => code,

@@ -213,7 +213,7 @@ pub fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
 }
 
 /// A running gateway's `/status` as tables: keys, models, chains, last failovers.
-fn print_gateway_status(url: &str, v: &Value) {
+pub fn print_gateway_status(url: &str, v: &Value) {
     eprintln!("# from the gateway at {url}");
     let text = |x: &Value| x.as_str().map_or_else(|| "-".to_owned(), str::to_owned);
     let num = |x: &Value, digits: usize| {
