@@ -1,10 +1,11 @@
 //! `backstop cooldowns list|clear`: through a running gateway's `/v1/cooldowns`, else
-//! straight in the state dir (`auth-state.json`, under its lock).
+//! straight in the state dir (`auth-state.json`, under its lock) or, with
+//! `state.redis_url`, in Redis.
 
 use crate::gateway::{self, Target};
 use anyhow::{Result, anyhow};
 use backstop::clock::{Clock, SystemClock};
-use backstop::state::{BreakerState, FileStore, Scope, StateStore, file};
+use backstop::state::{BreakerState, Scope};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 
@@ -24,20 +25,14 @@ fn collect(target: &Target) -> Result<(Vec<Value>, String)> {
             .unwrap_or_default();
         return Ok((items, format!("gateway {}", target.url)));
     }
-    let view = file::read_state(&target.state_dir, SystemClock.now_ms())?;
-    for w in &view.warnings {
-        eprintln!(
-            "warning: {}: {w}",
-            file::state_file(&target.state_dir).display()
-        );
-    }
+    let (view, source) = crate::offline::read(target)?;
     let items = view
         .scopes
         .iter()
         .filter(|(_, s)| s.state != BreakerState::Closed)
         .map(|(scope, s)| backstop::state::cooldown_json(scope, s))
         .collect();
-    Ok((items, format!("state dir {}", target.state_dir.display())))
+    Ok((items, source))
 }
 
 pub fn list(target: &Target, as_json: bool) -> Result<ExitCode> {
@@ -131,16 +126,10 @@ pub fn clear(target: &Target, what: &Clear) -> Result<ExitCode> {
             )),
         };
     }
-    let store = FileStore::open(&target.state_dir).map_err(|e| {
-        anyhow!(
-            "cannot open the state dir {}: {e}",
-            target.state_dir.display()
-        )
-    })?;
-    let code = match what {
+    crate::offline::change(target, |store, source| match what {
         Clear::One(s) => {
             if store.clear(s) {
-                println!("cleared {s} (state dir {})", target.state_dir.display());
+                println!("cleared {s} ({source})");
                 ExitCode::SUCCESS
             } else {
                 eprintln!("backstop: no cooldown for {s}");
@@ -150,18 +139,8 @@ pub fn clear(target: &Target, what: &Clear) -> Result<ExitCode> {
         Clear::All => {
             let n = store.snapshot(SystemClock.now_ms()).len();
             store.clear_all();
-            println!(
-                "cleared {n} cooldown(s) (state dir {})",
-                target.state_dir.display()
-            );
+            println!("cleared {n} cooldown(s) ({source})");
             ExitCode::SUCCESS
         }
-    };
-    store.flush_now().map_err(|e| {
-        anyhow!(
-            "cannot write {}: {e}",
-            file::state_file(&target.state_dir).display()
-        )
-    })?;
-    Ok(code)
+    })
 }

@@ -8,6 +8,7 @@
 mod chat;
 mod cooldowns;
 mod gateway;
+mod offline;
 mod probe;
 mod simulate;
 mod status;

@@ -7,7 +7,7 @@ use crate::gateway::{self, Target};
 use anyhow::Result;
 use backstop::clock::{Clock, SystemClock, rfc3339};
 use backstop::failover::Reason;
-use backstop::state::{BreakerSnapshot, BreakerState, Scope, file};
+use backstop::state::{BreakerSnapshot, BreakerState, Scope};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -67,13 +67,7 @@ pub fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = SystemClock.now_ms();
-    let view = file::read_state(&target.state_dir, now)?;
-    for w in &view.warnings {
-        eprintln!(
-            "warning: {}: {w}",
-            file::state_file(&target.state_dir).display()
-        );
-    }
+    let (view, source) = crate::offline::read(target)?;
     let breakers: BTreeMap<&Scope, &BreakerSnapshot> =
         view.scopes.iter().map(|(s, b)| (s, b)).collect();
     let mut order: Vec<String> = Vec::new();
@@ -141,7 +135,6 @@ pub fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
             .collect();
         providers.push(json!({ "id": pid, "profiles": profiles, "models": models }));
     }
-    let source = format!("state dir {}", target.state_dir.display());
     if as_json {
         println!(
             "{}",

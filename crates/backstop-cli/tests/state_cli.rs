@@ -450,3 +450,87 @@ fn the_commands_use_a_running_gateway() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
 }
+
+/// With `state.redis_url` and no gateway running, `cooldowns` and `status` read and clear
+/// the shared Redis that the gateway instances use, not the state dir.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_cooldowns_and_status_use_redis_when_no_gateway_runs() {
+    use backstop::state::redis::{RedisOptions, RedisStore};
+    let redis = backstop_fake::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    // A gateway instance cooled a key in the shared Redis (its window ends in 2100).
+    let clock = Arc::new(ManualClock::new(FAR - 60_000));
+    let instance = RedisStore::connect_with(&redis.url(), clock, RedisOptions::default())
+        .await
+        .unwrap();
+    let scope = Scope::profile_model("ollama", "default", "llama3.2");
+    instance.record_failure(&scope, &penalty(Reason::RateLimit), FAR - 60_000);
+    instance.flush().await;
+
+    let dir = Dir::new("redis");
+    let config = dir.0.join("backstop.json5");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{ server: {{ listen: "127.0.0.1:1" }},
+                 providers: {{ ollama: {{ models: ["llama3.2"] }} }},
+                 state: {{ dir: "{}", redis_url: "{}" }} }}"#,
+            dir.state().display(),
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let source = format!("redis {}", redis.url());
+
+    let o = run(&["cooldowns", "list", "--json", "--config", cfg]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["source"], source.as_str(), "{v}");
+    let items = v["cooldowns"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v}");
+    assert_eq!(items[0]["scope"], "ollama:default/llama3.2");
+    assert_eq!(items[0]["until_ms"], FAR);
+
+    let o = run(&["status", "--json", "--config", cfg]);
+    assert!(o.status.success(), "{o:?}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["source"], source.as_str(), "{v}");
+    assert!(v.to_string().contains("rate_limit"), "{v}");
+
+    let o = run(&[
+        "cooldowns",
+        "clear",
+        "ollama:default/llama3.2",
+        "--config",
+        cfg,
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        stdout(&o).contains(&format!("cleared ollama:default/llama3.2 ({source})")),
+        "{o:?}"
+    );
+    let o = run(&["cooldowns", "list", "--json", "--config", cfg]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["cooldowns"].as_array().unwrap().len(), 0, "{v}");
+    // The running instance hears of it.
+    let start = Instant::now();
+    while instance.get(&scope, FAR - 60_000).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the instance kept the cooldown"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Nothing was written to the state dir.
+    assert!(!dir.state().join("auth-state.json").exists());
+    instance.shutdown().await;
+
+    // Redis gone and no gateway: a clear error, not the state dir.
+    drop(redis);
+    let o = run(&["cooldowns", "list", "--config", cfg]);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot be reached"),
+        "{o:?}"
+    );
+}

@@ -29,10 +29,12 @@ mod gemini;
 mod ids;
 mod openai;
 mod plan;
+mod redis_server;
 mod server;
 pub mod step;
 mod text;
 
 pub use plan::Format;
+pub use redis_server::RedisServer;
 pub use server::{FakeHandle, FakeProvider, Responder};
 pub use step::{ErrorStep, Recorded, Reply, Step, ToolCall, Usage};

@@ -7,52 +7,15 @@
 #![allow(clippy::unwrap_used)]
 
 use backstop::config::{ConfigOrigin, Format, MapEnv, from_str};
-use backstop_fake::{FakeProvider, Step};
+use backstop_fake::{FakeProvider, RedisServer, Step};
 use backstop_server::{AppState, bind, serve_state};
 use serde_json::{Value, json};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}). This test needs it on PATH \
-                     (Debian: apt-get install redis-server; .ci/run installs it). \
-                     To run the other tests without Redis: cargo test -- --skip redis_"
-                )
-            });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        RedisServer { child, port }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn redis_server() -> RedisServer {
+    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn gateway(config: &str) -> (String, Arc<AppState>) {
@@ -85,7 +48,7 @@ async fn chat(client: &reqwest::Client, base: &str) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_key_rate_limited_through_one_gateway_is_skipped_by_the_other() {
-    let redis = RedisServer::start();
+    let redis = redis_server();
     let fake = FakeProvider::start().unwrap();
     let config = format!(
         r#"{{
@@ -157,7 +120,7 @@ async fn redis_a_key_rate_limited_through_one_gateway_is_skipped_by_the_other() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_a_session_pinned_through_one_gateway_is_honoured_by_the_other() {
-    let redis = RedisServer::start();
+    let redis = redis_server();
     let fake = FakeProvider::start().unwrap();
     let config = format!(
         r#"{{

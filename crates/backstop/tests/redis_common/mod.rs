@@ -1,78 +1,28 @@
 //! What the Redis tests share: a throwaway `redis-server` and polling helpers.
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A throwaway `redis-server` on 127.0.0.1.
-pub struct RedisServer {
-    child: Option<Child>,
-    pub port: u16,
-}
+/// A throwaway `redis-server` (from `backstop-fake`), panicking with what to install
+/// when it cannot start.
+pub struct RedisServer(backstop_fake::RedisServer);
 
 impl RedisServer {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        Self::start_on(port)
+        RedisServer(backstop_fake::RedisServer::start().unwrap_or_else(|e| panic!("{e}")))
     }
-
     pub fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}). The Redis store tests need it on PATH \
-                     (Debian: apt-get install redis-server; .ci/run installs it). \
-                     To run the other tests without Redis: cargo test -- --skip redis_"
-                )
-            });
-        let mut server = RedisServer {
-            child: Some(child),
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(Ok(Some(status))) = server.child.as_mut().map(Child::try_wait) {
-                panic!("redis-server exited at start on port {port}: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
+        RedisServer(backstop_fake::RedisServer::start_on(port).unwrap_or_else(|e| panic!("{e}")))
     }
-
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.0.url()
     }
-
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.kill();
     }
-
     /// Start again on the same port, empty (no persistence).
     pub fn restart(&mut self) {
-        self.kill();
-        *self = Self::start_on(self.port);
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.0.restart().unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

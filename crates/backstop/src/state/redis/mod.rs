@@ -378,6 +378,11 @@ impl RedisStore {
         &self.shared.url
     }
 
+    /// Every profile's last use as this instance knows it: `(provider, profile, ms)`, sorted.
+    pub fn usage(&self) -> Vec<(String, String, u64)> {
+        self.shared.cache.usage()
+    }
+
     /// Messages the hot path could not hand to the background task (channel full).
     pub fn dropped_messages(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
