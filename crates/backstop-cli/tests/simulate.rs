@@ -87,9 +87,8 @@ fn outage_backstop_keeps_answering_while_a_direct_client_fails() {
     assert_eq!(f(&r["availability"]["backstop"]["ratio"]), 1.0, "{r:#}");
     let direct = f(&r["availability"]["direct"]["ratio"]);
     assert!((0.6..0.7).contains(&direct), "direct client saw {direct}");
-    // While the fallback is usable a 5xx fails over at once (no same-target retry):
-    // each key once, then the fallback — never more than 3 attempts.
-    assert!(u(&r["attempts"]["max"]) <= 3, "{:#}", r["attempts"]);
+    // Two keys × retry.max_attempts 2, then the fallback: never more than 5 attempts.
+    assert!(u(&r["attempts"]["max"]) <= 5, "{:#}", r["attempts"]);
     assert!(
         u(&r["attempts"]["max"]) >= 3,
         "the outage was noticed: {:#}",
@@ -97,6 +96,7 @@ fn outage_backstop_keeps_answering_while_a_direct_client_fails() {
     );
     // Once the primary's keys are cooling, requests go straight to the fallback.
     assert!(f(&r["attempts"]["mean"]) < 1.5, "{:#}", r["attempts"]);
+    assert!(u(&r["attempts"]["p95"]) <= 2, "{:#}", r["attempts"]);
     // During the outage the fallback served everything; before it, the primary.
     let phases = r["phases"].as_array().unwrap();
     assert_eq!(phases[0]["served"]["openai/gpt-4o"], phases[0]["requests"]);

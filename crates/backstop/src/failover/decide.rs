@@ -30,8 +30,6 @@ pub struct Situation {
     pub attempt: u32,
     /// Another profile of the same model can be tried now.
     pub other_profile_usable: bool,
-    /// Any later target of the chain (another profile, or a later model) can be tried now.
-    pub other_target_usable: bool,
     /// Time left before the request's deadline.
     pub remaining: Duration,
     /// The jittered backoff the next same-target retry would wait.
@@ -88,11 +86,8 @@ pub fn decide(failure: &Failure, policy: &RetryConfig, now: &Situation) -> Actio
             }
         }
         Reason::Overloaded | Reason::ServerError | Reason::Timeout => {
-            // Retrying the same target is the last resort: while anything else in the
-            // chain is usable, fail over at once (no backoff wait, one attempt per request
-            // on a failing target) and let the target's breaker keep others away.
             let wait = now.backoff.max(failure.retry_after.unwrap_or_default());
-            if !failure.silent && can_retry && !now.other_target_usable && wait < now.remaining {
+            if !failure.silent && can_retry && wait < now.remaining {
                 Action::RetrySame { after: wait }
             } else {
                 Action::NextProfile
@@ -121,7 +116,6 @@ mod tests {
     const FIRST: Situation = Situation {
         attempt: 1,
         other_profile_usable: false,
-        other_target_usable: false,
         remaining: Duration::from_secs(60),
         backoff: Duration::from_millis(300),
     };
@@ -154,33 +148,6 @@ mod tests {
                 "{reason}"
             );
         }
-    }
-
-    #[test]
-    fn a_transient_failure_fails_over_at_once_while_another_target_is_usable() {
-        let policy = RetryConfig::default();
-        let elsewhere = Situation {
-            other_target_usable: true,
-            ..FIRST
-        };
-        for (reason, status) in [
-            (Reason::ServerError, Some(503)),
-            (Reason::Overloaded, Some(529)),
-            (Reason::Timeout, None),
-        ] {
-            assert_eq!(
-                decide(&failure(reason, status), &policy, &elsewhere),
-                Action::NextProfile,
-                "{reason}"
-            );
-        }
-        // A rate limit still waits out a short Retry-After to keep the model.
-        let mut f = failure(Reason::RateLimit, Some(429));
-        f.retry_after = Some(Duration::from_secs(2));
-        assert!(matches!(
-            decide(&f, &policy, &elsewhere),
-            Action::RetrySame { .. }
-        ));
     }
 
     #[test]

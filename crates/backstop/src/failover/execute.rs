@@ -556,15 +556,6 @@ impl Engine {
         })
     }
 
-    /// Whether any later target of the plan can be tried now.
-    fn other_target_usable(&self, plan: &AttemptPlan, idx: usize) -> bool {
-        plan.targets[idx + 1..].iter().any(|t| {
-            self.cooldowns
-                .usable_at(&t.model.provider, &t.profile, &t.model.model)
-                .is_none()
-        })
-    }
-
     /// Try one target, retrying it as the decision says.
     async fn try_target(
         &self,
@@ -637,7 +628,6 @@ impl Engine {
             let situation = Situation {
                 attempt,
                 other_profile_usable: self.other_profile_usable(plan, idx),
-                other_target_usable: self.other_target_usable(plan, idx),
                 remaining,
                 backoff,
             };
