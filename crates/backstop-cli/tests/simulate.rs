@@ -94,9 +94,11 @@ fn outage_backstop_keeps_answering_while_a_direct_client_fails() {
         "the outage was noticed: {:#}",
         r["attempts"]
     );
-    // Once the primary's keys are cooling, requests go straight to the fallback.
+    // Once the primary's keys are cooling, requests go straight to the fallback; when their
+    // windows end, one request probes each key once (a failed probe is not retried) and
+    // then takes the fallback: 3 attempts.
     assert!(f(&r["attempts"]["mean"]) < 1.5, "{:#}", r["attempts"]);
-    assert!(u(&r["attempts"]["p95"]) <= 2, "{:#}", r["attempts"]);
+    assert!(u(&r["attempts"]["p95"]) <= 3, "{:#}", r["attempts"]);
     // During the outage the fallback served everything; before it, the primary.
     let phases = r["phases"].as_array().unwrap();
     assert_eq!(phases[0]["served"]["openai/gpt-4o"], phases[0]["requests"]);

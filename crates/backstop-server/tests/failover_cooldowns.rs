@@ -134,6 +134,58 @@ async fn primary_down_for_a_while_then_healthy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_request_that_finds_a_target_failing_retries_it() {
+    let (primary, fallback) = (fake(), fake());
+    // A blip: one 503 on a healthy target is retried (retry.max_attempts 2); the target
+    // cooled at the failure, so concurrent requests went elsewhere meanwhile, and the
+    // retry's success closes it again at once.
+    primary.push(Step::error(503));
+    let gw = Gateway::start(openai_then_anthropic(
+        &primary,
+        &["a"],
+        &fallback,
+        json!({}),
+    ))
+    .await;
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-backstop-model"), Some("openai/gpt-4o"));
+    assert_eq!(r.attempts(), Some(2));
+    assert!(
+        gw.cooldown("openai:a/gpt-4o").await.is_none(),
+        "closed again"
+    );
+
+    // Down for good: the request that finds out retries it once, then falls back.
+    primary.clear();
+    primary.set_default(Step::error(503));
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(
+        r.header("x-backstop-model"),
+        Some("anthropic/claude-sonnet-4-5")
+    );
+    assert_eq!(r.attempts(), Some(3));
+    assert_eq!(primary.requests().len(), 2);
+    let until = cooling_until(
+        &gw,
+        "openai:a/gpt-4o",
+        Duration::from_secs(30),
+        Duration::from_secs(33),
+    )
+    .await;
+    // When its window ends, the probe finds it still failing: a target known to be
+    // failing is not retried, the request falls back at once.
+    gw.clock.set(until + 1);
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(
+        r.header("x-backstop-model"),
+        Some("anthropic/claude-sonnet-4-5")
+    );
+    assert_eq!(r.attempts(), Some(2));
+    assert_eq!(primary.requests().len(), 3, "one probe, not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_whose_every_key_cools_is_skipped_for_the_next_model() {
     let (primary, fallback) = (fake(), fake());
     primary.push_many([bare_429(), bare_429()]);

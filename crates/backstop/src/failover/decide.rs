@@ -30,6 +30,10 @@ pub struct Situation {
     pub attempt: u32,
     /// Another profile of the same model can be tried now.
     pub other_profile_usable: bool,
+    /// The target is already cooling down from another request's failure (or this
+    /// attempt was its half-open probe): it is known to be failing, so it is not
+    /// retried — the request fails over instead.
+    pub target_cooling: bool,
     /// Time left before the request's deadline.
     pub remaining: Duration,
     /// The jittered backoff the next same-target retry would wait.
@@ -87,7 +91,7 @@ pub fn decide(failure: &Failure, policy: &RetryConfig, now: &Situation) -> Actio
         }
         Reason::Overloaded | Reason::ServerError | Reason::Timeout => {
             let wait = now.backoff.max(failure.retry_after.unwrap_or_default());
-            if !failure.silent && can_retry && wait < now.remaining {
+            if !failure.silent && can_retry && !now.target_cooling && wait < now.remaining {
                 Action::RetrySame { after: wait }
             } else {
                 Action::NextProfile
@@ -116,6 +120,7 @@ mod tests {
     const FIRST: Situation = Situation {
         attempt: 1,
         other_profile_usable: false,
+        target_cooling: false,
         remaining: Duration::from_secs(60),
         backoff: Duration::from_millis(300),
     };
@@ -145,6 +150,29 @@ mod tests {
             assert_eq!(
                 decide(&failure(reason, status), &policy, &FIRST),
                 want,
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_target_already_cooling_is_not_retried() {
+        let known_bad = Situation {
+            target_cooling: true,
+            ..FIRST
+        };
+        for (reason, status) in [
+            (Reason::ServerError, Some(503)),
+            (Reason::Overloaded, Some(529)),
+            (Reason::Timeout, None),
+        ] {
+            assert_eq!(
+                decide(
+                    &failure(reason, status),
+                    &RetryConfig::default(),
+                    &known_bad
+                ),
+                Action::NextProfile,
                 "{reason}"
             );
         }

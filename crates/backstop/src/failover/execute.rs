@@ -570,6 +570,8 @@ impl Engine {
             return TargetEnd::Next(Action::NextModel);
         };
         let mut attempt: u32 = 0;
+        // Whether this request's own failure is what cools the target now.
+        let mut cooled_by_me = false;
         loop {
             // Every attempt after a request's first is a retry or a failover: it needs budget.
             if run.attempts > 0 && !self.budget.try_withdraw(self.cooldowns.now_ms()) {
@@ -628,14 +630,15 @@ impl Engine {
             let situation = Situation {
                 attempt,
                 other_profile_usable: self.other_profile_usable(plan, idx),
+                target_cooling: !cooled_by_me && self.cooldowns.usable_at(p, a, m).is_some(),
                 remaining,
                 backoff,
             };
             let action = decide(&failure, &self.config.retry, &situation);
-            // A target we move away from cools down; a rate limit cools down even while we
-            // wait it out, so concurrent requests stop hitting it.
+            // A failed target cools down at once, also while this request retries it, so
+            // concurrent requests stop hitting it: they fail over (see `target_cooling`)
+            // instead of each retrying it. The retry's success closes it again.
             let cooled = match action {
-                Action::RetrySame { .. } if failure.reason != Reason::RateLimit => None,
                 Action::ReturnToClient => {
                     self.cooldowns.on_abandon(p, a, m);
                     None
@@ -661,6 +664,7 @@ impl Engine {
             });
             match action {
                 Action::RetrySame { after } => {
+                    cooled_by_me = true;
                     if !after.is_zero() {
                         let waited = Instant::now();
                         tokio::time::sleep_until((Instant::now() + after).min(run.deadline)).await;
