@@ -1494,3 +1494,21 @@ proptest! {
         prop_assert_eq!(fast, general);
     }
 }
+
+/// Strings with escapes (copied) and without (borrowed) both stay on the fast path.
+#[test]
+fn fast_stream_path_takes_escaped_and_plain_text() {
+    for (chunk, text) in [
+        (
+            r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"plain"},"finish_reason":null}],"usage":null}"#,
+            "plain",
+        ),
+        (
+            r#"{"id":"c\u0031","model":"m","choices":[{"index":0,"delta":{"content":"caf\u00e9 \"q\"\n"},"finish_reason":"stop"}]}"#,
+            "café \"q\"\n",
+        ),
+    ] {
+        let events = StreamDecoder::new().push_fast(chunk).expect("fast path");
+        assert!(events.contains(&StreamEvent::TextDelta { text: text.into() }));
+    }
+}
