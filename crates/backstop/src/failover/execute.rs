@@ -812,7 +812,9 @@ impl Engine {
                     WireFormat::Anthropic => {
                         encode_body(&wire::anthropic::encode_response(&response))
                     }
-                    WireFormat::OpenAi => encode_body(&wire::openai::encode_response(&response)),
+                    WireFormat::OpenAi => {
+                        Bytes::from(wire::openai::encode_response_bytes(&response))
+                    }
                     WireFormat::Gemini => Bytes::new(),
                 };
                 Ok(Answer::Complete { body, response })
