@@ -226,20 +226,24 @@ fn parse_json(bytes: &[u8], max_depth: usize) -> Result<serde_json::Value, Clien
 
 fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ClientError> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string: to its closing quote, stepping over escapes. A long
+                // prompt is most of a body; it is skipped a vector at a time.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[i.min(bytes.len())..]) {
+                        None => return Ok(()),
+                        Some(rel) if bytes[i + rel] == b'\\' => i += rel + 2,
+                        Some(rel) => {
+                            i += rel;
+                            break;
+                        }
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max_depth {
@@ -251,6 +255,7 @@ fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ClientError> {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     Ok(())
 }
@@ -306,6 +311,57 @@ mod tests {
         assert!(check_depth(br#"{"a":[[[1]]]}"#, 3).is_err());
         assert!(check_depth(br#"{"a":"[[[[[[[["}"#, 2).is_ok());
         assert!(check_depth(br#"{"a":"\"[[[[["}"#, 2).is_ok());
+        assert!(check_depth(br#"{"a":"\\"}[[["#, 2).is_err());
+        assert!(check_depth(br#"{"a":"x\\\"[[["}"#, 2).is_ok());
+        assert!(check_depth(br#"{"a":"unterminated [[[["#, 2).is_ok());
+        assert!(check_depth(br#"{"a":"ends in a backslash \"#, 2).is_ok());
+    }
+
+    /// The byte-at-a-time scan `check_depth` replaced: the same verdict on any input.
+    fn check_depth_bytewise(bytes: &[u8], max_depth: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &b in bytes {
+            if in_string {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max_depth {
+                        return false;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        true
+    }
+
+    #[test]
+    fn depth_scan_agrees_with_a_bytewise_scan() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let alphabet = b"\"\\[]{}a";
+        for _ in 0..20_000 {
+            let len = rng.usize(0..40);
+            let body: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(0..alphabet.len())])
+                .collect();
+            let max = rng.usize(0..5);
+            assert_eq!(
+                check_depth(&body, max).is_ok(),
+                check_depth_bytewise(&body, max),
+                "{:?} at {max}",
+                String::from_utf8_lossy(&body)
+            );
+        }
     }
 
     #[test]

@@ -59,6 +59,11 @@ struct ModelHealth {
     ttft_ewma: Option<f64>,
     /// (epoch ms, failure reason or None for success)
     outcomes: VecDeque<(u64, Option<Reason>)>,
+    /// How many of `outcomes` are failures.
+    outcomes_bad: usize,
+    /// Whether `outcomes` is in time order (always, unless the clock went back): the
+    /// ones outside the window are then a prefix, and counting needs no full scan.
+    outcomes_sorted: bool,
     in_flight: i64,
     ok: u64,
     failed: u64,
@@ -95,16 +100,62 @@ impl ModelHealth {
             .front()
             .is_some_and(|(t, _)| now_ms.saturating_sub(*t) > window_ms)
         {
-            self.outcomes.pop_front();
+            self.pop_outcome();
         }
+    }
+
+    fn pop_outcome(&mut self) {
+        if let Some((_, r)) = self.outcomes.pop_front() {
+            self.outcomes_bad -= usize::from(r.is_some());
+        }
+        if self.outcomes.is_empty() {
+            self.outcomes_sorted = true;
+        }
+    }
+
+    fn push_outcome(&mut self, at_ms: u64, failure: Option<Reason>) {
+        if self.outcomes.len() == OUTCOMES {
+            self.pop_outcome();
+        }
+        if self.outcomes.is_empty() {
+            self.outcomes_sorted = true;
+        } else if self.outcomes.back().is_some_and(|(t, _)| *t > at_ms) {
+            self.outcomes_sorted = false;
+        }
+        self.outcomes_bad += usize::from(failure.is_some());
+        self.outcomes.push_back((at_ms, failure));
+    }
+
+    /// (outcomes within the window at `now_ms`, failures among them).
+    fn window_counts(&self, now_ms: u64, window_ms: u64) -> (usize, usize) {
+        let in_window = |t: u64| now_ms.saturating_sub(t) <= window_ms;
+        if !self.outcomes_sorted {
+            let (mut total, mut bad) = (0usize, 0usize);
+            for (t, r) in &self.outcomes {
+                if in_window(*t) {
+                    total += 1;
+                    bad += usize::from(r.is_some());
+                }
+            }
+            return (total, bad);
+        }
+        // In time order: the outcomes outside the window are the oldest ones, at the front.
+        let (mut stale, mut stale_bad) = (0usize, 0usize);
+        for (t, r) in &self.outcomes {
+            if in_window(*t) {
+                break;
+            }
+            stale += 1;
+            stale_bad += usize::from(r.is_some());
+        }
+        (self.outcomes.len() - stale, self.outcomes_bad - stale_bad)
     }
 
     fn error_rate(&self) -> Option<f64> {
         if self.outcomes.is_empty() {
             return None;
         }
-        let bad = self.outcomes.iter().filter(|(_, r)| r.is_some()).count();
-        Some(bad as f64 / self.outcomes.len() as f64)
+        Some(self.outcomes_bad as f64 / self.outcomes.len() as f64)
     }
 
     /// Degraded at `now_ms`: outcomes older than the window are left out without being
@@ -115,13 +166,7 @@ impl ModelHealth {
         }
         let slow = self.latencies.len() >= cfg.min_samples
             && matches!((self.fast_ms, self.baseline_ms), (Some(f), Some(b)) if b > 0.0 && f > cfg.latency_multiple * b);
-        let (mut total, mut bad) = (0usize, 0usize);
-        for (t, r) in &self.outcomes {
-            if now_ms.saturating_sub(*t) <= cfg.window_ms {
-                total += 1;
-                bad += usize::from(r.is_some());
-            }
-        }
+        let (total, bad) = self.window_counts(now_ms, cfg.window_ms);
         let failing =
             total >= cfg.min_samples && total > 0 && bad as f64 / total as f64 > cfg.error_rate;
         slow || failing
@@ -175,7 +220,8 @@ pub struct LastError {
 #[derive(Debug, Default)]
 pub struct Health {
     config: std::sync::RwLock<HealthConfig>,
-    models: Mutex<HashMap<(String, String), ModelHealth>>,
+    /// provider → model → figures (nested, so a lookup by `&str` allocates nothing).
+    models: Mutex<HashMap<String, HashMap<String, ModelHealth>>>,
     events: Mutex<VecDeque<FailoverEvent>>,
     /// Keyed (provider, profile, model): bounded by the configuration's size.
     last_errors: Mutex<HashMap<(String, String, String), LastError>>,
@@ -184,13 +230,14 @@ pub struct Health {
 /// Counts one in-flight attempt until dropped.
 pub struct InFlight<'a> {
     health: &'a Health,
-    key: (String, String),
+    provider: &'a str,
+    model: &'a str,
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.health
-            .with(&self.key.0, &self.key.1, |m| m.in_flight -= 1);
+            .with(self.provider, self.model, |m| m.in_flight -= 1);
     }
 }
 
@@ -213,16 +260,34 @@ impl Health {
 
     fn with<R>(&self, provider: &str, model: &str, f: impl FnOnce(&mut ModelHealth) -> R) -> R {
         let mut map = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (provider.to_string(), model.to_string());
-        f(map.entry(key).or_default())
+        if !map.contains_key(provider) {
+            map.insert(provider.to_string(), HashMap::new());
+        }
+        let Some(models) = map.get_mut(provider) else {
+            return f(&mut ModelHealth::default());
+        };
+        if !models.contains_key(model) {
+            models.insert(model.to_string(), ModelHealth::default());
+        }
+        match models.get_mut(model) {
+            Some(m) => f(m),
+            None => f(&mut ModelHealth::default()),
+        }
+    }
+
+    /// Read one model's figures, if it has any.
+    fn get<R>(&self, provider: &str, model: &str, f: impl FnOnce(&ModelHealth) -> R) -> Option<R> {
+        let map = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(provider).and_then(|m| m.get(model)).map(f)
     }
 
     /// An attempt starts; it counts as in flight until the guard drops.
-    pub fn start(&self, provider: &str, model: &str) -> InFlight<'_> {
+    pub fn start<'a>(&'a self, provider: &'a str, model: &'a str) -> InFlight<'a> {
         self.with(provider, model, |m| m.in_flight += 1);
         InFlight {
             health: self,
-            key: (provider.to_string(), model.to_string()),
+            provider,
+            model,
         }
     }
 
@@ -242,7 +307,7 @@ impl Health {
         self.with(provider, model, |m| {
             m.prune(now_ms, window);
             m.last_attempt_ms = Some(now_ms);
-            push_bounded(&mut m.outcomes, (now_ms, failure), OUTCOMES);
+            m.push_outcome(now_ms, failure);
             match failure {
                 None => {
                     m.ok += 1;
@@ -286,9 +351,8 @@ impl Health {
         if !cfg.enabled {
             return false;
         }
-        let map = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&(provider.to_string(), model.to_string()))
-            .is_some_and(|m| m.degraded(&cfg, now_ms))
+        self.get(provider, model, |m| m.degraded(&cfg, now_ms))
+            .unwrap_or(false)
     }
 
     /// Whether the planner should put this model after healthier ones now: it is degraded
@@ -298,9 +362,8 @@ impl Health {
         if !self.degraded(provider, model, now_ms) {
             return false;
         }
-        let map = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&(provider.to_string(), model.to_string()))
-            .and_then(|m| m.last_attempt_ms)
+        self.get(provider, model, |m| m.last_attempt_ms)
+            .flatten()
             .is_some_and(|t| now_ms.saturating_sub(t) < probe_interval_ms)
     }
 
@@ -385,6 +448,40 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn window_counts_match_a_full_scan_even_when_the_clock_goes_back() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for backwards in [false, true] {
+            let mut m = ModelHealth::default();
+            let mut now = 1_000_000u64;
+            for i in 0..3000 {
+                now += rng.u64(0..400);
+                if backwards && i % 97 == 0 {
+                    now -= rng.u64(0..5000);
+                }
+                let failure = rng.bool().then_some(Reason::ServerError);
+                if i % 5 == 0 {
+                    m.prune(now, 60_000);
+                }
+                m.push_outcome(now, failure);
+                let at = now + rng.u64(0..2000);
+                let naive = m.outcomes.iter().fold((0, 0), |(t, b), (ts, r)| {
+                    if at.saturating_sub(*ts) <= 60_000 {
+                        (t + 1, b + usize::from(r.is_some()))
+                    } else {
+                        (t, b)
+                    }
+                });
+                assert_eq!(m.window_counts(at, 60_000), naive, "step {i}");
+                assert_eq!(
+                    m.outcomes_bad,
+                    m.outcomes.iter().filter(|(_, r)| r.is_some()).count()
+                );
+            }
+            assert!(m.outcomes.len() <= OUTCOMES);
+        }
     }
 
     #[test]

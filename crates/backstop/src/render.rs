@@ -130,11 +130,13 @@ pub fn complete_body(
     if ingress == upstream && upstream != WireFormat::Gemini {
         return body.clone();
     }
-    let v = match ingress {
-        WireFormat::Anthropic => wire::anthropic::encode_response(response),
-        _ => wire::openai::encode_response(response),
-    };
-    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    match ingress {
+        WireFormat::Anthropic => {
+            let v = wire::anthropic::encode_response(response);
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+        }
+        _ => Bytes::from(wire::openai::encode_response_bytes(response)),
+    }
 }
 
 /// The in-band error a client sees when a stream fails after content reached it.

@@ -101,10 +101,7 @@ impl SseParser {
         self.buf.extend_from_slice(chunk);
         loop {
             let len = self.buf.len();
-            let Some(rel) = self.buf[self.search_from..]
-                .iter()
-                .position(|&b| b == b'\n' || b == b'\r')
-            else {
+            let Some(rel) = memchr::memchr2(b'\n', b'\r', &self.buf[self.search_from..]) else {
                 self.search_from = len;
                 break;
             };
@@ -166,7 +163,7 @@ impl SseParser {
             self.at_stream_start = false;
             line = line.strip_prefix(BOM).unwrap_or(line);
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(0) => return None, // a comment
             Some(colon) => {
                 let value = &line[colon + 1..];

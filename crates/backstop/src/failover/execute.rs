@@ -52,7 +52,9 @@ pub struct Call {
 
 /// An answer that reached the commit point.
 pub enum Answer {
-    /// A complete answer: the upstream's bytes and what they mean.
+    /// A complete answer: the upstream's bytes and what they mean. When it was assembled
+    /// from a stream for a client of another format (or from Gemini), `body` is empty:
+    /// that client's body is encoded from `response`.
     Complete {
         body: Bytes,
         response: chat::Response,
@@ -806,15 +808,19 @@ impl Engine {
                             format!("upstream stream could not be assembled: {e}"),
                         )
                     })?;
-                // Gemini has no client side: its answers are always translated from
-                // `response`, so the body only needs to be some faithful rendering.
-                let encoded = match upstream.api() {
-                    WireFormat::Anthropic => wire::anthropic::encode_response(&response),
-                    WireFormat::OpenAi | WireFormat::Gemini => {
-                        wire::openai::encode_response(&response)
+                // The upstream-format body is what a client of the same format gets; any
+                // other client's answer is encoded from `response` (`render::complete_body`),
+                // so it is not built for nothing. Gemini has no client side.
+                let body = match upstream.api() {
+                    api if api != call.ingress => Bytes::new(),
+                    WireFormat::Anthropic => {
+                        encode_body(&wire::anthropic::encode_response(&response))
                     }
+                    WireFormat::OpenAi => {
+                        Bytes::from(wire::openai::encode_response_bytes(&response))
+                    }
+                    WireFormat::Gemini => Bytes::new(),
                 };
-                let body = Bytes::from(serde_json::to_vec(&encoded).unwrap_or_default());
                 Ok(Answer::Complete { body, response })
             }
         }
@@ -940,6 +946,10 @@ fn splice_same_format(
         }
     }
     wire::splice_fields(bytes, &fields).map(Bytes::from)
+}
+
+fn encode_body(v: &serde_json::Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
 /// Read a whole body within the deadline, bounded in size.

@@ -267,7 +267,10 @@ pub fn relay(
             saw_done |= is_done(events);
         }
         while !saw_done {
+            // Events that came in one upstream read leave in one client write: send only
+            // before waiting on the upstream again (nothing is held back that has arrived).
             if !out.is_empty()
+                && !rest.has_ready()
                 && tx
                     .send(Bytes::from(std::mem::take(&mut out)))
                     .await
@@ -326,6 +329,10 @@ pub fn relay(
                 failure.reason,
                 failure.retry_after,
             );
+            // What arrived before the failure reaches the client before any rescue runs.
+            if !out.is_empty() {
+                let _ = tx.send(Bytes::from(std::mem::take(&mut out))).await;
+            }
             let cause = first_cause.get_or_insert(failure).clone();
             let rescued = if rescues < MAX_RESCUES && !delivered.tool_calls {
                 rescue(&engine, &call, &target, &delivered, &tried).await

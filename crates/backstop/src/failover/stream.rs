@@ -82,6 +82,12 @@ impl UpstreamStream {
         }
     }
 
+    /// Whether the next item is ready without reading the upstream again (events of a
+    /// read already made are queued, or the stream has ended).
+    pub fn has_ready(&self) -> bool {
+        self.done || self.eof || !self.queue.is_empty()
+    }
+
     /// The next item. Waits at most the idle timeout for upstream bytes.
     pub async fn next_item(&mut self) -> StreamItem {
         loop {

@@ -1000,6 +1000,104 @@ pub fn encode_response(resp: &chat::Response) -> Value {
     })
 }
 
+/// `serde_json::to_vec(&encode_response(resp))`, written without building a `Value`
+/// (the same bytes: a test compares them).
+pub fn encode_response_bytes(resp: &chat::Response) -> Vec<u8> {
+    use serde::Serialize;
+    #[derive(Serialize)]
+    struct Body<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        model: &'a str,
+        choices: [Choice<'a>; 1],
+        usage: UsageOut,
+    }
+    #[derive(Serialize)]
+    struct Choice<'a> {
+        index: u32,
+        message: Message<'a>,
+        logprobs: (),
+        finish_reason: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Message<'a> {
+        role: &'static str,
+        content: Option<String>,
+        refusal: (),
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<Call<'a>>,
+    }
+    #[derive(Serialize)]
+    struct Call<'a> {
+        id: &'a str,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: Function<'a>,
+    }
+    #[derive(Serialize)]
+    struct Function<'a> {
+        name: &'a str,
+        arguments: &'a str,
+    }
+    #[derive(Serialize)]
+    struct UsageOut {
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        total_tokens: u64,
+        prompt_tokens_details: Details,
+    }
+    #[derive(Serialize)]
+    struct Details {
+        cached_tokens: u64,
+    }
+    let tool_calls: Vec<Call> = resp
+        .content
+        .iter()
+        .filter_map(|p| match p {
+            Part::ToolCall {
+                id,
+                name,
+                arguments,
+            } => Some(Call {
+                id,
+                kind: "function",
+                function: Function { name, arguments },
+            }),
+            _ => None,
+        })
+        .collect();
+    let has_text = resp.content.iter().any(|p| matches!(p, Part::Text { .. }));
+    let content = (has_text || tool_calls.is_empty()).then(|| joined_text_concat(&resp.content));
+    let u = &resp.usage;
+    let body = Body {
+        id: &resp.id,
+        object: "chat.completion",
+        created: resp.created,
+        model: &resp.model,
+        choices: [Choice {
+            index: 0,
+            message: Message {
+                role: "assistant",
+                content,
+                refusal: (),
+                tool_calls,
+            },
+            logprobs: (),
+            finish_reason: finish_to_str(resp.finish_reason.unwrap_or(FinishReason::Stop)),
+        }],
+        usage: UsageOut {
+            prompt_tokens: u.input_tokens,
+            completion_tokens: u.output_tokens,
+            total_tokens: u.input_tokens + u.output_tokens,
+            prompt_tokens_details: Details {
+                cached_tokens: u.cache_read_tokens.unwrap_or(0),
+            },
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 /// The text of an answer: consecutive text parts are pieces of one message.
 fn joined_text_concat(parts: &[Part]) -> String {
     parts
@@ -1288,11 +1386,11 @@ impl StreamDecoder {
 /// both paths give the same events.
 #[derive(Deserialize)]
 struct FastChunk<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
     model: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
     object: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
@@ -1310,19 +1408,19 @@ struct FastChoice<'a> {
     index: Option<u64>,
     #[serde(borrow, default)]
     delta: Option<FastDelta<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
     finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct FastDelta<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
     content: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
     refusal: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
     reasoning_content: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
     reasoning: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     tool_calls: Option<&'a RawValue>,

@@ -1494,3 +1494,65 @@ proptest! {
         prop_assert_eq!(fast, general);
     }
 }
+
+/// Strings with escapes (copied) and without (borrowed) both stay on the fast path.
+#[test]
+fn fast_stream_path_takes_escaped_and_plain_text() {
+    for (chunk, text) in [
+        (
+            r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"plain"},"finish_reason":null}],"usage":null}"#,
+            "plain",
+        ),
+        (
+            r#"{"id":"c\u0031","model":"m","choices":[{"index":0,"delta":{"content":"caf\u00e9 \"q\"\n"},"finish_reason":"stop"}]}"#,
+            "café \"q\"\n",
+        ),
+    ] {
+        let events = StreamDecoder::new().push_fast(chunk).expect("fast path");
+        assert!(events.contains(&StreamEvent::TextDelta { text: text.into() }));
+    }
+}
+
+/// The bytes written directly are the bytes of the `Value` encoding, for every shape.
+#[test]
+fn encode_response_bytes_match_the_value_encoding() {
+    let base = chat::Response {
+        id: "chatcmpl-1".into(),
+        model: "gpt-4o".into(),
+        content: vec![text("Hel"), text("lo \"there\"\n\u{e9}")],
+        finish_reason: Some(FinishReason::Stop),
+        stop_sequence: None,
+        usage: Usage {
+            input_tokens: 12,
+            output_tokens: 5,
+            cache_read_tokens: Some(3),
+            cache_write_tokens: Some(1),
+        },
+        created: 1_795_254_433,
+    };
+    let tools = chat::Response {
+        content: vec![call("c1", "f", "{\"a\":1}"), call("c2", "g", "")],
+        finish_reason: Some(FinishReason::ToolCalls),
+        usage: Usage::default(),
+        ..base.clone()
+    };
+    let mixed = chat::Response {
+        content: vec![text("calling"), call("c1", "f", "{}")],
+        finish_reason: None,
+        ..base.clone()
+    };
+    let empty = chat::Response {
+        id: String::new(),
+        model: String::new(),
+        content: vec![],
+        finish_reason: Some(FinishReason::Length),
+        created: 0,
+        ..base.clone()
+    };
+    for r in [base, tools, mixed, empty] {
+        assert_eq!(
+            String::from_utf8(encode_response_bytes(&r)).unwrap(),
+            serde_json::to_string(&encode_response(&r)).unwrap()
+        );
+    }
+}

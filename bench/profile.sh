@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Instruction counts per request (callgrind), for deciding on hot-path changes on a
+# shared machine where wall-clock figures are noisy and the VM has no hardware counters.
+#
+#   bench/profile.sh [case...]     cases: same_format stream_20 cross_format (default: all)
+#
+# For each case: a fake provider (20-word reply in 20 chunks, recording off) and
+# `backstop serve` under `valgrind --tool=callgrind` (instrumentation off at start: `--instr-atstart=no`);
+# 50 warm-up requests, then instrumentation on for BENCH_PROF_REQUESTS requests
+# (default 2000, wrk -c1 until that many have been answered... approximated by a
+# fixed-count curl-free loop: bench/prof_client.py), then off. Prints the gateway's
+# instructions per request (user space only: the kernel's share is not counted) and
+# leaves callgrind.out.<case> in BENCH_PROF_OUT (default: /tmp/backstop-prof) for
+# `callgrind_annotate`.
+#
+# Environment: CARGO_TARGET_DIR, BENCH_PROF_REQUESTS, BENCH_PROF_OUT, BENCH_PROF_CONNS
+# (concurrent connections of the client, default 1). Builds the release binaries with
+# symbols (CARGO_PROFILE_RELEASE_STRIP=none, DEBUG=line-tables-only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+export CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
+cargo build -q --release --workspace --bins
+target="${CARGO_TARGET_DIR:-target}"
+case "$target" in /*) ;; *) target="$root/$target" ;; esac
+bin="$target/release"
+out="${BENCH_PROF_OUT:-/tmp/backstop-prof}"
+n="${BENCH_PROF_REQUESTS:-2000}"
+conns="${BENCH_PROF_CONNS:-1}"
+mkdir -p "$out"
+cases=("$@")
+[ "${#cases[@]}" -gt 0 ] || cases=(same_format stream_20 cross_format)
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/backstop-prof.XXXXXX")"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -n "${BENCH_PROF_KEEP:-}" ] || rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+wait_line() { # file pattern
+  local i
+  for i in $(seq 1 600); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  cat "$1" >&2
+  echo "bench/profile.sh: timed out waiting for $2 in $1" >&2
+  exit 1
+}
+
+"$bin/backstop-fake" --listen 127.0.0.1:0 >"$tmp/fake.log" 2>&1 &
+pids+=("$!")
+wait_line "$tmp/fake.log" '^listening on http://'
+fake="$(sed -n 's|^listening on http://||p' "$tmp/fake.log" | head -1)"
+words="$(python3 -c "print(' '.join('word%d' % i for i in range(20)))")"
+curl -sf -o /dev/null -X POST "http://$fake/_fake/default" \
+  -d "{\"type\":\"reply\",\"text\":\"$words\",\"chunks\":20}"
+curl -sf -o /dev/null -X POST "http://$fake/_fake/recording" -d '{"on": false}'
+
+cat >"$tmp/backstop.json" <<EOF
+{
+  "server": {"listen": "127.0.0.1:0"},
+  "providers": {
+    "oa": {"api": "openai", "base_url": "http://$fake/v1", "auth": [{"profile": "k0", "key": "sk-bench-k-0000-xxxxxxxxxxxxxxxx"}]},
+    "an": {"api": "anthropic", "base_url": "http://$fake", "auth": [{"profile": "k0", "key": "sk-bench-k-0000-xxxxxxxxxxxxxxxx"}]}
+  },
+  "agents": {
+    "defaults": {"model": {"primary": "oa/m", "fallbacks": []}},
+    "list": [{"id": "cross", "model": {"primary": "an/claude-m", "fallbacks": []}}]
+  },
+  "state": {"dir": "$tmp/state"}
+}
+EOF
+
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/cg.out" \
+  "$bin/backstop" serve --config "$tmp/backstop.json" >"$tmp/backstop.out" 2>"$tmp/backstop.log" &
+vg=$!
+pids+=("$vg")
+wait_line "$tmp/backstop.out" '^listening on http://'
+addr="$(sed -n 's|^listening on http://||p' "$tmp/backstop.out" | head -1)"
+
+for c in "${cases[@]}"; do
+  case "$c" in
+    same_format) model=oa/m stream=false ;;
+    stream_20) model=oa/m stream=true ;;
+    cross_format) model=cross stream=false ;;
+    *) echo "bench/profile.sh: unknown case $c" >&2; exit 2 ;;
+  esac
+  python3 bench/prof_client.py --url "http://$addr/v1/chat/completions" --model "$model" \
+    --stream "$stream" --requests 50 --conns "$conns" >/dev/null
+  callgrind_control -z "$vg" >/dev/null
+  callgrind_control -i on "$vg" >/dev/null
+  python3 bench/prof_client.py --url "http://$addr/v1/chat/completions" --model "$model" \
+    --stream "$stream" --requests "$n" --conns "$conns" >"$tmp/client.out"
+  callgrind_control -i off "$vg" >/dev/null
+  callgrind_control -d "$c" "$vg" >/dev/null
+  sleep 1
+  f="$(ls -t "$tmp"/cg.out* | head -1)"
+  cp "$f" "$out/callgrind.out.$c"
+  total="$(callgrind_annotate "$out/callgrind.out.$c" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)"
+  echo "$c: $(cat "$tmp/client.out"); $total Ir in the gateway; $((total / n)) Ir per request"
+done
