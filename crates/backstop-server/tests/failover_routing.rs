@@ -52,7 +52,7 @@ async fn rotation(step: Step, reason: &str, scope: &str, not_scope: &str) {
         None,
         "a key rotation is not a fallback"
     );
-    assert_eq!(keys_seen(&primary), ["key-a", "key-b"]);
+    assert_eq!(keys_seen(&primary), ["a", "b"]);
     assert!(backup.requests().is_empty());
 
     let listed = gw.cooldowns().await;
@@ -103,7 +103,7 @@ async fn the_rotated_away_key_is_skipped_by_the_next_request() {
 
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.attempts(), Some(1));
-    assert_eq!(keys_seen(&primary), ["key-a", "key-b", "key-b"]);
+    assert_eq!(keys_seen(&primary), ["a", "b", "b"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +175,7 @@ async fn content_policy_is_passed_through_and_never_retried() {
 
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json(), refusal, "the provider's own body, untouched");
-    assert_eq!(keys_seen(&primary), ["key-a"], "tried once, no other key");
+    assert_eq!(keys_seen(&primary), ["a"], "tried once, no other key");
     assert!(backup.requests().is_empty(), "the fallback is never tried");
     assert_eq!(r.attempts(), Some(1));
 }
@@ -290,7 +290,7 @@ async fn a_fallback_answer_carries_the_fallback_headers() {
     );
     assert!(r.header("x-backstop-request-id").is_some());
     assert_eq!(fallback.requests()[0].path, "/v1/messages");
-    assert_eq!(keys_seen(&fallback), ["key-t"]);
+    assert_eq!(keys_seen(&fallback), ["t"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,7 +104,7 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
     assert_eq!(s["events"], json!([]));
 
     // Traffic, plain and streamed: latency figures appear.
-    let r = gw.chat().await;
+    let r = gw.chat_with(&[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-backstop-model"), Some(PRIMARY));
     let r = gw.chat_body(&chat_request(true), &[]).await;
@@ -127,7 +127,7 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
     gw.clock.advance(std::time::Duration::from_secs(60));
     let t_fail = gw.clock.now_ms();
     primary.push(rejected_key());
-    let r = gw.chat().await;
+    let r = gw.chat_with(&[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-backstop-model"), Some(FALLBACK));
     assert_eq!(r.header("x-backstop-fallback"), Some("auth"));
@@ -232,7 +232,7 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
     }
 
     // While it cools: the fallback serves without asking the primary.
-    let r = gw.chat().await;
+    let r = gw.chat_with(&[]).await;
     assert_eq!(r.header("x-backstop-model"), Some(FALLBACK));
     assert_eq!(primary.requests().len(), 3);
     let s = gw.status().await;
@@ -253,7 +253,7 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
     assert_eq!(breaker(&text, "open"), Some(0.0));
 
     // Recovery: the probe succeeds and everything is ok again.
-    let r = gw.chat().await;
+    let r = gw.chat_with(&[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-backstop-model"), Some(PRIMARY));
     let s = gw.status().await;
@@ -312,7 +312,7 @@ async fn a_rate_limited_key_cools_per_model_and_the_metrics_name_the_reason() {
     let (primary, fallback) = (fake(), fake());
     primary.push(Step::rate_limited(20));
     let gw = Gateway::start(two_model_config(&primary, &fallback, json!({}))).await;
-    let r = gw.chat().await;
+    let r = gw.chat_with(&[]).await;
     assert_eq!(r.header("x-backstop-fallback"), Some("rate_limit"));
 
     let s = gw.status().await;

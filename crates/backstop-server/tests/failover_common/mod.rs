@@ -2,7 +2,9 @@
 //! serving an engine on a [`ManualClock`] and a [`MemoryStore`], scripted fake
 //! providers, and readers for what the client and each fake saw.
 //!
-//! Every test binary includes this module and uses a different part of it.
+//! Every test binary includes this module and uses a different part of it; the
+//! operations tests add their status readers and a Chromium driver on top
+//! (`ops_common`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use backstop::clock::ManualClock;
@@ -25,12 +27,21 @@ pub fn fake() -> FakeHandle {
     FakeProvider::start().expect("start fake provider")
 }
 
-/// The key a profile is given: `key-<profile>`.
+/// The key a profile is given: key-shaped (`sk-test-<profile>-0123456789abcdef`), so the
+/// redaction tests can look for it.
 pub fn key_of(profile: &str) -> String {
-    format!("key-{profile}")
+    format!("sk-test-{profile}-0123456789abcdef")
 }
 
-/// An OpenAI-API provider on `fake` with these profiles (key `key-<profile>`) and catalogue.
+/// The profile a key of [`key_of`] belongs to (the key itself when it is not one).
+pub fn profile_of_key(key: &str) -> String {
+    key.strip_prefix("sk-test-")
+        .and_then(|k| k.strip_suffix("-0123456789abcdef"))
+        .unwrap_or(key)
+        .to_string()
+}
+
+/// An OpenAI-API provider on `fake` with these profiles (keys from [`key_of`]) and catalogue.
 pub fn openai_provider(fake: &FakeHandle, profiles: &[&str], models: Value) -> Value {
     provider("openai", fake.openai_base_url(), profiles, models)
 }
@@ -61,7 +72,8 @@ pub fn config(providers: Value, primary: &str, fallbacks: &[&str], overrides: Va
     base
 }
 
-fn merge(base: &mut Value, over: Value) {
+/// Deep-merge `over` into `base` (objects key by key; anything else replaces).
+pub fn merge(base: &mut Value, over: Value) {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {
@@ -80,6 +92,7 @@ fn merge(base: &mut Value, over: Value) {
 /// A running gateway.
 pub struct Gateway {
     pub url: String,
+    pub port: u16,
     pub clock: Arc<ManualClock>,
     pub engine: Arc<Engine>,
     client: reqwest::Client,
@@ -141,7 +154,7 @@ impl Gateway {
             .expect("engine"),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let state = Arc::new(AppState::with_engine(engine.clone()));
         tokio::spawn(async move {
@@ -156,7 +169,8 @@ impl Gateway {
             .build()
             .unwrap();
         Gateway {
-            url,
+            url: format!("http://{addr}"),
+            port: addr.port(),
             clock,
             engine,
             client,
@@ -165,11 +179,23 @@ impl Gateway {
     }
 
     pub async fn post(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
-        let started = Instant::now();
         let mut req = self.client.post(format!("{}{path}", self.url)).json(body);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
+        Self::send(req).await
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self.client.get(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::send(req).await
+    }
+
+    async fn send(req: reqwest::RequestBuilder) -> Reply {
+        let started = Instant::now();
         let resp = req.send().await.expect("gateway answers");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
@@ -185,6 +211,35 @@ impl Gateway {
     /// `POST /v1/chat/completions`.
     pub async fn chat(&self, body: &Value) -> Reply {
         self.post("/v1/chat/completions", body, &[]).await
+    }
+
+    /// `POST /v1/chat/completions` with this body and these headers.
+    pub async fn chat_body(&self, body: &Value, headers: &[(&str, &str)]) -> Reply {
+        self.post("/v1/chat/completions", body, headers).await
+    }
+
+    /// `POST /v1/chat/completions` of [`chat_request`] (not streamed) with these headers.
+    pub async fn chat_with(&self, headers: &[(&str, &str)]) -> Reply {
+        self.chat_body(&chat_request(false), headers).await
+    }
+
+    /// `GET /status` as JSON.
+    pub async fn status(&self) -> Value {
+        let r = self.get("/status", &[("accept", "application/json")]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
+    /// `GET /metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self.get("/metrics", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    }
+
+    /// Move the manual clock to `ms` (epoch); never real time.
+    pub fn set_clock(&self, ms: u64) {
+        self.clock.set(ms);
     }
 
     /// `POST /v1/messages`.
@@ -228,6 +283,11 @@ pub fn openai_request(model: &str, stream: bool) -> Value {
     })
 }
 
+/// An OpenAI Chat Completions request on the default chain.
+pub fn chat_request(stream: bool) -> Value {
+    openai_request("default", stream)
+}
+
 /// An Anthropic Messages request.
 pub fn anthropic_request(model: &str, stream: bool) -> Value {
     json!({
@@ -246,9 +306,13 @@ pub fn models_seen(fake: &FakeHandle) -> Vec<String> {
         .collect()
 }
 
-/// The key of every request a fake received (`Authorization: Bearer` or `x-api-key`).
+/// The profile of every request a fake received, by its key (`Authorization: Bearer` or
+/// `x-api-key`), in order.
 pub fn keys_seen(fake: &FakeHandle) -> Vec<String> {
-    fake.requests().iter().map(key_of_request).collect()
+    fake.requests()
+        .iter()
+        .map(|r| profile_of_key(&key_of_request(r)))
+        .collect()
 }
 
 pub fn key_of_request(r: &Recorded) -> String {
