@@ -334,3 +334,84 @@ async fn a_redirect_never_carries_a_key_to_another_host() {
         "the key followed a redirect to another host"
     );
 }
+
+/// What Azure OpenAI (older API versions) answers to a field it does not know.
+fn refuses_stream_options() -> Step {
+    Step::Error(ErrorStep {
+        status: 400,
+        body: Some(json!({"error": {
+            "message": "Unrecognized request argument supplied: stream_options",
+            "type": "invalid_request_error", "param": null, "code": null}})),
+        ..ErrorStep::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_rejects_stream_options_is_asked_again_without_it_and_remembered() {
+    let (oa, an) = (fake(), fake());
+    let gw = Gateway::start(config(
+        json!({
+            "openai": openai_provider(&oa, &["a"], json!(["gpt-4o"])),
+            "anthropic": anthropic_provider(&an, &["t"], json!(["claude-sonnet-4-5"])),
+        }),
+        "openai/gpt-4o",
+        &["anthropic/claude-sonnet-4-5"],
+        json!({}),
+    ))
+    .await;
+    // A non-streamed request is streamed from the upstream with `stream_options` added by
+    // Backstop; the server refuses the field: asked again at once without it, same target.
+    oa.push(refuses_stream_options());
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.openai_text(), ECHO);
+    assert_eq!(r.header("x-backstop-model"), Some("openai/gpt-4o"));
+    assert_eq!(r.attempts(), Some(2));
+    assert_eq!(r.header("x-backstop-fallback"), None);
+    let sent: Vec<bool> = oa
+        .requests()
+        .iter()
+        .map(|q| q.body.get("stream_options").is_some())
+        .collect();
+    assert_eq!(sent, [true, false]);
+    assert!(
+        gw.cooldown("openai:a/gpt-4o").await.is_none(),
+        "no cooldown for it"
+    );
+    // Remembered: the next requests (non-streamed, and translated from Anthropic) go
+    // without it the first time.
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(r.attempts(), Some(1), "{}", r.body);
+    let r = gw.messages(&anthropic_request("openai/gpt-4o", true)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        oa.requests()
+            .iter()
+            .skip(2)
+            .all(|q| q.body.get("stream_options").is_none())
+    );
+
+    // A client's own `stream_options` that a server refuses is the client's: returned as
+    // the provider sent it, not retried.
+    let (oa2, an2) = (fake(), fake());
+    let gw = Gateway::start(config(
+        json!({
+            "openai": openai_provider(&oa2, &["a"], json!(["gpt-4o"])),
+            "anthropic": anthropic_provider(&an2, &["t"], json!(["claude-sonnet-4-5"])),
+        }),
+        "openai/gpt-4o",
+        &[],
+        json!({}),
+    ))
+    .await;
+    oa2.push(refuses_stream_options());
+    let mut own = openai_request("default", true);
+    own["stream_options"] = json!({"include_usage": true});
+    let r = gw.chat(&own).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body
+            .contains("Unrecognized request argument supplied: stream_options")
+    );
+    assert_eq!(oa2.requests().len(), 1);
+}

@@ -611,6 +611,21 @@ impl Engine {
             if let (Some(ctx), Some(undo)) = (&call.session, &undo) {
                 super::session::after_failure(ctx, undo);
             }
+            if stream_options_refused(call, &upstream, &failure) {
+                tracing::warn!(
+                    request_id = %call.request_id,
+                    provider = %p,
+                    status = failure.status,
+                    "provider rejects `stream_options`: no longer sending it (usage in streams then comes only from a final chunk that carries it); retrying without it"
+                );
+                // An upstream attempt like any other (x-backstop-attempts counts it), but
+                // not a sign of ill health: no cooldown, no health or metrics record.
+                run.failed.push(Attempt {
+                    target: target.clone(),
+                    failure,
+                });
+                continue;
+            }
             self.health.record(p, m, now_ms, took, Some(failure.reason));
             self.health.record_error(
                 p,
@@ -689,10 +704,23 @@ impl Engine {
         model: &str,
     ) -> Result<Bytes, Failure> {
         let same_format = upstream.api() == call.ingress && !call.translate;
+        let stream_options = upstream.sends_stream_options();
+        // The splice keeps the client's fields as they are; a client's own
+        // `stream_options` for a server that rejects it goes through the `Value` path,
+        // which drops it.
+        let keeps_refused_field = upstream.api() == WireFormat::OpenAi
+            && !stream_options
+            && call.raw.get("stream_options").is_some();
         if same_format
+            && !keeps_refused_field
             && let Some(bytes) = &call.raw_bytes
-            && let Some(body) =
-                splice_same_format(bytes, model, call.request.stream, upstream.api())
+            && let Some(body) = splice_same_format(
+                bytes,
+                model,
+                call.request.stream,
+                upstream.api(),
+                stream_options,
+            )
         {
             return Ok(body);
         }
@@ -721,7 +749,7 @@ impl Engine {
             // Stream from the upstream even for a non-streamed answer: time to first token
             // and stalls become visible, and the answer is assembled from the events.
             obj.insert("stream".into(), serde_json::Value::Bool(true));
-            if upstream.api() == WireFormat::OpenAi {
+            if stream_options {
                 obj.insert(
                     "stream_options".into(),
                     serde_json::json!({"include_usage": true}),
@@ -730,7 +758,7 @@ impl Engine {
         }
         // Servers that reject `stream_options` never get it (a translated request adds it).
         if upstream.api() == WireFormat::OpenAi
-            && !crate::provider::openai::accepts_stream_options(&upstream.config.base_url)
+            && !stream_options
             && let Some(obj) = value.as_object_mut()
         {
             obj.remove("stream_options");
@@ -936,16 +964,36 @@ fn splice_same_format(
     model: &str,
     client_streams: bool,
     api: WireFormat,
+    stream_options: bool,
 ) -> Option<Bytes> {
     let model = serde_json::to_string(model).ok()?;
     let mut fields: Vec<(&str, &str)> = vec![("model", &model)];
     if !client_streams {
         fields.push(("stream", "true"));
-        if api == WireFormat::OpenAi {
+        if api == WireFormat::OpenAi && stream_options {
             fields.push(("stream_options", r#"{"include_usage":true}"#));
         }
     }
     wire::splice_fields(bytes, &fields).map(Bytes::from)
+}
+
+/// A 400/422 that names `stream_options`, sent by Backstop (not the client's own): the
+/// server rejects the field. Marks the upstream (first time only: true), so the caller
+/// retries at once without it.
+fn stream_options_refused(call: &Call, upstream: &Upstream, failure: &Failure) -> bool {
+    let clients_own = upstream.api() == call.ingress
+        && !call.translate
+        && call.raw.get("stream_options").is_some();
+    let names_it = failure.message.contains("stream_options")
+        || failure
+            .raw_body
+            .as_ref()
+            .is_some_and(|b| memchr::memmem::find(b, b"stream_options").is_some());
+    matches!(failure.status, Some(400 | 422))
+        && upstream.sends_stream_options()
+        && !clients_own
+        && names_it
+        && upstream.refuse_stream_options()
 }
 
 fn encode_body(v: &serde_json::Value) -> Bytes {
@@ -994,4 +1042,39 @@ fn previous_or(success: &Success, route: &Route) -> String {
         .find(|t| **t != success.target.model)
         .map(ToString::to_string)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(body: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_splice_adds_stream_options_only_where_the_server_takes_it() {
+        let client = br#"{"model":"default","messages":[{"role":"user","content":"hi"}]}"#;
+        let with = splice_same_format(client, "gpt-4o", false, WireFormat::OpenAi, true)
+            .map(|b| fields(&b))
+            .unwrap_or_default();
+        assert_eq!(with["model"], "gpt-4o");
+        assert_eq!(with["stream"], true);
+        assert_eq!(with["stream_options"]["include_usage"], true);
+        // api.mistral.ai, or a server that refused it once: streamed, without the field.
+        let without = splice_same_format(client, "gpt-4o", false, WireFormat::OpenAi, false)
+            .map(|b| fields(&b))
+            .unwrap_or_default();
+        assert_eq!(without["stream"], true);
+        assert!(without.get("stream_options").is_none(), "{without}");
+        // A streaming client's body keeps its own fields; only `model` changes.
+        let streaming = br#"{"model":"default","stream":true,"messages":[]}"#;
+        let kept = splice_same_format(streaming, "m", true, WireFormat::OpenAi, true)
+            .map(|b| fields(&b))
+            .unwrap_or_default();
+        assert_eq!(
+            kept,
+            serde_json::json!({"model":"m","stream":true,"messages":[]})
+        );
+    }
 }

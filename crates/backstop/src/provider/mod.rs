@@ -13,6 +13,7 @@ use crate::chat::WireFormat;
 use crate::config::{AuthProfile, Config, ProviderConfig, Timeouts};
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -74,6 +75,9 @@ pub struct Upstream {
     /// The endpoint parsed once, when it does not depend on the model (OpenAI and
     /// Anthropic): parsing a URL on every request showed in profiles.
     fixed_url: Option<reqwest::Url>,
+    /// This server answered a request carrying `stream_options` with an error naming it:
+    /// it is not sent again (until the config reloads).
+    stream_options_refused: AtomicBool,
 }
 
 static INSTALL_CRYPTO: Once = Once::new();
@@ -117,7 +121,22 @@ impl Upstream {
             config,
             client,
             fixed_url,
+            stream_options_refused: AtomicBool::new(false),
         })
+    }
+
+    /// Whether Backstop adds `stream_options` (usage in a stream) to what it sends this
+    /// OpenAI-compatible server: not to hosts known to reject it
+    /// ([`openai::accepts_stream_options`]), nor once this one refused it.
+    pub fn sends_stream_options(&self) -> bool {
+        self.config.api == WireFormat::OpenAi
+            && openai::accepts_stream_options(&self.config.base_url)
+            && !self.stream_options_refused.load(Ordering::Relaxed)
+    }
+
+    /// The server refused `stream_options`: stop sending it. True the first time.
+    pub fn refuse_stream_options(&self) -> bool {
+        !self.stream_options_refused.swap(true, Ordering::Relaxed)
     }
 
     pub fn id(&self) -> &str {
