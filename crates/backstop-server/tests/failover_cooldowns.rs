@@ -186,6 +186,33 @@ async fn only_the_request_that_finds_a_target_failing_retries_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_target_that_is_cooling_is_still_retried() {
+    // Nowhere else to go: a request that finds the only target cooling probes it (the
+    // soonest usable) and, when that fails, retries it per retry.max_attempts.
+    let primary = fake();
+    primary.push(Step::error(503));
+    primary.push(Step::error(503));
+    let gw = Gateway::start(config(
+        json!({"openai": openai_provider(&primary, &["a"], json!(["gpt-4o"]))}),
+        "openai/gpt-4o",
+        &[],
+        json!({}),
+    ))
+    .await;
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.attempts(), Some(2));
+    assert!(gw.cooldown("openai:a/gpt-4o").await.is_some());
+    // Cooling now; the next request probes it, the probe fails, the retry answers.
+    primary.push(Step::error(503));
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.attempts(), Some(2));
+    assert_eq!(r.openai_text(), ECHO);
+    assert_eq!(primary.requests().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_whose_every_key_cools_is_skipped_for_the_next_model() {
     let (primary, fallback) = (fake(), fake());
     primary.push_many([bare_429(), bare_429()]);

@@ -31,8 +31,8 @@ pub struct Situation {
     /// Another profile of the same model can be tried now.
     pub other_profile_usable: bool,
     /// The target is already cooling down from another request's failure (or this
-    /// attempt was its half-open probe): it is known to be failing, so it is not
-    /// retried — the request fails over instead.
+    /// attempt was its half-open probe) and a later target is usable: it is known to be
+    /// failing, so it is not retried — the request fails over instead.
     pub target_cooling: bool,
     /// Time left before the request's deadline.
     pub remaining: Duration,

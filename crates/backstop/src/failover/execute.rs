@@ -558,6 +558,15 @@ impl Engine {
         })
     }
 
+    /// Whether any later target of the plan can be tried now.
+    fn other_target_usable(&self, plan: &AttemptPlan, idx: usize) -> bool {
+        plan.targets[idx + 1..].iter().any(|t| {
+            self.cooldowns
+                .usable_at(&t.model.provider, &t.profile, &t.model.model)
+                .is_none()
+        })
+    }
+
     /// Try one target, retrying it as the decision says.
     async fn try_target(
         &self,
@@ -647,7 +656,11 @@ impl Engine {
             let situation = Situation {
                 attempt,
                 other_profile_usable: self.other_profile_usable(plan, idx),
-                target_cooling: !cooled_by_me && self.cooldowns.usable_at(p, a, m).is_some(),
+                // Known to be failing and there is somewhere else to go: fail over rather
+                // than retry (a lone target is still retried, as PRODUCT §3.2 says).
+                target_cooling: !cooled_by_me
+                    && self.cooldowns.usable_at(p, a, m).is_some()
+                    && self.other_target_usable(plan, idx),
                 remaining,
                 backoff,
             };
