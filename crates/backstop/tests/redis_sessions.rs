@@ -436,3 +436,52 @@ fn session_keys(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
         })
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_sessions_concurrent_writes_on_one_instance_reach_redis_in_order() {
+    let server = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(T0));
+    let (a, b) = (
+        Arc::new(instance(&server, &clock).await),
+        instance(&server, &clock).await,
+    );
+    // Many requests of one session change the same field at once; each write builds on
+    // the one before it (the replica serialises them), and Redis must see them in that
+    // order — else a later write, arriving first, fails its compare-and-set.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    a.update("busy", &mut |s| {
+                        let n = s.fallback_notice.as_deref().map_or(0, str::len);
+                        s.fallback_notice = Some("x".repeat(n + 1));
+                    });
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    a.flush().await;
+    let mut conn = redis(&server).await;
+    let stored: String = redis::cmd("HGET")
+        .arg("backstop:session:busy")
+        .arg("fallbackNotice")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.len(),
+        800 + 2,
+        "every write landed (a JSON string of 800 x)"
+    );
+    assert_eq!(a.get("busy").unwrap().fallback_notice.unwrap().len(), 800);
+    wait_for("B never saw the last write", &b, "busy", |s| {
+        s.and_then(|s| s.fallback_notice.as_ref().map(String::len)) == Some(800)
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -107,6 +107,10 @@ struct Shared {
     changed: Notify,
     /// Local writes per session not yet applied in Redis: a reload must not undo them.
     pending: Mutex<HashMap<String, u32>>,
+    /// Held from a write's local change until it is queued for the writer, so writes
+    /// reach Redis in the order they were made locally (each one's compare-and-set
+    /// expects what the one before it left).
+    write_order: Mutex<()>,
     /// Messages the full channel refused (the hot path never waits).
     dropped: AtomicU64,
     dropped_warned: AtomicBool,
@@ -289,6 +293,7 @@ impl RedisSessionStore {
             syncs: AtomicU64::new(0),
             changed: Notify::new(),
             pending: Mutex::new(HashMap::new()),
+            write_order: Mutex::new(()),
             dropped: AtomicU64::new(0),
             dropped_warned: AtomicBool::new(false),
         });
@@ -375,6 +380,9 @@ impl SessionStore for RedisSessionStore {
     fn modify(&self, id: &str, f: &mut dyn FnMut(&mut Option<Session>)) -> Option<Session> {
         let mut before = None;
         let mut after = None;
+        // One write at a time from its local change to the queue (never waits on Redis:
+        // the send does not block).
+        let _order = lock(&self.shared.write_order);
         // Count the write as pending before it lands locally, so a reload racing it
         // cannot put the older Redis value back over it.
         *lock(&self.shared.pending).entry(id.to_owned()).or_insert(0) += 1;
