@@ -268,16 +268,7 @@ impl RedisStore {
     ) -> Result<RedisStore, RedisStoreError> {
         let wait = options.command_timeout;
         let store = Self::start(url, clock, options)?;
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let changed = store.shared.changed.notified();
-            if store.is_ready() {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                break;
-            }
-        }
+        wait_ready(&store.shared.changed, wait, || store.is_ready()).await;
         Ok(store)
     }
 
@@ -288,14 +279,7 @@ impl RedisStore {
         clock: Arc<dyn Clock>,
         options: RedisOptions,
     ) -> Result<RedisStore, RedisStoreError> {
-        let redacted = redact_url(url);
-        crate::provider::install_crypto_provider();
-        let client = redis::Client::open(url).map_err(|source| RedisStoreError::Url {
-            url: redacted.clone(),
-            source,
-        })?;
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| RedisStoreError::NoRuntime)?;
+        let (client, runtime, redacted) = open_client(url)?;
         let shared = Arc::new(Shared {
             cache: MemoryStore::new(),
             clock,
@@ -577,6 +561,32 @@ impl RedisStore {
             },
         );
         closed
+    }
+}
+
+/// A client for `url` (not connected yet), the runtime to run a store's tasks on, and
+/// the URL as logs may show it. Fails on a malformed URL or outside a tokio runtime.
+fn open_client(
+    url: &str,
+) -> Result<(redis::Client, tokio::runtime::Handle, String), RedisStoreError> {
+    let redacted = redact_url(url);
+    crate::provider::install_crypto_provider();
+    let client = redis::Client::open(url).map_err(|source| RedisStoreError::Url {
+        url: redacted.clone(),
+        source,
+    })?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| RedisStoreError::NoRuntime)?;
+    Ok((client, runtime, redacted))
+}
+
+/// Wait until `ready` holds (re-checked whenever `changed` is notified), at most `wait`.
+async fn wait_ready(changed: &Notify, wait: Duration, ready: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = changed.notified();
+        if ready() || tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -38,7 +38,7 @@
 use super::events::{Heard, Listener, listen};
 use super::sync::SCAN_COUNT;
 use super::task::{connect, is_outage, query, query_pipe, scan, timed_out};
-use super::{RedisOptions, RedisStoreError, redact_url, scripts};
+use super::{RedisOptions, RedisStoreError, open_client, scripts, wait_ready};
 use crate::clock::Clock;
 use crate::state::session::{
     MemorySessionStore, PruneReport, Session, SessionLimits, SessionStore,
@@ -252,16 +252,7 @@ impl RedisSessionStore {
     ) -> Result<RedisSessionStore, RedisStoreError> {
         let wait = options.command_timeout;
         let store = Self::start(url, clock, limits, options)?;
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let changed = store.shared.changed.notified();
-            if store.is_ready() {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                break;
-            }
-        }
+        wait_ready(&store.shared.changed, wait, || store.is_ready()).await;
         Ok(store)
     }
 
@@ -273,14 +264,7 @@ impl RedisSessionStore {
         limits: SessionLimits,
         options: RedisOptions,
     ) -> Result<RedisSessionStore, RedisStoreError> {
-        let redacted = redact_url(url);
-        crate::provider::install_crypto_provider();
-        let client = redis::Client::open(url).map_err(|source| RedisStoreError::Url {
-            url: redacted.clone(),
-            source,
-        })?;
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| RedisStoreError::NoRuntime)?;
+        let (client, runtime, redacted) = open_client(url)?;
         let shared = Arc::new(Shared {
             replica: MemorySessionStore::new(clock, limits),
             instance: format!("{}-{:08x}", std::process::id(), fastrand::u32(..)),
