@@ -7,6 +7,7 @@
 //! engine's clock, so tests drive it on a manual clock.
 
 use crate::failover::Reason;
+use crate::sync::lock;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -259,7 +260,7 @@ impl Health {
     }
 
     fn with<R>(&self, provider: &str, model: &str, f: impl FnOnce(&mut ModelHealth) -> R) -> R {
-        let mut map = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.models);
         if !map.contains_key(provider) {
             map.insert(provider.to_string(), HashMap::new());
         }
@@ -277,7 +278,7 @@ impl Health {
 
     /// Read one model's figures, if it has any.
     fn get<R>(&self, provider: &str, model: &str, f: impl FnOnce(&ModelHealth) -> R) -> Option<R> {
-        let map = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        let map = lock(&self.models);
         map.get(provider).and_then(|m| m.get(model)).map(f)
     }
 
@@ -402,7 +403,7 @@ impl Health {
 
     /// Remember the last failure of a provider × profile × model.
     pub fn record_error(&self, provider: &str, profile: &str, model: &str, error: LastError) {
-        let mut map = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.last_errors);
         map.insert(
             (provider.to_string(), profile.to_string(), model.to_string()),
             error,
@@ -416,7 +417,7 @@ impl Health {
         profile: Option<&str>,
         model: Option<&str>,
     ) -> Option<LastError> {
-        let map = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
+        let map = lock(&self.last_errors);
         map.iter()
             .filter(|((p, a, m), _)| {
                 p == provider && profile.is_none_or(|x| x == a) && model.is_none_or(|x| x == m)
@@ -427,7 +428,7 @@ impl Health {
     }
 
     pub fn push_event(&self, event: FailoverEvent) {
-        let mut q = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = lock(&self.events);
         push_bounded(&mut q, event, EVENTS);
     }
 

@@ -22,6 +22,7 @@ pub mod render;
 pub mod secret;
 pub mod sse;
 pub mod state;
+mod sync;
 pub mod wire;
 
 pub use chat::WireFormat;

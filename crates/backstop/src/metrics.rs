@@ -11,6 +11,7 @@
 //! reasons, statuses — never a request id or a key. A small hand-written registry:
 //! one mutex per family, held for a map update only.
 
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -31,13 +32,13 @@ struct Counter {
 
 impl Counter {
     fn inc(&self, labels: Labels) {
-        let mut v = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = lock(&self.values);
         *v.entry(labels).or_insert(0) += 1;
     }
 
     fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        let v = lock(&self.values);
         for (labels, n) in v.iter() {
             let _ = writeln!(out, "{name}{} {n}", fmt_labels(labels, None));
         }
@@ -59,7 +60,7 @@ struct Histogram {
 impl Histogram {
     fn observe(&self, labels: Labels, d: Duration) {
         let secs = d.as_secs_f64();
-        let mut v = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = lock(&self.values);
         let h = v.entry(labels).or_default();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
             h.counts[i] += 1;
@@ -70,7 +71,7 @@ impl Histogram {
 
     fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let v = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        let v = lock(&self.values);
         for (labels, h) in v.iter() {
             let mut cumulative = 0;
             for (i, b) in BUCKETS.iter().enumerate() {

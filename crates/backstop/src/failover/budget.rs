@@ -11,6 +11,7 @@
 
 use crate::clock::duration_ms;
 use crate::config::RetryConfig;
+use crate::sync::lock;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -105,7 +106,7 @@ impl RetryBudget {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, [Bucket; BUCKETS]> {
         // The counters stay consistent even if a holder panicked: every update is one `+= 1`.
-        self.buckets.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.buckets)
     }
 }
 

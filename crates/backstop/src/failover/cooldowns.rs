@@ -12,6 +12,7 @@ use super::failure::Reason;
 use crate::clock::{Clock, duration_ms};
 use crate::config::CooldownConfig;
 use crate::state::{BreakerSnapshot, StateStore};
+use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -139,7 +140,7 @@ impl Cooldowns {
             ladder,
             retry_after: retry_after.filter(|_| is_transient(reason)),
             max_retry_after: self.max_retry_after,
-            jitter: self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64(),
+            jitter: lock(&self.rng).f64(),
             failure_window_ms: self.config.failure_window_ms,
             probe_interval_ms: self.config.probe_interval_ms,
         };

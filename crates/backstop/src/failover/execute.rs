@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::provider::{Upstream, Upstreams, anthropic::DEFAULT_MAX_TOKENS};
 use crate::sse::SseEvent;
 use crate::state::{Admission, MemoryStore, StateStore};
+use crate::sync::lock;
 use crate::wire;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
@@ -462,7 +463,7 @@ impl Engine {
                 .unwrap_or_default()
         });
         let previous = {
-            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            let mut active = lock(&self.active);
             active.insert(agent, success.target.model.clone())
         };
         let session_had_notice = call
@@ -650,7 +651,7 @@ impl Engine {
             self.metrics.attempt(p, m, failure.reason.as_str(), took);
             let remaining = run.deadline.saturating_duration_since(Instant::now());
             let backoff = {
-                let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+                let mut rng = lock(&self.rng);
                 super::backoff::backoff(self.config.retry.backoff_ms, attempt - 1, &mut rng)
             };
             let situation = Situation {

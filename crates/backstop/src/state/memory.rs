@@ -6,9 +6,10 @@
 
 use super::{Admission, BreakerSnapshot, Penalty, Scope, StateStore};
 use crate::failover::breaker::Breaker;
+use crate::sync::lock;
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 /// Breakers and usage times in memory.
 ///
@@ -75,11 +76,6 @@ impl MemoryStore {
         self.len.store(map.len(), Ordering::Release);
         out
     }
-}
-
-/// Lock, recovering from poisoning: every update leaves the maps consistent.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl StateStore for MemoryStore {

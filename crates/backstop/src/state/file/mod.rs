@@ -31,10 +31,11 @@ use self::io::{Locked, Paths, Read, Stamp};
 use self::merge::{Delta, Record, TOMBSTONE_TTL_MS, merge_scope};
 use super::{Admission, BreakerSnapshot, MemoryStore, Penalty, Scope, StateStore};
 use crate::clock::{Clock, SystemClock};
+use crate::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -94,10 +95,6 @@ enum Sync {
     Merge,
     /// Startup: read the file into memory, never write.
     Load,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl FileStore {

@@ -54,9 +54,10 @@ use layout::{Keys, parse_breaker, rungs};
 use super::{Admission, BreakerSnapshot, MemoryStore, Penalty, Scope, StateStore};
 use crate::clock::{Clock, SystemClock};
 use crate::failover::Reason;
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -588,11 +589,6 @@ async fn wait_ready(changed: &Notify, wait: Duration, ready: impl Fn() -> bool) 
             return;
         }
     }
-}
-
-/// Lock, recovering from poisoning: every update leaves the maps consistent.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -43,12 +43,13 @@ use crate::clock::Clock;
 use crate::state::session::{
     MemorySessionStore, PruneReport, Session, SessionLimits, SessionStore,
 };
+use crate::sync::lock;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -150,11 +151,6 @@ impl Shared {
             None => self.replica.forget(id),
         }
     }
-}
-
-/// Lock, recovering from poisoning: every critical section leaves its data consistent.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One field of a write: set `field` from `expected` to `new` (`None` = absent).

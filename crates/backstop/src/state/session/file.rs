@@ -11,6 +11,7 @@
 use super::memory::MemorySessionStore;
 use super::{PruneReport, Session, SessionLimits, SessionStore};
 use crate::clock::Clock;
+use crate::sync::lock;
 use serde_json::{Map, Value};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -192,7 +193,7 @@ impl SessionStore for FileSessionStore {
 
 impl Shared {
     fn flush(&self) -> io::Result<PruneReport> {
-        let _one = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = lock(&self.write_lock);
         // Changes from here on wake the writer again.
         self.pending.store(false, Ordering::Release);
         let (text, report) = self.mem.prune_encode();

@@ -3,9 +3,10 @@
 
 use super::{PruneReport, Session, SessionLimits, SessionStore};
 use crate::clock::Clock;
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// Sessions in memory.
 ///
@@ -25,11 +26,6 @@ pub struct MemorySessionStore {
     limits: SessionLimits,
     sessions: Mutex<HashMap<String, Session>>,
     evictions: AtomicU64,
-}
-
-/// Lock, recovering from poisoning: every update leaves the map consistent.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl MemorySessionStore {
