@@ -14,7 +14,7 @@ use redis_common::{RedisServer, sleep_ms, within};
 use backstop::clock::{Clock, ManualClock};
 use backstop::config::Ladder;
 use backstop::failover::Reason;
-use backstop::state::redis::{RedisKv, RedisOptions, RedisStore};
+use backstop::state::redis::{RedisOptions, RedisStore};
 use backstop::state::{Admission, BreakerState, Penalty, Scope, StateStore};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -386,61 +386,4 @@ async fn redis_store_starts_while_redis_is_down_and_joins_later() {
     );
     a.shutdown().await;
     b.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_kv_sets_gets_and_compares_and_sets() {
-    let server = RedisServer::start();
-    let kv = RedisKv::open(&server.url(), "test:").unwrap();
-    assert_eq!(kv.get_json::<serde_json::Value>("s1").await.unwrap(), None);
-    let v = serde_json::json!({"profile_override": "work", "n": 1});
-    kv.set_json("s1", &v, Some(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert_eq!(
-        kv.get_json::<serde_json::Value>("s1").await.unwrap(),
-        Some(v.clone())
-    );
-    let raw = kv.get_raw("s1").await.unwrap();
-    // A stale expectation loses; the current one wins.
-    assert!(
-        !kv.compare_and_set_raw("s1", Some("{}"), Some("{\"n\":9}"), None)
-            .await
-            .unwrap()
-    );
-    assert!(
-        kv.compare_and_set_raw("s1", raw.as_deref(), Some("{\"n\":2}"), None)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !kv.compare_and_set_raw("s2", Some("x"), Some("y"), None)
-            .await
-            .unwrap()
-    );
-    assert!(
-        kv.compare_and_set_raw("s2", None, Some("y"), None)
-            .await
-            .unwrap()
-    );
-    // Concurrent read-modify-writes all land.
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let kv = kv.clone();
-            tokio::spawn(async move {
-                kv.update_json(
-                    "counter",
-                    Some(Duration::from_secs(60)),
-                    |n: Option<u64>| Some(n.unwrap_or(0) + 1),
-                )
-                .await
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap().unwrap();
-    }
-    assert_eq!(kv.get_json::<u64>("counter").await.unwrap(), Some(20));
-    assert!(kv.delete("counter").await.unwrap());
-    assert!(!kv.delete("counter").await.unwrap());
 }

@@ -37,7 +37,6 @@
 //! locally open scope is merged into Redis and the others are pulled.
 
 mod events;
-mod kv;
 mod layout;
 mod probes;
 mod scripts;
@@ -45,7 +44,6 @@ mod sessions;
 mod sync;
 mod task;
 
-pub use kv::{KvError, RedisKv};
 pub use layout::redact_url;
 pub use sessions::RedisSessionStore;
 

@@ -204,31 +204,6 @@ return 1
     )
 });
 
-/// Compare-and-set on a string key. KEYS: key. ARGV: has_expected (0/1), expected,
-/// has_new (0/1), new, ttl_ms (0 = none). Returns 1 when swapped.
-pub(super) static COMPARE_AND_SET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local cur = redis.call('GET', KEYS[1])
-if ARGV[1] == '1' then
-  if cur ~= ARGV[2] then return 0 end
-elseif cur then
-  return 0
-end
-if ARGV[3] == '1' then
-  if ARGV[5] ~= '0' then
-    redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
-  else
-    redis.call('SET', KEYS[1], ARGV[4])
-  end
-else
-  redis.call('DEL', KEYS[1])
-end
-return 1
-"#,
-    )
-});
-
 /// A session write ([`super::sessions`]): compare-and-set field by field.
 ///
 /// A session is a hash under `<prefix>session:<id>`: one field per key of its
