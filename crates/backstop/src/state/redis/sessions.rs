@@ -37,14 +37,13 @@
 
 use super::events::{Heard, Listener, listen};
 use super::sync::SCAN_COUNT;
-use super::task::{connect, is_outage, query, query_pipe, scan, timed_out};
+use super::task::{Link, invoke, is_outage, push_bounded, query, query_pipe, scan};
 use super::{RedisOptions, RedisStoreError, open_client, scripts, wait_ready};
 use crate::clock::Clock;
 use crate::state::session::{
     MemorySessionStore, PruneReport, Session, SessionLimits, SessionStore,
 };
 use crate::sync::lock;
-use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -423,35 +422,27 @@ impl SessionStore for RedisSessionStore {
 /// resync and reconnect goes through it, in order.
 struct Writer {
     shared: Arc<Shared>,
-    client: redis::Client,
-    conn: Option<ConnectionManager>,
+    link: Link,
     rx: mpsc::Receiver<Op>,
     /// Writes waiting for Redis to come back.
     queue: VecDeque<Op>,
     /// Usage times not yet sent (coalesced).
     used: HashMap<String, u64>,
-    next_retry: Instant,
     next_resync: Instant,
     next_ping: Instant,
-    down_logged: bool,
-    overflow_logged: bool,
 }
 
 impl Writer {
     fn new(shared: Arc<Shared>, client: redis::Client, rx: mpsc::Receiver<Op>) -> Self {
         let now = Instant::now();
         Writer {
+            link: Link::new(client, &shared.options),
             shared,
-            client,
-            conn: None,
             rx,
             queue: VecDeque::new(),
             used: HashMap::new(),
-            next_retry: now,
             next_resync: now,
             next_ping: now,
-            down_logged: false,
-            overflow_logged: false,
         }
     }
 
@@ -480,20 +471,6 @@ impl Writer {
         self.shared.changed.notify_waiters();
     }
 
-    fn up(&self) -> bool {
-        self.conn.is_some()
-    }
-
-    fn timeout(&self) -> Duration {
-        self.shared.options.command_timeout
-    }
-
-    fn conn(&self) -> RedisResult<ConnectionManager> {
-        self.conn
-            .clone()
-            .ok_or_else(|| RedisError::from(std::io::Error::from(std::io::ErrorKind::NotConnected)))
-    }
-
     async fn handle(&mut self, op: Op) {
         match op {
             Op::Used { id, at_ms } => {
@@ -501,13 +478,13 @@ impl Writer {
                 *t = (*t).max(at_ms);
             }
             Op::Flush(reply) | Op::Shutdown(reply) => {
-                if self.up() {
+                if self.link.up() {
                     self.flush_used().await;
                 }
                 let _ = reply.send(());
             }
             Op::Refresh(id) => {
-                if self.up() {
+                if self.link.up() {
                     let result = match &id {
                         Some(id) => self.refresh(id).await,
                         None => self.full_sync().await,
@@ -518,7 +495,7 @@ impl Writer {
                 }
             }
             op @ Op::Write { .. } => {
-                if self.up() {
+                if self.link.up() {
                     if let Err(e) = self.apply(&op).await {
                         self.failed(e, Some(op));
                     }
@@ -538,20 +515,20 @@ impl Writer {
                 op => self.handle(op).await,
             }
         }
-        if self.up() {
+        if self.link.up() {
             self.flush_used().await;
         }
     }
 
     async fn on_tick(&mut self) {
-        if !self.up() {
-            if Instant::now() >= self.next_retry {
+        if !self.link.up() {
+            if self.link.retry_due() {
                 self.reconnect().await;
             }
             return;
         }
         self.flush_used().await;
-        if !self.up() {
+        if !self.link.up() {
             return;
         }
         let now = Instant::now();
@@ -562,8 +539,8 @@ impl Writer {
         } else if now >= self.next_ping {
             // Idle: notice an outage (for /status) without waiting for the next write.
             self.next_ping = now + self.shared.options.retry_interval;
-            let ping: RedisResult<String> = match self.conn() {
-                Ok(mut conn) => query(&mut conn, &redis::cmd("PING"), self.timeout()).await,
+            let ping: RedisResult<String> = match self.link.conn() {
+                Ok(mut conn) => query(&mut conn, &redis::cmd("PING"), self.link.timeout()).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = ping {
@@ -573,19 +550,15 @@ impl Writer {
     }
 
     async fn reconnect(&mut self) {
-        let conn = match connect(&self.client, self.timeout()).await {
-            Ok(conn) => conn,
-            Err(e) => return self.go_down(&e),
-        };
-        self.conn = Some(conn);
+        if let Err(e) = self.link.connect().await {
+            return self.go_down(&e);
+        }
         if let Err(e) = self.reconcile().await {
             return self.failed(e, None);
         }
-        if self.down_logged {
+        if self.link.recovered() {
             tracing::info!(redis = %self.shared.url, "Redis is reachable again: session changes pushed, shared sessions pulled");
         }
-        self.down_logged = false;
-        self.overflow_logged = false;
         self.shared.connected.store(true, Ordering::Release);
         self.shared.changed.notify_waiters();
     }
@@ -629,10 +602,7 @@ impl Writer {
                 .arg(c.expected.as_deref().unwrap_or(""))
                 .arg(c.new.as_deref().unwrap_or(""));
         }
-        let mut conn = self.conn()?;
-        let fields: Vec<String> = tokio::time::timeout(self.timeout(), inv.invoke_async(&mut conn))
-            .await
-            .unwrap_or_else(|_| Err(timed_out()))?;
+        let fields: Vec<String> = invoke(&mut self.link.conn()?, &inv, self.link.timeout()).await?;
         self.shared.done(id);
         self.shared.load(id, &fields);
         Ok(())
@@ -646,17 +616,13 @@ impl Writer {
     }
 
     fn enqueue(&mut self, op: Op) {
-        if self.queue.len() >= self.shared.options.queue_limit.max(1)
-            && let Some(oldest) = self.queue.pop_front()
-        {
+        if let Some(oldest) = push_bounded(&mut self.queue, op, self.shared.options.queue_limit) {
             self.finish(&oldest);
-            if !self.overflow_logged {
-                self.overflow_logged = true;
+            if self.link.overflowed() {
                 tracing::warn!(redis = %self.shared.url, limit = self.shared.options.queue_limit,
                     "Redis session store: too many changes queued while Redis is down; dropping the oldest");
             }
         }
-        self.queue.push_back(op);
     }
 
     fn failed(&mut self, e: RedisError, op: Option<Op>) {
@@ -674,12 +640,10 @@ impl Writer {
     }
 
     fn go_down(&mut self, e: &RedisError) {
-        self.conn = None;
-        self.next_retry = Instant::now() + self.shared.options.retry_interval;
+        let new_outage = self.link.lose();
         self.shared.connected.store(false, Ordering::Release);
         self.shared.changed.notify_waiters();
-        if !self.down_logged {
-            self.down_logged = true;
+        if new_outage {
             tracing::warn!(redis = %self.shared.url, error = %e,
                 "Redis is unreachable: sessions are served from this instance's replica (changes are queued) until it returns");
         }
@@ -695,10 +659,8 @@ impl Writer {
         for (id, at) in &used {
             inv.key(self.shared.key(id)).arg(*at);
         }
-        let result: RedisResult<i64> = match self.conn() {
-            Ok(mut conn) => tokio::time::timeout(self.timeout(), inv.invoke_async(&mut conn))
-                .await
-                .unwrap_or_else(|_| Err(timed_out())),
+        let result: RedisResult<i64> = match self.link.conn() {
+            Ok(mut conn) => invoke(&mut conn, &inv, self.link.timeout()).await,
             Err(e) => Err(e),
         };
         if let Err(e) = result {
@@ -709,9 +671,9 @@ impl Writer {
 
     /// Reload one session (another instance changed it).
     async fn refresh(&mut self, id: &str) -> RedisResult<()> {
-        let mut conn = self.conn()?;
+        let mut conn = self.link.conn()?;
         let cmd = redis::cmd("HGETALL").arg(self.shared.key(id)).to_owned();
-        let fields: Vec<String> = query(&mut conn, &cmd, self.timeout()).await?;
+        let fields: Vec<String> = query(&mut conn, &cmd, self.link.timeout()).await?;
         self.shared.load(id, &fields);
         Ok(())
     }
@@ -721,14 +683,14 @@ impl Writer {
     /// marker: if Redis forgot it (restarted empty), put back the sessions held here.
     async fn full_sync(&mut self) -> RedisResult<()> {
         self.next_resync = Instant::now() + self.shared.options.session_resync_interval;
-        let mut conn = self.conn()?;
+        let mut conn = self.link.conn()?;
         let marker = self.shared.marker();
         let ttl = self.shared.options.session_resync_interval * 3;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let known: i64 = query(
             &mut conn,
             redis::cmd("PEXPIRE").arg(&marker).arg(ttl_ms),
-            self.timeout(),
+            self.link.timeout(),
         )
         .await?;
         if known == 0 {
@@ -739,19 +701,19 @@ impl Writer {
             let _: () = query(
                 &mut conn,
                 redis::cmd("SET").arg(&marker).arg(1).arg("PX").arg(ttl_ms),
-                self.timeout(),
+                self.link.timeout(),
             )
             .await?;
         }
         let prefix = format!("{}session:", self.shared.prefix);
-        let keys = scan(&mut conn, &format!("{prefix}*"), self.timeout()).await?;
+        let keys = scan(&mut conn, &format!("{prefix}*"), self.link.timeout()).await?;
         let mut seen = HashSet::with_capacity(keys.len());
         for batch in keys.chunks(SCAN_COUNT as usize) {
             let mut pipe = redis::pipe();
             for key in batch {
                 pipe.cmd("HGETALL").arg(key);
             }
-            let rows: Vec<Vec<String>> = query_pipe(&mut conn, &pipe, self.timeout()).await?;
+            let rows: Vec<Vec<String>> = query_pipe(&mut conn, &pipe, self.link.timeout()).await?;
             for (key, fields) in batch.iter().zip(rows) {
                 if let Some(id) = key.strip_prefix(&prefix) {
                     self.shared.load(id, &fields);
@@ -778,9 +740,7 @@ impl Writer {
                 .arg(times.get("updatedAt").map_or("", String::as_str))
                 .arg(self.shared.events())
                 .arg(self.shared.message(&s.id));
-            let _: i64 = tokio::time::timeout(self.timeout(), inv.invoke_async(&mut conn))
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))?;
+            let _: i64 = invoke(&mut conn, &inv, self.link.timeout()).await?;
         }
         self.shared.syncs.fetch_add(1, Ordering::AcqRel);
         self.shared.changed.notify_waiters();
@@ -789,16 +749,14 @@ impl Writer {
 
     /// Put every replica session back into Redis where it is missing.
     async fn restore_all(&mut self) -> RedisResult<()> {
-        let mut conn = self.conn()?;
+        let mut conn = self.link.conn()?;
         for s in self.shared.replica.all() {
             let mut inv = scripts::SESSION_RESTORE.key(self.shared.key(&s.id));
             inv.arg(self.shared.ttl_ms);
             for (field, value) in encode(&s) {
                 inv.arg(field).arg(value);
             }
-            let _: i64 = tokio::time::timeout(self.timeout(), inv.invoke_async(&mut conn))
-                .await
-                .unwrap_or_else(|_| Err(timed_out()))?;
+            let _: i64 = invoke(&mut conn, &inv, self.link.timeout()).await?;
         }
         Ok(())
     }

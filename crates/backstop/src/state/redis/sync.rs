@@ -69,11 +69,11 @@ impl Writer {
 
     /// Reload one scope from Redis (another instance changed it).
     pub(super) async fn refresh(&mut self, scope: &Scope) -> RedisResult<()> {
-        let mut conn = self.conn()?;
+        let mut conn = self.link.conn()?;
         let cmd = redis::cmd("HGETALL")
             .arg(self.shared.keys.breaker(scope))
             .to_owned();
-        let fields: Vec<String> = query(&mut conn, &cmd, self.timeout()).await?;
+        let fields: Vec<String> = query(&mut conn, &cmd, self.link.timeout()).await?;
         let now = self.now_ms();
         {
             let mut probes = lock(&self.shared.probes);
@@ -92,14 +92,14 @@ impl Writer {
     /// check this instance's marker: if Redis forgot it, push the local view before pulling.
     pub(super) async fn full_sync(&mut self) -> RedisResult<()> {
         self.next_resync = Instant::now() + self.shared.options.resync_interval;
-        let mut conn = self.conn()?;
+        let mut conn = self.link.conn()?;
         let marker = self.shared.keys.instance(&self.shared.instance);
         let ttl = self.shared.options.resync_interval * 3;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let known: i64 = query(
             &mut conn,
             redis::cmd("PEXPIRE").arg(&marker).arg(ttl_ms),
-            self.timeout(),
+            self.link.timeout(),
         )
         .await?;
         if known == 0 {
@@ -110,19 +110,19 @@ impl Writer {
             let _: () = query(
                 &mut conn,
                 redis::cmd("SET").arg(&marker).arg(1).arg("PX").arg(ttl_ms),
-                self.timeout(),
+                self.link.timeout(),
             )
             .await?;
         }
         let pattern = format!("{}breaker:*", self.shared.keys.prefix);
-        let keys = scan(&mut conn, &pattern, self.timeout()).await?;
+        let keys = scan(&mut conn, &pattern, self.link.timeout()).await?;
         let mut remote: Vec<(Scope, Vec<String>)> = Vec::with_capacity(keys.len());
         for batch in keys.chunks(64) {
             let mut pipe = redis::pipe();
             for key in batch {
                 pipe.cmd("HGETALL").arg(key);
             }
-            let rows: Vec<Vec<String>> = query_pipe(&mut conn, &pipe, self.timeout()).await?;
+            let rows: Vec<Vec<String>> = query_pipe(&mut conn, &pipe, self.link.timeout()).await?;
             for (key, fields) in batch.iter().zip(rows) {
                 if let Some(scope) = self.shared.keys.scope_of(key) {
                     remote.push((scope, fields));
@@ -132,7 +132,7 @@ impl Writer {
         let used: Vec<String> = query(
             &mut conn,
             redis::cmd("HGETALL").arg(self.shared.keys.used()),
-            self.timeout(),
+            self.link.timeout(),
         )
         .await?;
 

@@ -4,7 +4,7 @@
 //! [`super::probes`], the events subscriber in [`super::events`].
 
 use super::sync::{RECONCILE_WINDOW_MS, SCAN_COUNT, load};
-use super::{Op, Shared, lock, parse_breaker, scripts};
+use super::{Op, RedisOptions, Shared, lock, parse_breaker, scripts};
 use crate::state::Scope;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{
@@ -19,36 +19,109 @@ use tokio::sync::mpsc;
 /// The writer's housekeeping period (usage flush, probe acquisition, retries).
 const TICK: Duration = Duration::from_millis(50);
 
+/// A writer's connection to Redis and its outage bookkeeping (shared by the breaker and
+/// session writers): connected or not, when to try again, and whether the current
+/// outage, and its queue overflow, have been logged.
+pub(super) struct Link {
+    client: redis::Client,
+    conn: Option<ConnectionManager>,
+    timeout: Duration,
+    retry_interval: Duration,
+    next_retry: Instant,
+    down_logged: bool,
+    overflow_logged: bool,
+}
+
+impl Link {
+    pub(super) fn new(client: redis::Client, options: &RedisOptions) -> Self {
+        Link {
+            client,
+            conn: None,
+            timeout: options.command_timeout,
+            retry_interval: options.retry_interval,
+            next_retry: Instant::now(),
+            down_logged: false,
+            overflow_logged: false,
+        }
+    }
+
+    pub(super) fn up(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Down, and the retry interval since losing it has passed.
+    pub(super) fn retry_due(&self) -> bool {
+        !self.up() && Instant::now() >= self.next_retry
+    }
+
+    /// The bound on one command.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(super) fn conn(&self) -> RedisResult<ConnectionManager> {
+        self.conn
+            .clone()
+            .ok_or_else(|| RedisError::from(std::io::Error::from(std::io::ErrorKind::NotConnected)))
+    }
+
+    /// Connect (the caller reconciles, then calls [`Link::recovered`]).
+    pub(super) async fn connect(&mut self) -> RedisResult<()> {
+        self.conn = Some(connect(&self.client, self.timeout).await?);
+        Ok(())
+    }
+
+    /// The connection is lost: drop it and wait the retry interval. True when this starts
+    /// an outage (the caller logs it once).
+    pub(super) fn lose(&mut self) -> bool {
+        self.conn = None;
+        self.next_retry = Instant::now() + self.retry_interval;
+        !std::mem::replace(&mut self.down_logged, true)
+    }
+
+    /// Reconciled after connecting. True when an outage had been reported (log the end).
+    pub(super) fn recovered(&mut self) -> bool {
+        self.overflow_logged = false;
+        std::mem::replace(&mut self.down_logged, false)
+    }
+
+    /// The outage queue overflowed. True the first time in this outage (log it once).
+    pub(super) fn overflowed(&mut self) -> bool {
+        !std::mem::replace(&mut self.overflow_logged, true)
+    }
+}
+
+/// Queue `op`, dropping (and returning) the oldest when `limit` is reached.
+pub(super) fn push_bounded<T>(queue: &mut VecDeque<T>, op: T, limit: usize) -> Option<T> {
+    let dropped = if queue.len() >= limit.max(1) {
+        queue.pop_front()
+    } else {
+        None
+    };
+    queue.push_back(op);
+    dropped
+}
+
 pub(super) struct Writer {
     pub(super) shared: Arc<Shared>,
-    pub(super) client: redis::Client,
-    pub(super) conn: Option<ConnectionManager>,
+    pub(super) link: Link,
     pub(super) rx: mpsc::Receiver<Op>,
     /// Breaker writes waiting for Redis to come back.
     pub(super) queue: VecDeque<Op>,
     /// Usage times not yet sent (coalesced: one script call per tick).
     pub(super) used: HashMap<(String, String), u64>,
-    pub(super) next_retry: Instant,
     pub(super) next_resync: Instant,
-    /// Whether the current outage has been logged (and the queue overflow, once per outage).
-    pub(super) down_logged: bool,
-    pub(super) overflow_logged: bool,
 }
 
 impl Writer {
     pub(super) fn new(shared: Arc<Shared>, client: redis::Client, rx: mpsc::Receiver<Op>) -> Self {
-        let now = Instant::now();
         Writer {
+            link: Link::new(client, &shared.options),
             shared,
-            client,
-            conn: None,
             rx,
             queue: VecDeque::new(),
             used: HashMap::new(),
-            next_retry: now,
-            next_resync: now,
-            down_logged: false,
-            overflow_logged: false,
+            next_resync: Instant::now(),
         }
     }
 
@@ -78,10 +151,6 @@ impl Writer {
         self.shared.changed.notify_waiters();
     }
 
-    pub(super) fn up(&self) -> bool {
-        self.conn.is_some()
-    }
-
     pub(super) fn now_ms(&self) -> u64 {
         self.shared.clock.now_ms()
     }
@@ -97,7 +166,7 @@ impl Writer {
                 *t = (*t).max(at_ms);
             }
             Op::Flush(reply) => {
-                if self.up() {
+                if self.link.up() {
                     self.flush_used().await;
                 }
                 let _ = reply.send(());
@@ -106,7 +175,7 @@ impl Writer {
                 let _ = reply.send(());
             }
             Op::Refresh(scope) => {
-                if self.up() {
+                if self.link.up() {
                     let result = match &scope {
                         Some(scope) => self.refresh(scope).await,
                         None => self.full_sync().await,
@@ -117,7 +186,7 @@ impl Writer {
                 }
             }
             Op::TakeProbe { scope } => {
-                if !self.up() {
+                if !self.link.up() {
                     lock(&self.shared.probes).remove(&scope);
                 } else if let Err(e) = self.take_probe(&scope).await {
                     lock(&self.shared.probes).remove(&scope);
@@ -125,14 +194,14 @@ impl Writer {
                 }
             }
             Op::ExtendProbe { .. } | Op::ReleaseProbe { .. } => {
-                if self.up()
+                if self.link.up()
                     && let Err(e) = self.probe_op(&op).await
                 {
                     self.failed(e, None);
                 }
             }
             Op::Failure { .. } | Op::Close { .. } | Op::ClearAll { .. } => {
-                if self.up() {
+                if self.link.up() {
                     if let Err(e) = self.apply(&op).await {
                         self.failed(e, Some(op));
                     }
@@ -153,14 +222,14 @@ impl Writer {
                 op => self.handle(op).await,
             }
         }
-        if self.up() {
+        if self.link.up() {
             self.flush_used().await;
         }
     }
 
     pub(super) async fn on_tick(&mut self) {
-        if !self.up() {
-            if Instant::now() >= self.next_retry {
+        if !self.link.up() {
+            if self.link.retry_due() {
                 self.reconnect().await;
             }
             return;
@@ -179,15 +248,13 @@ impl Writer {
 
     /// Connect; on success replay the queue, push the local view and pull Redis's.
     pub(super) async fn reconnect(&mut self) {
-        let conn = match connect(&self.client, self.shared.options.command_timeout).await {
-            Ok(conn) => conn,
-            Err(e) => return self.go_down(&e),
-        };
-        self.conn = Some(conn);
+        if let Err(e) = self.link.connect().await {
+            return self.go_down(&e);
+        }
         if let Err(e) = self.reconcile().await {
             return self.failed(e, None);
         }
-        if self.down_logged {
+        if self.link.recovered() {
             tracing::info!(
                 redis = %self.shared.url,
                 "Redis is reachable again: local changes pushed, shared state pulled"
@@ -195,8 +262,6 @@ impl Writer {
         } else {
             tracing::debug!(redis = %self.shared.url, "Redis store connected");
         }
-        self.down_logged = false;
-        self.overflow_logged = false;
         self.shared.connected.store(true, Ordering::Release);
         self.shared.changed.notify_waiters();
     }
@@ -245,31 +310,31 @@ impl Writer {
                     .arg("PX")
                     .arg(RECONCILE_WINDOW_MS)
                     .to_owned();
-                let _: () = query(&mut self.conn()?, &stamp, self.timeout()).await?;
-                let mut conn = self.conn()?;
+                let _: () = query(&mut self.link.conn()?, &stamp, self.link.timeout()).await?;
+                let mut conn = self.link.conn()?;
                 let mut deleted = scan(
                     &mut conn,
                     &format!("{}breaker:*", keys.prefix),
-                    self.timeout(),
+                    self.link.timeout(),
                 )
                 .await?;
                 deleted.extend(
                     scan(
                         &mut conn,
                         &format!("{}probe:*", keys.prefix),
-                        self.timeout(),
+                        self.link.timeout(),
                     )
                     .await?,
                 );
                 for batch in deleted.chunks(SCAN_COUNT as usize) {
                     let _: i64 =
-                        query(&mut conn, redis::cmd("DEL").arg(batch), self.timeout()).await?;
+                        query(&mut conn, redis::cmd("DEL").arg(batch), self.link.timeout()).await?;
                 }
                 let publish = redis::cmd("PUBLISH")
                     .arg(keys.events())
                     .arg(self.message("*"))
                     .to_owned();
-                let _: i64 = query(&mut conn, &publish, self.timeout()).await?;
+                let _: i64 = query(&mut conn, &publish, self.link.timeout()).await?;
                 let mut pending = lock(&self.shared.pending);
                 pending.all = pending.all.saturating_sub(1);
             }
@@ -305,12 +370,9 @@ impl Writer {
     }
 
     pub(super) fn enqueue(&mut self, op: Op) {
-        if self.queue.len() >= self.shared.options.queue_limit.max(1)
-            && let Some(oldest) = self.queue.pop_front()
-        {
+        if let Some(oldest) = push_bounded(&mut self.queue, op, self.shared.options.queue_limit) {
             self.finish(&oldest);
-            if !self.overflow_logged {
-                self.overflow_logged = true;
+            if self.link.overflowed() {
                 tracing::warn!(
                     redis = %self.shared.url,
                     limit = self.shared.options.queue_limit,
@@ -318,7 +380,6 @@ impl Writer {
                 );
             }
         }
-        self.queue.push_back(op);
     }
 
     /// A command failed: an outage takes the store down (the write is queued); anything
@@ -338,13 +399,11 @@ impl Writer {
     }
 
     pub(super) fn go_down(&mut self, e: &RedisError) {
-        self.conn = None;
-        self.next_retry = Instant::now() + self.shared.options.retry_interval;
+        let new_outage = self.link.lose();
         self.shared.connected.store(false, Ordering::Release);
         self.shared.changed.notify_waiters();
         lock(&self.shared.probes).clear();
-        if !self.down_logged {
-            self.down_logged = true;
+        if new_outage {
             tracing::warn!(
                 redis = %self.shared.url,
                 error = %e,
@@ -373,24 +432,11 @@ impl Writer {
         format!("{} {body}", self.shared.instance)
     }
 
-    pub(super) fn timeout(&self) -> Duration {
-        self.shared.options.command_timeout
-    }
-
-    pub(super) fn conn(&self) -> RedisResult<ConnectionManager> {
-        self.conn
-            .clone()
-            .ok_or_else(|| RedisError::from(std::io::Error::from(std::io::ErrorKind::NotConnected)))
-    }
-
     pub(super) async fn invoke<T: FromRedisValue>(
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> RedisResult<T> {
-        let mut conn = self.conn()?;
-        tokio::time::timeout(self.timeout(), inv.invoke_async(&mut conn))
-            .await
-            .unwrap_or_else(|_| Err(timed_out()))
+        invoke(&mut self.link.conn()?, inv, self.link.timeout()).await
     }
 }
 
@@ -449,6 +495,17 @@ pub(super) async fn query<T: FromRedisValue>(
         .unwrap_or_else(|_| Err(timed_out()))
 }
 
+/// Run a Lua script, bounded by `timeout`.
+pub(super) async fn invoke<T: FromRedisValue>(
+    conn: &mut ConnectionManager,
+    inv: &ScriptInvocation<'_>,
+    timeout: Duration,
+) -> RedisResult<T> {
+    tokio::time::timeout(timeout, inv.invoke_async(conn))
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
 pub(super) async fn query_pipe<T: FromRedisValue>(
     conn: &mut ConnectionManager,
     pipe: &redis::Pipeline,
@@ -475,4 +532,22 @@ pub(super) fn is_outage(e: &RedisError) -> bool {
         ) | ErrorKind::Parse
             | ErrorKind::UnexpectedReturnType
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_bounded;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn a_full_queue_drops_its_oldest() {
+        let mut q = VecDeque::new();
+        assert_eq!(push_bounded(&mut q, 1, 2), None);
+        assert_eq!(push_bounded(&mut q, 2, 2), None);
+        assert_eq!(push_bounded(&mut q, 3, 2), Some(1));
+        assert_eq!(q, [2, 3]);
+        // A limit of 0 still keeps the newest.
+        assert_eq!(push_bounded(&mut q, 4, 0), Some(2));
+        assert_eq!(q, [3, 4]);
+    }
 }
