@@ -724,7 +724,7 @@ impl Engine {
         // which drops it.
         let keeps_refused_field = upstream.api() == WireFormat::OpenAi
             && !stream_options
-            && call.raw.get("stream_options").is_some();
+            && clients_own_stream_options(call, upstream);
         if same_format
             && !keeps_refused_field
             && let Some(bytes) = &call.raw_bytes
@@ -991,21 +991,23 @@ fn splice_same_format(
     wire::splice_fields(bytes, &fields).map(Bytes::from)
 }
 
+/// The client sent `stream_options` itself and the upstream gets the client's body
+/// (same format): the field is the client's, not Backstop's.
+fn clients_own_stream_options(call: &Call, upstream: &Upstream) -> bool {
+    upstream.api() == call.ingress && !call.translate && call.raw.get("stream_options").is_some()
+}
+
 /// A 400/422 that names `stream_options`, sent by Backstop (not the client's own): the
 /// server rejects the field. Marks the upstream (first time only: true), so the caller
 /// retries at once without it.
 fn stream_options_refused(call: &Call, upstream: &Upstream, failure: &Failure) -> bool {
-    let clients_own = upstream.api() == call.ingress
-        && !call.translate
-        && call.raw.get("stream_options").is_some();
     let names_it = failure.message.contains("stream_options")
         || failure
             .raw_body
             .as_ref()
             .is_some_and(|b| memchr::memmem::find(b, b"stream_options").is_some());
     matches!(failure.status, Some(400 | 422))
-        && upstream.sends_stream_options()
-        && !clients_own
+        && !clients_own_stream_options(call, upstream)
         && names_it
         && upstream.refuse_stream_options()
 }

@@ -75,9 +75,9 @@ pub struct Upstream {
     /// The endpoint parsed once, when it does not depend on the model (OpenAI and
     /// Anthropic): parsing a URL on every request showed in profiles.
     fixed_url: Option<reqwest::Url>,
-    /// This server answered a request carrying `stream_options` with an error naming it:
-    /// it is not sent again (until the config reloads).
-    stream_options_refused: AtomicBool,
+    /// Whether Backstop adds `stream_options` for this server: decided once from its API
+    /// and host, and turned off for good (until the config reloads) when it refuses it.
+    sends_stream_options: AtomicBool,
 }
 
 static INSTALL_CRYPTO: Once = Once::new();
@@ -117,11 +117,14 @@ impl Upstream {
             WireFormat::Gemini => None,
         }
         .and_then(|u| reqwest::Url::parse(&u).ok());
+        let sends_stream_options = AtomicBool::new(
+            config.api == WireFormat::OpenAi && openai::accepts_stream_options(&config.base_url),
+        );
         Ok(Upstream {
             config,
             client,
             fixed_url,
-            stream_options_refused: AtomicBool::new(false),
+            sends_stream_options,
         })
     }
 
@@ -129,14 +132,13 @@ impl Upstream {
     /// OpenAI-compatible server: not to hosts known to reject it
     /// ([`openai::accepts_stream_options`]), nor once this one refused it.
     pub fn sends_stream_options(&self) -> bool {
-        self.config.api == WireFormat::OpenAi
-            && openai::accepts_stream_options(&self.config.base_url)
-            && !self.stream_options_refused.load(Ordering::Relaxed)
+        self.sends_stream_options.load(Ordering::Relaxed)
     }
 
-    /// The server refused `stream_options`: stop sending it. True the first time.
+    /// The server refused `stream_options`: stop sending it. True when it was being sent
+    /// (the first refusal).
     pub fn refuse_stream_options(&self) -> bool {
-        !self.stream_options_refused.swap(true, Ordering::Relaxed)
+        self.sends_stream_options.swap(false, Ordering::Relaxed)
     }
 
     pub fn id(&self) -> &str {
