@@ -111,6 +111,8 @@ struct Shared {
     /// reach Redis in the order they were made locally (each one's compare-and-set
     /// expects what the one before it left).
     write_order: Mutex<()>,
+    /// Serialized size of the replica at the last prune.
+    bytes: AtomicU64,
     /// Messages the full channel refused (the hot path never waits).
     dropped: AtomicU64,
     dropped_warned: AtomicBool,
@@ -273,6 +275,7 @@ impl RedisSessionStore {
             changed: Notify::new(),
             pending: Mutex::new(HashMap::new()),
             write_order: Mutex::new(()),
+            bytes: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             dropped_warned: AtomicBool::new(false),
         });
@@ -395,8 +398,10 @@ impl SessionStore for RedisSessionStore {
         self.shared.replica.len()
     }
 
+    /// The size of the replica, serialized, at the last resync's prune (serializing every
+    /// session on each `/status` would cost more than the figure is worth).
     fn bytes(&self) -> u64 {
-        self.shared.replica.bytes()
+        self.shared.bytes.load(Ordering::Relaxed)
     }
 
     fn evictions(&self) -> u64 {
@@ -729,7 +734,10 @@ impl Writer {
                 }
             }
         }
-        let (_, _, evicted) = self.shared.replica.prune_evict();
+        let (text, _, evicted) = self.shared.replica.prune_evict();
+        self.shared
+            .bytes
+            .store(text.len() as u64, Ordering::Relaxed);
         for s in evicted {
             let times = encode(&s)
                 .into_iter()

@@ -309,7 +309,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
         self.len() == 0
     }
 
-    /// Size of the serialized store in bytes (for a file store: the last file written).
+    /// Size of the serialized store in bytes (for a file store: the last file written; for
+    /// the Redis store: its replica at the last resync).
     fn bytes(&self) -> u64;
 
     /// Sessions evicted to fit the disk budget since the store was opened.
