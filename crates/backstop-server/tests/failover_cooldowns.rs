@@ -6,22 +6,10 @@
 mod failover_common;
 
 use backstop::clock::Clock;
-use backstop_fake::{ErrorStep, FakeHandle, Step};
+use backstop_fake::{FakeHandle, Step};
 use failover_common::*;
 use serde_json::{Value, json};
 use std::time::Duration;
-
-const ECHO: &str = "echo: Tell me about foxes";
-
-fn bare_429() -> Step {
-    Step::Error(ErrorStep {
-        status: 429,
-        body: Some(json!({"error": {
-            "message": "Rate limit reached for requests",
-            "type": "requests", "param": null, "code": "rate_limit_exceeded"}})),
-        ..ErrorStep::default()
-    })
-}
 
 /// `openai/gpt-4o` (these profiles) first, `anthropic/claude-sonnet-4-5` as the fallback.
 fn openai_then_anthropic(

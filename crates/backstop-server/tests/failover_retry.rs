@@ -4,23 +4,10 @@
 
 mod failover_common;
 
-use backstop_fake::{ErrorStep, Reply as FakeReply, Step};
+use backstop_fake::{Reply as FakeReply, Step};
 use failover_common::*;
 use serde_json::{Value, json};
 use std::time::Duration;
-
-const ECHO: &str = "echo: Tell me about foxes";
-
-/// An OpenAI 429 that gives no hint of when to come back (no header, no "try again in").
-fn bare_429() -> Step {
-    Step::Error(ErrorStep {
-        status: 429,
-        body: Some(json!({"error": {
-            "message": "Rate limit reached for requests",
-            "type": "requests", "param": null, "code": "rate_limit_exceeded"}})),
-        ..ErrorStep::default()
-    })
-}
 
 /// `openai` (profiles as given, model gpt-4o) first, `backup/gpt-4o-mini` as the fallback.
 fn two_providers(

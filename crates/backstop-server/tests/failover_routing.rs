@@ -10,18 +10,6 @@ use backstop_fake::{ErrorStep, FakeHandle, Reply as FakeReply, Step, Usage};
 use failover_common::*;
 use serde_json::{Value, json};
 
-const ECHO: &str = "echo: Tell me about foxes";
-
-fn bare_429() -> Step {
-    Step::Error(ErrorStep {
-        status: 429,
-        body: Some(json!({"error": {
-            "message": "Rate limit reached for requests",
-            "type": "requests", "param": null, "code": "rate_limit_exceeded"}})),
-        ..ErrorStep::default()
-    })
-}
-
 /// Two keys on `openai/gpt-4o`; `backup/gpt-4o-mini` as the fallback.
 fn two_keys(primary: &FakeHandle, backup: &FakeHandle) -> Value {
     config(

@@ -11,7 +11,7 @@ use backstop::clock::ManualClock;
 use backstop::config::{ConfigOrigin, Format, MapEnv};
 use backstop::failover::Engine;
 use backstop::state::MemoryStore;
-use backstop_fake::{FakeHandle, FakeProvider, Recorded};
+use backstop_fake::{ErrorStep, FakeHandle, FakeProvider, Recorded, Step};
 use backstop_server::AppState;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -21,6 +21,20 @@ use tokio::sync::oneshot;
 /// Where the manual clock starts (epoch ms, 2027-01-15): far from zero so that
 /// "until" times are realistic.
 pub const CLOCK_START_MS: u64 = 1_800_000_000_000;
+
+/// What the fake's default `Echo` step answers to [`openai_request`]'s prompt.
+pub const ECHO: &str = "echo: Tell me about foxes";
+
+/// An OpenAI 429 that gives no hint of when to come back (no header, no "try again in").
+pub fn bare_429() -> Step {
+    Step::Error(ErrorStep {
+        status: 429,
+        body: Some(json!({"error": {
+            "message": "Rate limit reached for requests",
+            "type": "requests", "param": null, "code": "rate_limit_exceeded"}})),
+        ..ErrorStep::default()
+    })
+}
 
 /// A fake provider.
 pub fn fake() -> FakeHandle {
