@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use backstop::config::{ConfigOrigin, Format, MapEnv, from_str};
-use backstop_fake::{FakeProvider, RedisServer, Step};
+use backstop_fake::{FakeHandle, FakeProvider, RedisServer, Step};
 use backstop_server::{AppState, bind, serve_state};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -37,6 +37,22 @@ async fn gateway(config: &str) -> (String, Arc<AppState>) {
     (url, state)
 }
 
+/// One provider on `fake` with keys `a` then `b`, state shared through `redis`.
+fn two_keys_on_redis(fake: &FakeHandle, redis: &RedisServer) -> String {
+    format!(
+        r#"{{
+          providers: {{ fake: {{ api: "openai", base_url: "{}",
+                                auth: [{{ profile: "a", key: "sk-a" }}, {{ profile: "b", key: "sk-b" }}],
+                                models: ["gpt-4o"] }} }},
+          auth: {{ order: {{ fake: ["a", "b"] }} }},
+          agents: {{ defaults: {{ model: {{ primary: "fake/gpt-4o", fallbacks: [] }} }} }},
+          state: {{ redis_url: "{}" }},
+        }}"#,
+        fake.openai_base_url(),
+        redis.url()
+    )
+}
+
 async fn chat(client: &reqwest::Client, base: &str) -> reqwest::Response {
     client
         .post(format!("{base}/v1/chat/completions"))
@@ -50,18 +66,7 @@ async fn chat(client: &reqwest::Client, base: &str) -> reqwest::Response {
 async fn redis_a_key_rate_limited_through_one_gateway_is_skipped_by_the_other() {
     let redis = redis_server();
     let fake = FakeProvider::start().unwrap();
-    let config = format!(
-        r#"{{
-          providers: {{ fake: {{ api: "openai", base_url: "{}",
-                                auth: [{{ profile: "a", key: "sk-a" }}, {{ profile: "b", key: "sk-b" }}],
-                                models: ["gpt-4o"] }} }},
-          auth: {{ order: {{ fake: ["a", "b"] }} }},
-          agents: {{ defaults: {{ model: {{ primary: "fake/gpt-4o", fallbacks: [] }} }} }},
-          state: {{ redis_url: "redis://127.0.0.1:{}" }},
-        }}"#,
-        fake.openai_base_url(),
-        redis.port
-    );
+    let config = two_keys_on_redis(&fake, &redis);
     let (a, _) = gateway(&config).await;
     let (b, b_state) = gateway(&config).await;
     // reqwest uses rustls: the engine installed its crypto provider above.
@@ -122,18 +127,7 @@ async fn redis_a_key_rate_limited_through_one_gateway_is_skipped_by_the_other() 
 async fn redis_a_session_pinned_through_one_gateway_is_honoured_by_the_other() {
     let redis = redis_server();
     let fake = FakeProvider::start().unwrap();
-    let config = format!(
-        r#"{{
-          providers: {{ fake: {{ api: "openai", base_url: "{}",
-                                auth: [{{ profile: "a", key: "sk-a" }}, {{ profile: "b", key: "sk-b" }}],
-                                models: ["gpt-4o"] }} }},
-          auth: {{ order: {{ fake: ["a", "b"] }} }},
-          agents: {{ defaults: {{ model: {{ primary: "fake/gpt-4o", fallbacks: [] }} }} }},
-          state: {{ redis_url: "redis://127.0.0.1:{}" }},
-        }}"#,
-        fake.openai_base_url(),
-        redis.port
-    );
+    let config = two_keys_on_redis(&fake, &redis);
     let (a, _) = gateway(&config).await;
     let (b, _) = gateway(&config).await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
