@@ -434,7 +434,6 @@ struct Writer {
     /// Usage times not yet sent (coalesced).
     used: HashMap<String, u64>,
     next_resync: Instant,
-    next_ping: Instant,
 }
 
 impl Writer {
@@ -447,7 +446,6 @@ impl Writer {
             queue: VecDeque::new(),
             used: HashMap::new(),
             next_resync: now,
-            next_ping: now,
         }
     }
 
@@ -536,21 +534,13 @@ impl Writer {
         if !self.link.up() {
             return;
         }
-        let now = Instant::now();
-        if now >= self.next_resync {
-            if let Err(e) = self.full_sync().await {
-                self.failed(e, None);
-            }
-        } else if now >= self.next_ping {
-            // Idle: notice an outage (for /status) without waiting for the next write.
-            self.next_ping = now + self.shared.options.retry_interval;
-            let ping: RedisResult<String> = match self.link.conn() {
-                Ok(mut conn) => query(&mut conn, &redis::cmd("PING"), self.link.timeout()).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = ping {
-                self.failed(e, None);
-            }
+        let result = if Instant::now() >= self.next_resync {
+            self.full_sync().await
+        } else {
+            self.link.ping_when_due().await
+        };
+        if let Err(e) = result {
+            self.failed(e, None);
         }
     }
 

@@ -28,6 +28,8 @@ pub(super) struct Link {
     timeout: Duration,
     retry_interval: Duration,
     next_retry: Instant,
+    /// When an idle link next checks that Redis still answers.
+    next_ping: Instant,
     down_logged: bool,
     overflow_logged: bool,
 }
@@ -40,6 +42,7 @@ impl Link {
             timeout: options.command_timeout,
             retry_interval: options.retry_interval,
             next_retry: Instant::now(),
+            next_ping: Instant::now(),
             down_logged: false,
             overflow_logged: false,
         }
@@ -63,6 +66,18 @@ impl Link {
         self.conn
             .clone()
             .ok_or_else(|| RedisError::from(std::io::Error::from(std::io::ErrorKind::NotConnected)))
+    }
+
+    /// Once per retry interval, PING: an outage then shows (on `/status`) within that
+    /// interval even when nothing is being written.
+    pub(super) async fn ping_when_due(&mut self) -> RedisResult<()> {
+        let now = Instant::now();
+        if now < self.next_ping {
+            return Ok(());
+        }
+        self.next_ping = now + self.retry_interval;
+        let _: String = query(&mut self.conn()?, &redis::cmd("PING"), self.timeout).await?;
+        Ok(())
     }
 
     /// Connect (the caller reconciles, then calls [`Link::recovered`]).
@@ -239,9 +254,12 @@ impl Writer {
             self.failed(e, None);
             return;
         }
-        if Instant::now() >= self.next_resync
-            && let Err(e) = self.full_sync().await
-        {
+        let result = if Instant::now() >= self.next_resync {
+            self.full_sync().await
+        } else {
+            self.link.ping_when_due().await
+        };
+        if let Err(e) = result {
             self.failed(e, None);
         }
     }
