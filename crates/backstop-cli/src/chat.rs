@@ -7,7 +7,7 @@
 //! (`auto` drops the pin), `/status` shows the chains, keys and the session's pins,
 //! `/new` starts a new session, `/help`, `/quit`. Anything else is sent as a message.
 
-use crate::gateway::{self, Target};
+use crate::gateway::{self, Target, message_of};
 use anyhow::{Context, Result, anyhow, bail};
 use backstop::sse::SseParser;
 use futures_util::StreamExt;
@@ -315,11 +315,4 @@ impl Chat {
         println!();
         self.show_session().await
     }
-}
-
-/// An error body's message (OpenAI's shape), else the status.
-fn message_of(status: u16, body: &Value) -> String {
-    body["error"]["message"]
-        .as_str()
-        .map_or_else(|| format!("HTTP {status}"), str::to_owned)
 }

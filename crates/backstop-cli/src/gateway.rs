@@ -107,9 +107,14 @@ pub fn call(target: &Target, method: reqwest::Method, path: &str) -> Result<Opti
 
 /// The message of an error reply in OpenAI's shape, else the status.
 pub fn error_message(reply: &Reply) -> String {
-    reply.body["error"]["message"]
+    message_of(reply.status, &reply.body)
+}
+
+/// The message of an error body in OpenAI's shape, else the status.
+pub fn message_of(status: u16, body: &serde_json::Value) -> String {
+    body["error"]["message"]
         .as_str()
-        .map_or_else(|| format!("HTTP {}", reply.status), str::to_owned)
+        .map_or_else(|| format!("HTTP {status}"), str::to_owned)
 }
 
 /// "in 4m 12s", "now", "3s ago".
