@@ -55,6 +55,20 @@ async fn instance_with(
     store
 }
 
+/// A fresh Redis, a manual clock at `T0`, and two instances sharing both.
+async fn two_instances() -> (
+    RedisServer,
+    Arc<ManualClock>,
+    RedisSessionStore,
+    RedisSessionStore,
+) {
+    let server = RedisServer::start();
+    let clock = Arc::new(ManualClock::new(T0));
+    let a = instance(&server, &clock).await;
+    let b = instance(&server, &clock).await;
+    (server, clock, a, b)
+}
+
 /// A direct connection, to look at (and go behind the back of) the stores.
 async fn redis(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url())
@@ -76,12 +90,7 @@ async fn wait_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sessions_a_pin_on_one_instance_is_seen_on_the_other() {
-    let server = RedisServer::start();
-    let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (
-        instance(&server, &clock).await,
-        instance(&server, &clock).await,
-    );
+    let (server, clock, a, b) = two_instances().await;
     a.write_pins(
         "chat-1",
         &PinWrite::new()
@@ -156,12 +165,7 @@ async fn redis_sessions_a_pin_on_one_instance_is_seen_on_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sessions_writes_to_different_fields_on_two_instances_both_land() {
-    let server = RedisServer::start();
-    let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (
-        instance(&server, &clock).await,
-        instance(&server, &clock).await,
-    );
+    let (_server, _clock, a, b) = two_instances().await;
     // Both write at once, neither having seen the other's write.
     a.write_pins(
         "s",
@@ -221,12 +225,7 @@ async fn redis_sessions_a_stale_automatic_pin_never_replaces_a_user_pin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sessions_narrow_rollback_restores_only_fields_nobody_changed_elsewhere() {
-    let server = RedisServer::start();
-    let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (
-        instance(&server, &clock).await,
-        instance(&server, &clock).await,
-    );
+    let (_server, _clock, a, b) = two_instances().await;
     // A's attempt fails over and pins the fallback, with its notice…
     let undo = a.write_pins(
         "s",
@@ -269,12 +268,7 @@ async fn redis_sessions_narrow_rollback_restores_only_fields_nobody_changed_else
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sessions_reset_and_delete_reach_every_instance() {
-    let server = RedisServer::start();
-    let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (
-        instance(&server, &clock).await,
-        instance(&server, &clock).await,
-    );
+    let (server, _clock, a, b) = two_instances().await;
     a.write_pins(
         "s",
         &PinWrite::new()
@@ -315,12 +309,7 @@ async fn redis_sessions_reset_and_delete_reach_every_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sessions_survive_an_outage_that_empties_redis() {
-    let mut server = RedisServer::start();
-    let clock = Arc::new(ManualClock::new(T0));
-    let (a, b) = (
-        instance(&server, &clock).await,
-        instance(&server, &clock).await,
-    );
+    let (mut server, _clock, a, b) = two_instances().await;
     a.write_pins("before", &PinWrite::new().profile("work", PinSource::User));
     a.flush().await;
     wait_for("B never saw it", &b, "before", |s| s.is_some()).await;
