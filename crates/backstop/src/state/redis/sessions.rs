@@ -98,7 +98,6 @@ struct Shared {
     instance: String,
     /// The URL with its password masked, for logs.
     url: String,
-    prefix: String,
     options: RedisOptions,
     ttl_ms: u64,
     connected: AtomicBool,
@@ -120,13 +119,13 @@ struct Shared {
 
 impl Shared {
     fn key(&self, id: &str) -> String {
-        format!("{}session:{id}", self.prefix)
+        format!("{}session:{id}", self.options.prefix)
     }
     fn events(&self) -> String {
-        format!("{}session-events", self.prefix)
+        format!("{}session-events", self.options.prefix)
     }
     fn marker(&self) -> String {
-        format!("{}sessions-instance:{}", self.prefix, self.instance)
+        format!("{}sessions-instance:{}", self.options.prefix, self.instance)
     }
     fn message(&self, id: &str) -> String {
         format!("{} {id}", self.instance)
@@ -266,7 +265,6 @@ impl RedisSessionStore {
             replica: MemorySessionStore::new(clock, limits),
             instance: format!("{}-{:08x}", std::process::id(), fastrand::u32(..)),
             url: redacted,
-            prefix: options.prefix.clone(),
             options,
             ttl_ms: limits.ttl_ms.max(1),
             connected: AtomicBool::new(false),
@@ -700,7 +698,7 @@ impl Writer {
             )
             .await?;
         }
-        let prefix = format!("{}session:", self.shared.prefix);
+        let prefix = format!("{}session:", self.shared.options.prefix);
         let keys = scan(&mut conn, &format!("{prefix}*"), self.link.timeout()).await?;
         let mut seen = HashSet::with_capacity(keys.len());
         for batch in keys.chunks(SCAN_COUNT as usize) {
