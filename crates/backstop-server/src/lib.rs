@@ -54,7 +54,7 @@ impl AppState {
         store: Arc<dyn StateStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
-        let sessions = sessions::open_store(&config, clock.clone())?;
+        let sessions = backstop::state::session::open_store(&config, clock.clone())?;
         Ok(AppState {
             engine: ArcSwap::from_pointee(Engine::with_state(config, store, clock)?),
             sessions,

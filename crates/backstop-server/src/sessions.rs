@@ -22,12 +22,6 @@ use std::sync::Arc;
 /// A `PUT` body is two short strings; anything much larger is not one.
 const MAX_PUT_BYTES: usize = 64 * 1024;
 
-/// The gateway's session store: shared through Redis when `state.redis_url` is set,
-/// else `<state.dir>/sessions.json` ([`session::open_store`]).
-pub fn open_store(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn SessionStore>, String> {
-    session::open_store(config, clock)
-}
-
 /// An in-memory store on `clock` (for a gateway around an injected engine).
 pub fn memory_store(config: &Config, clock: Arc<dyn Clock>) -> Arc<dyn SessionStore> {
     Arc::new(MemorySessionStore::new(
