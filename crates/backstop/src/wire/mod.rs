@@ -15,44 +15,11 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
+pub(crate) mod scan;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
-
-/// An optional string field borrowed from the text being parsed when it has no escapes
-/// (`#[serde(deserialize_with = "wire::borrowed_text")]`). serde's own `Cow<str>` copies
-/// every string when it sits inside an `Option`, even under `#[serde(borrow)]`: one
-/// allocation per field of every stream chunk. Accepts and rejects the same input.
-pub(crate) fn borrowed_text<'de: 'a, 'a, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<std::borrow::Cow<'a, str>>, D::Error> {
-    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
-}
-
-struct Text<'a>(std::borrow::Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
 
 /// Replace the `model` field of a same-format body, leaving everything else as the client sent it.
 pub fn with_model(body: &Value, model: &str) -> Value {

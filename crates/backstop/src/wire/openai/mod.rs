@@ -17,8 +17,6 @@
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::chat::{self};
@@ -27,6 +25,7 @@ use crate::chat::{
     Role, StreamEvent, SystemBlock, Tool, ToolChoice, UpstreamErrorBody, Usage, WireError,
 };
 use crate::sse::{SseEvent, write_event};
+use crate::wire::scan::{Cursor, RawStr, Seen};
 
 /// Stream id used when a stream to a client begins without a `Start` event.
 const SYNTHETIC_ID: &str = "chatcmpl-backstop";
@@ -1380,138 +1379,209 @@ impl StreamDecoder {
     }
 }
 
-/// The usual shape of a `chat.completion.chunk`, borrowed from the event's text: the
-/// fast path of [`StreamDecoder::push`]. A field of any other type (or a duplicate key)
-/// fails this parse, and the general decoder over a `Value` takes the chunk instead, so
-/// both paths give the same events.
-#[derive(Deserialize)]
-struct FastChunk<'a> {
-    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
-    model: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
-    object: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    error: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    x_groq: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    choices: Option<Vec<FastChoice<'a>>>,
-    #[serde(default)]
-    usage: Option<FastUsage>,
-}
-
-#[derive(Deserialize)]
-struct FastChoice<'a> {
-    #[serde(default)]
-    index: Option<u64>,
-    #[serde(borrow, default)]
-    delta: Option<FastDelta<'a>>,
-    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
+/// The text fields of one choice's `delta`, as written in the chunk.
+#[derive(Default)]
 struct FastDelta<'a> {
-    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
-    content: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
-    refusal: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
-    reasoning_content: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "super::borrowed_text")]
-    reasoning: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct FastUsage {
-    #[serde(default)]
-    prompt_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_tokens_details: Option<FastUsageDetails>,
-    #[serde(default)]
-    prompt_cache_hit_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct FastUsageDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
+    content: Option<RawStr<'a>>,
+    refusal: Option<RawStr<'a>>,
+    reasoning_content: Option<RawStr<'a>>,
+    reasoning: Option<RawStr<'a>>,
 }
 
 impl StreamDecoder {
-    /// The events of a plain text chunk (no error, no tool call), without building a
-    /// `Value`; `None` leaves the chunk to the general decoder (nothing is changed then).
+    /// The events of a plain text chunk (no error, no tool call), walked once with the
+    /// [`Cursor`] instead of built through serde. `None` leaves the chunk to the general
+    /// decoder, and nothing is changed then: a field of another type, a duplicate or
+    /// escaped key, an error, a tool call, anything the cursor does not accept. Both
+    /// paths give the same events (tests: `fast_stream_path_*`).
     fn push_fast(&mut self, data: &str) -> Option<Vec<StreamEvent>> {
-        let chunk: FastChunk = serde_json::from_str(data).ok()?;
-        let choices = chunk.choices.unwrap_or_default();
-        if chunk.error.is_some()
-            || chunk.x_groq.is_some()
-            || chunk.object.as_deref() == Some("error")
-            || choices
-                .iter()
-                .any(|c| c.delta.as_ref().is_some_and(|d| d.tool_calls.is_some()))
-        {
-            return None;
-        }
+        let mut c = Cursor::new(data);
+        let (mut id, mut model) = (None, None);
+        let mut usage = None;
         let mut out = Vec::new();
-        if !self.started {
-            self.started = true;
-            out.push(StreamEvent::Start {
-                id: chunk.id.map(Cow::into_owned).unwrap_or_default(),
-                model: chunk.model.map(Cow::into_owned).unwrap_or_default(),
-                input_tokens: None,
-            });
-        }
-        for choice in choices {
-            if choice.index.unwrap_or(0) != 0 {
-                continue;
-            }
-            if let Some(delta) = choice.delta {
-                if let Some(text) = delta
-                    .reasoning_content
-                    .or(delta.reasoning)
-                    .filter(|s| !s.is_empty())
-                {
-                    out.push(StreamEvent::ThinkingDelta {
-                        text: text.into_owned(),
-                    });
+        let mut seen = Seen::default();
+        c.object(|c, key| {
+            match key.plain()? {
+                "id" => {
+                    seen.first(0)?;
+                    id = c.opt_string()?;
                 }
-                for text in [delta.content, delta.refusal].into_iter().flatten() {
-                    if !text.is_empty() {
-                        out.push(StreamEvent::TextDelta {
-                            text: text.into_owned(),
-                        });
+                "model" => {
+                    seen.first(1)?;
+                    model = c.opt_string()?;
+                }
+                "object" => {
+                    seen.first(2)?;
+                    if let Some(object) = c.opt_string()?
+                        && object.text()? == "error"
+                    {
+                        return None;
                     }
                 }
+                // Error reports (and Groq's usage) take the general path.
+                "error" | "x_groq" => {
+                    seen.first(if key.is("error") { 3 } else { 4 })?;
+                    c.null().then_some(())?;
+                }
+                "choices" => {
+                    seen.first(5)?;
+                    if !c.null() {
+                        c.array(|c| fast_choice(c, &mut out))?;
+                    }
+                }
+                "usage" => {
+                    seen.first(6)?;
+                    usage = fast_usage(c)?;
+                }
+                _ => c.skip()?,
             }
-            if let Some(reason) = choice.finish_reason {
-                out.push(StreamEvent::Finish {
-                    reason: finish_from_str(&reason),
-                    stop_sequence: None,
-                });
-            }
-        }
-        if let Some(u) = chunk.usage {
-            out.push(StreamEvent::Usage {
-                usage: Usage {
-                    input_tokens: u.prompt_tokens.unwrap_or(0),
-                    output_tokens: u.completion_tokens.unwrap_or(0),
-                    cache_read_tokens: u
-                        .prompt_tokens_details
-                        .and_then(|d| d.cached_tokens)
-                        .or(u.prompt_cache_hit_tokens),
-                    cache_write_tokens: None,
+            Some(())
+        })?;
+        c.end()?;
+        let id = RawStr::opt_text(id)?;
+        let model = RawStr::opt_text(model)?;
+        if !self.started {
+            self.started = true;
+            out.insert(
+                0,
+                StreamEvent::Start {
+                    id: id.map(Cow::into_owned).unwrap_or_default(),
+                    model: model.map(Cow::into_owned).unwrap_or_default(),
+                    input_tokens: None,
                 },
-            });
+            );
+        }
+        if let Some(usage) = usage {
+            out.push(StreamEvent::Usage { usage });
         }
         Some(out)
     }
+}
+
+/// One element of `choices`: its events go to `out` when it is choice 0. Its text is
+/// decoded (and so checked) whatever its index, as the general decoder's parse does.
+fn fast_choice(c: &mut Cursor<'_>, out: &mut Vec<StreamEvent>) -> Option<()> {
+    let mut seen = Seen::default();
+    let mut index = None;
+    let mut delta = FastDelta::default();
+    let mut finish = None;
+    c.object(|c, key| {
+        match key.plain()? {
+            "index" => {
+                seen.first(0)?;
+                index = c.opt_u64()?;
+            }
+            "delta" => {
+                seen.first(1)?;
+                if !c.null() {
+                    delta = fast_delta(c)?;
+                }
+            }
+            "finish_reason" => {
+                seen.first(2)?;
+                finish = c.opt_string()?;
+            }
+            _ => c.skip()?,
+        }
+        Some(())
+    })?;
+    let text = RawStr::opt_text;
+    let (reasoning_content, reasoning) = (text(delta.reasoning_content)?, text(delta.reasoning)?);
+    let (content, refusal) = (text(delta.content)?, text(delta.refusal)?);
+    let finish = text(finish)?;
+    if index.unwrap_or(0) != 0 {
+        return Some(());
+    }
+    if let Some(text) = reasoning_content.or(reasoning).filter(|s| !s.is_empty()) {
+        out.push(StreamEvent::ThinkingDelta {
+            text: text.into_owned(),
+        });
+    }
+    for text in [content, refusal].into_iter().flatten() {
+        if !text.is_empty() {
+            out.push(StreamEvent::TextDelta {
+                text: text.into_owned(),
+            });
+        }
+    }
+    if let Some(reason) = finish {
+        out.push(StreamEvent::Finish {
+            reason: finish_from_str(&reason),
+            stop_sequence: None,
+        });
+    }
+    Some(())
+}
+
+/// A choice's `delta`; a tool call (any non-null `tool_calls`) takes the general path.
+fn fast_delta<'a>(c: &mut Cursor<'a>) -> Option<FastDelta<'a>> {
+    let mut seen = Seen::default();
+    let mut d = FastDelta::default();
+    c.object(|c, key| {
+        let (bit, slot) = match key.plain()? {
+            "content" => (0, &mut d.content),
+            "refusal" => (1, &mut d.refusal),
+            "reasoning_content" => (2, &mut d.reasoning_content),
+            "reasoning" => (3, &mut d.reasoning),
+            "tool_calls" => {
+                seen.first(4)?;
+                return c.null().then_some(());
+            }
+            _ => return c.skip(),
+        };
+        seen.first(bit)?;
+        *slot = c.opt_string()?;
+        Some(())
+    })?;
+    Some(d)
+}
+
+/// `usage` (or `null`), as [`decode_usage`] reads it.
+fn fast_usage(c: &mut Cursor<'_>) -> Option<Option<Usage>> {
+    if c.null() {
+        return Some(None);
+    }
+    let mut seen = Seen::default();
+    let (mut prompt, mut completion, mut cached, mut cache_hit) = (None, None, None, None);
+    c.object(|c, key| {
+        match key.plain()? {
+            "prompt_tokens" => {
+                seen.first(0)?;
+                prompt = c.opt_u64()?;
+            }
+            "completion_tokens" => {
+                seen.first(1)?;
+                completion = c.opt_u64()?;
+            }
+            "prompt_cache_hit_tokens" => {
+                seen.first(2)?;
+                cache_hit = c.opt_u64()?;
+            }
+            "prompt_tokens_details" => {
+                seen.first(3)?;
+                if !c.null() {
+                    let mut seen = Seen::default();
+                    c.object(|c, key| {
+                        if key.plain()? == "cached_tokens" {
+                            seen.first(0)?;
+                            cached = c.opt_u64()?;
+                            Some(())
+                        } else {
+                            c.skip()
+                        }
+                    })?;
+                }
+            }
+            _ => c.skip()?,
+        }
+        Some(())
+    })?;
+    Some(Some(Usage {
+        input_tokens: prompt.unwrap_or(0),
+        output_tokens: completion.unwrap_or(0),
+        cache_read_tokens: cached.or(cache_hit),
+        cache_write_tokens: None,
+    }))
 }
 
 // ---------------------------------------------------------------------------

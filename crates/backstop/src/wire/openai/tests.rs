@@ -1495,6 +1495,54 @@ proptest! {
     }
 }
 
+/// Chunks one edit away from valid ones (a byte dropped, doubled or replaced by a
+/// character that matters to JSON): whatever the fast walker makes of them, the result
+/// is the general decoder's — it never accepts what serde refuses, nor reads a field
+/// differently.
+const MUTATION_BASES: [&str; 5] = [
+    r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","service_tier":"default","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+    r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"caf\u00e9 \"q\" \n"},"logprobs":{"content":[{"token":"a","logprob":-0.5e-3,"bytes":[97]}]},"finish_reason":"stop"}]}"#,
+    r#"{"choices":[],"usage":{"prompt_tokens":8,"completion_tokens":3,"total_tokens":11,"prompt_tokens_details":{"cached_tokens":2,"audio_tokens":0},"prompt_cache_hit_tokens":1}}"#,
+    r#"{"id":"c1","choices":[{"index":1,"delta":{"reasoning":"r"}},{"delta":{"reasoning_content":"t","content":"x","tool_calls":null},"finish_reason":"length"}],"extra":[true,false,null,{"a":[]}]}"#,
+    r#" {"id":"c1","choices":[{"index":0,"delta":{"content":"\ud83d\ude00 ok"}}]} "#,
+];
+
+proptest! {
+    #[test]
+    fn fast_stream_path_matches_on_corrupted_chunks(
+        base in 0..MUTATION_BASES.len(),
+        at in any::<proptest::sample::Index>(),
+        edit in 0u8..3,
+        with in proptest::sample::select(vec![
+            '"', '\\', '{', '}', '[', ']', ',', ':', ' ', '0', '1', '-', '.', 'e', 'n', 'u', 'x', '\u{1}', '\u{e9}',
+        ]),
+    ) {
+        let mut chars: Vec<char> = MUTATION_BASES[base].chars().collect();
+        let i = at.index(chars.len());
+        match edit {
+            0 => { chars.remove(i); }
+            1 => { let c = chars[i]; chars.insert(i, c); }
+            _ => chars[i] = with,
+        }
+        let chunk: String = chars.into_iter().collect();
+        let ev = SseEvent { event: None, data: chunk.clone(), raw: bytes::Bytes::new() };
+        let fast = StreamDecoder::new().push(&ev).map_err(|e| e.to_string());
+        let general = StreamDecoder::new().push_value(&ev, chunk.trim()).map_err(|e| e.to_string());
+        prop_assert_eq!(fast, general, "chunk {}", chunk);
+    }
+}
+
+#[test]
+fn fast_stream_path_takes_the_mutation_bases() {
+    // The corrupted-chunk test means something only if its bases take the fast path.
+    for chunk in MUTATION_BASES {
+        assert!(
+            StreamDecoder::new().push_fast(chunk.trim()).is_some(),
+            "{chunk}"
+        );
+    }
+}
+
 /// Strings with escapes (copied) and without (borrowed) both stay on the fast path.
 #[test]
 fn fast_stream_path_takes_escaped_and_plain_text() {

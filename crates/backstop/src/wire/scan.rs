@@ -1,0 +1,446 @@
+//! A strict, allocation-free JSON cursor for the hot decoders of stream chunks.
+//!
+//! serde's derived deserializers spent most of the gateway's instructions on the
+//! 20-odd chunks of every streamed answer (field-name visitors, `Option` and `Vec`
+//! layers, one `ignore_value` per unknown field). A chunk decoder built on this cursor
+//! walks the text once, borrows what it keeps and skips the rest.
+//!
+//! Every method returns `None` for anything it does not accept, and the caller then
+//! hands the whole chunk to its general (serde) decoder. So the cursor may be stricter
+//! than serde_json, never looser: whatever it accepts is valid JSON (grammar, string
+//! escapes, no control characters in strings, nothing after the value).
+
+use std::borrow::Cow;
+
+/// The bytes that end a run of plain string content: quote, backslash, control characters.
+static STOPS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Nesting deeper than this is left to serde (which has its own limit of 128).
+const MAX_DEPTH: usize = 64;
+
+pub(crate) struct Cursor<'a> {
+    src: &'a str,
+    pos: usize,
+}
+
+/// A string as it appears in the text (between the quotes, escapes not decoded).
+#[derive(Clone, Copy)]
+pub(crate) struct RawStr<'a> {
+    raw: &'a str,
+    escaped: bool,
+}
+
+impl<'a> RawStr<'a> {
+    /// The string's value: borrowed when it has no escapes.
+    pub(crate) fn text(self) -> Option<Cow<'a, str>> {
+        if !self.escaped {
+            return Some(Cow::Borrowed(self.raw));
+        }
+        // Rare in chunks (newlines, quotes in code): let serde_json decode the escapes
+        // (surrogate pairs included) of this one string.
+        let quoted = &self.raw_with_quotes();
+        serde_json::from_str::<String>(quoted).ok().map(Cow::Owned)
+    }
+
+    /// The value of an optional string: `Some(None)` for none, `None` when its escapes
+    /// do not decode.
+    pub(crate) fn opt_text(s: Option<Self>) -> Option<Option<Cow<'a, str>>> {
+        match s {
+            None => Some(None),
+            Some(s) => s.text().map(Some),
+        }
+    }
+
+    /// Whether this is exactly `s`, written without escapes.
+    pub(crate) fn is(self, s: &str) -> bool {
+        !self.escaped && self.raw == s
+    }
+
+    /// A key to match on: `None` when written with escapes (serde would decode and
+    /// match it; the fast decoders leave such a chunk to the general one).
+    pub(crate) fn plain(self) -> Option<&'a str> {
+        (!self.escaped).then_some(self.raw)
+    }
+
+    fn raw_with_quotes(self) -> String {
+        let mut q = String::with_capacity(self.raw.len() + 2);
+        q.push('"');
+        q.push_str(self.raw);
+        q.push('"');
+        q
+    }
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(src: &'a str) -> Self {
+        Cursor { src, pos: 0 }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.src.as_bytes()
+    }
+
+    fn ws(&mut self) {
+        let b = self.bytes();
+        while let Some(&c) = b.get(self.pos) {
+            if matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The next byte after whitespace, not consumed.
+    pub(crate) fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.bytes().get(self.pos).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.pos += 1)
+    }
+
+    /// Only whitespace is left.
+    pub(crate) fn end(&mut self) -> Option<()> {
+        self.peek().is_none().then_some(())
+    }
+
+    /// Consume `null` if it is next.
+    pub(crate) fn null(&mut self) -> bool {
+        if self.peek() == Some(b'n') && self.bytes()[self.pos..].starts_with(b"null") {
+            self.pos += 4;
+            return self.delimited();
+        }
+        false
+    }
+
+    /// A literal or number must be followed by a delimiter, not more letters (`nullx`).
+    fn delimited(&self) -> bool {
+        self.bytes()
+            .get(self.pos)
+            .is_none_or(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+    }
+
+    /// A string.
+    pub(crate) fn string(&mut self) -> Option<RawStr<'a>> {
+        self.eat(b'"')?;
+        let b = self.bytes();
+        let start = self.pos;
+        let mut escaped = false;
+        loop {
+            // Strings in chunks are short: a table lookup per byte beats memchr's setup
+            // (and a word-at-a-time test, measured with callgrind).
+            let n = b
+                .get(self.pos..)?
+                .iter()
+                .position(|&c| STOPS[usize::from(c)])?;
+            self.pos += n;
+            let c = b[self.pos];
+            match c {
+                b'"' => break,
+                b'\\' => escaped = true,
+                _ => return None, // a control character
+            }
+            self.pos += 1;
+            match *b.get(self.pos)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                b'u' => {
+                    let hex = b.get(self.pos + 1..self.pos + 5)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    self.pos += 4;
+                }
+                _ => return None,
+            }
+            self.pos += 1;
+        }
+        // Both ends are ASCII quotes, so the slice is on char boundaries.
+        let raw = self.src.get(start..self.pos)?;
+        self.pos += 1;
+        Some(RawStr { raw, escaped })
+    }
+
+    /// A string, or `null` (`None` inside).
+    pub(crate) fn opt_string(&mut self) -> Option<Option<RawStr<'a>>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.string().map(Some)
+    }
+
+    /// An unsigned integer written without fraction or exponent (what serde accepts
+    /// for a `u64` field), or `null`.
+    pub(crate) fn opt_u64(&mut self) -> Option<Option<u64>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.ws();
+        let b = self.bytes();
+        let start = self.pos;
+        let mut n: u64 = 0;
+        while let Some(&c) = b.get(self.pos) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            self.pos += 1;
+        }
+        let digits = self.pos - start;
+        // No digits, a leading zero, or a fraction/exponent: not a plain u64.
+        if digits == 0 || (digits > 1 && b[start] == b'0') || !self.delimited() {
+            return None;
+        }
+        Some(Some(n))
+    }
+
+    /// An object, calling `field` with each key; `field` must consume the value.
+    pub(crate) fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, RawStr<'a>) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            field(self, key)?;
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// An array, calling `item` for each element; `item` must consume it.
+    pub(crate) fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.pos += 1;
+            return Some(());
+        }
+        loop {
+            item(self)?;
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b']' => {
+                    self.pos += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Any JSON value, checked and skipped.
+    pub(crate) fn skip(&mut self) -> Option<()> {
+        self.skip_at(0)
+    }
+
+    fn skip_at(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'{' => self.object(|c, _| c.skip_at(depth + 1)),
+            b'[' => self.array(|c| c.skip_at(depth + 1)),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.null().then_some(()),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if !self.bytes()[self.pos..].starts_with(word) {
+            return None;
+        }
+        self.pos += word.len();
+        self.delimited().then_some(())
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn number(&mut self) -> Option<()> {
+        let b = self.bytes();
+        let digits = |pos: &mut usize| {
+            let start = *pos;
+            while b.get(*pos).is_some_and(u8::is_ascii_digit) {
+                *pos += 1;
+            }
+            *pos - start
+        };
+        let mut p = self.pos;
+        if b.get(p) == Some(&b'-') {
+            p += 1;
+        }
+        let first = p;
+        match digits(&mut p) {
+            0 => return None,
+            n if n > 1 && b[first] == b'0' => return None,
+            _ => {}
+        }
+        if b.get(p) == Some(&b'.') {
+            p += 1;
+            if digits(&mut p) == 0 {
+                return None;
+            }
+        }
+        if matches!(b.get(p), Some(b'e' | b'E')) {
+            p += 1;
+            if matches!(b.get(p), Some(b'+' | b'-')) {
+                p += 1;
+            }
+            if digits(&mut p) == 0 {
+                return None;
+            }
+        }
+        self.pos = p;
+        self.delimited().then_some(())
+    }
+}
+
+/// Marks each known key of one object as seen; a second sighting fails (serde's
+/// derived structs reject duplicate fields, so such a chunk goes to the general path).
+#[derive(Default)]
+pub(crate) struct Seen(u32);
+
+impl Seen {
+    pub(crate) fn first(&mut self, bit: u32) -> Option<()> {
+        let mask = 1 << bit;
+        if self.0 & mask != 0 {
+            return None;
+        }
+        self.0 |= mask;
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skips(s: &str) -> bool {
+        let mut c = Cursor::new(s);
+        c.skip().and_then(|()| c.end()).is_some()
+    }
+
+    #[test]
+    fn accepts_exactly_what_serde_accepts_on_a_sample() {
+        let cases = [
+            r#"{}"#,
+            r#"[]"#,
+            r#"{"a":[1,2.5,-3e7,0,0.1,1E+2,true,false,null,"x\n\"\u00e9"]}"#,
+            r#" { "a" : { "b" : [ ] } } "#,
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"[1 2]"#,
+            r#"01"#,
+            r#"1."#,
+            r#"-"#,
+            r#"1e"#,
+            r#"nul"#,
+            r#"nullx"#,
+            r#"truex"#,
+            r#""\x""#,
+            r#""\u12g4""#,
+            "\"tab\there\"",
+            r#"{"a":1}x"#,
+            r#"{"a":1"#,
+            r#""unterminated"#,
+            r#"[1,]"#,
+            r#"{,}"#,
+            r#"{"a":-01}"#,
+            r#"{"a":.5}"#,
+        ];
+        for s in cases {
+            let serde_ok = serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok();
+            assert_eq!(skips(s), serde_ok, "{s}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_left_to_serde() {
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(!skips(&deep));
+        let shallow = format!("{}{}", "[".repeat(10), "]".repeat(10));
+        assert!(skips(&shallow));
+    }
+
+    #[test]
+    fn strings_borrow_unless_escaped() {
+        let mut c = Cursor::new(r#""plain""#);
+        assert!(matches!(
+            c.string().and_then(RawStr::text),
+            Some(Cow::Borrowed("plain"))
+        ));
+        let mut c = Cursor::new(r#""a\nb\ud83d\ude00""#);
+        assert_eq!(c.string().and_then(RawStr::text).as_deref(), Some("a\nb😀"));
+        // A lone surrogate is not text.
+        let mut c = Cursor::new(r#""\ud800""#);
+        assert_eq!(c.string().and_then(RawStr::text), None);
+    }
+
+    #[test]
+    fn u64_fields_take_plain_integers_only() {
+        for (s, want) in [
+            ("0", Some(Some(0))),
+            ("42", Some(Some(42))),
+            ("null", Some(None)),
+            ("18446744073709551615", Some(Some(u64::MAX))),
+            ("18446744073709551616", None),
+            ("-1", None),
+            ("1.0", None),
+            ("1e2", None),
+            ("07", None),
+            ("\"1\"", None),
+        ] {
+            let mut c = Cursor::new(s);
+            assert_eq!(c.opt_u64(), want, "{s}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn long_strings_scan_like_serde(s in "[ -~\\u{e9}\\u{1F600}\t]{0,80}") {
+            // Random text (quotes, backslashes and tabs included) written as a JSON string
+            // and as a raw, possibly invalid one.
+            let quoted = serde_json::to_string(&s).unwrap();
+            let mut c = Cursor::new(&quoted);
+            let got = c.string().and_then(RawStr::text);
+            proptest::prop_assert_eq!(got.as_deref(), Some(s.as_str()));
+            let raw = format!("\"{s}\"");
+            let serde_ok = serde_json::from_str::<String>(&raw).is_ok();
+            let mut c = Cursor::new(&raw);
+            let ours = c.string().and_then(RawStr::text).is_some() && c.end().is_some();
+            proptest::prop_assert_eq!(ours, serde_ok, "{}", raw);
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let mut seen = Seen::default();
+        assert!(seen.first(0).is_some());
+        assert!(seen.first(3).is_some());
+        assert!(seen.first(0).is_none());
+    }
+}
