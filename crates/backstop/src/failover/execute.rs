@@ -872,7 +872,7 @@ impl Engine {
     async fn commit_stream(
         &self,
         upstream: &Upstream,
-        response: reqwest::Response,
+        response: crate::provider::Response,
         first_token_deadline: Instant,
         deadline: Instant,
         hold_all: bool,
@@ -1017,7 +1017,10 @@ fn encode_body(v: &serde_json::Value) -> Bytes {
 }
 
 /// Read a whole body within the deadline, bounded in size.
-async fn read_body(mut response: reqwest::Response, deadline: Instant) -> Result<Bytes, Failure> {
+async fn read_body(
+    mut response: crate::provider::Response,
+    deadline: Instant,
+) -> Result<Bytes, Failure> {
     let mut buf = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline, response.chunk()).await {
@@ -1032,7 +1035,7 @@ async fn read_body(mut response: reqwest::Response, deadline: Instant) -> Result
                 return Err(Failure::new(
                     Reason::Timeout,
                     Phase::Body,
-                    format!("upstream body broke: {}", crate::provider::body_error(e)),
+                    format!("upstream body broke: {e}"),
                 ));
             }
             Ok(Ok(None)) => return Ok(Bytes::from(buf)),

@@ -45,7 +45,7 @@ pub enum StreamItem {
 
 /// An upstream response body read as a sequence of [`StreamItem`]s.
 pub struct UpstreamStream {
-    response: reqwest::Response,
+    response: crate::provider::Response,
     parser: SseParser,
     decoder: UpstreamDecoder,
     queue: VecDeque<SseEvent>,
@@ -60,7 +60,11 @@ pub struct UpstreamStream {
 }
 
 impl UpstreamStream {
-    pub fn new(response: reqwest::Response, decoder: UpstreamDecoder, idle: Duration) -> Self {
+    pub fn new(
+        response: crate::provider::Response,
+        decoder: UpstreamDecoder,
+        idle: Duration,
+    ) -> Self {
         UpstreamStream {
             response,
             parser: SseParser::new(),
@@ -119,8 +123,7 @@ impl UpstreamStream {
                         ),
                     ));
                 }
-                Ok(Err(e)) => {
-                    let t = crate::provider::body_error(e);
+                Ok(Err(t)) => {
                     return StreamItem::Failed(Failure::new(
                         Reason::Timeout,
                         self.phase(),

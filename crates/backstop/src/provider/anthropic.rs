@@ -2,8 +2,10 @@
 //!
 //! Wire types and conversions: [`crate::wire::anthropic`].
 
+use super::{TransportError, secret_header};
 use crate::config::AuthProfile;
 use crate::wire::anthropic::API_VERSION;
+use http::{HeaderMap, HeaderValue};
 
 /// The default base URL; without the version, as the Anthropic SDKs expect.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -18,12 +20,12 @@ pub fn endpoint(base_url: &str) -> String {
 }
 
 /// Anthropic takes the key in `x-api-key`, with the API version header.
-pub fn authorize(rb: reqwest::RequestBuilder, profile: &AuthProfile) -> reqwest::RequestBuilder {
-    let rb = rb.header("anthropic-version", API_VERSION);
-    match &profile.key {
-        Some(k) => rb.header("x-api-key", k.expose()),
-        None => rb,
+pub fn authorize(headers: &mut HeaderMap, profile: &AuthProfile) -> Result<(), TransportError> {
+    headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
+    if let Some(k) = &profile.key {
+        headers.insert("x-api-key", secret_header(k.expose())?);
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //!
 //! Wire types and conversions: [`crate::wire::gemini`].
 
+use super::{TransportError, secret_header};
 use crate::config::AuthProfile;
+use http::HeaderMap;
 
 /// The default base URL; without the API version, which [`endpoint`] appends.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -34,11 +36,11 @@ pub fn endpoint(base_url: &str, model: &str, stream: bool) -> String {
 
 /// Gemini takes the key in `x-goog-api-key` (never in the URL, where it would leak
 /// into logs).
-pub fn authorize(rb: reqwest::RequestBuilder, profile: &AuthProfile) -> reqwest::RequestBuilder {
-    match &profile.key {
-        Some(k) => rb.header("x-goog-api-key", k.expose()),
-        None => rb,
+pub fn authorize(headers: &mut HeaderMap, profile: &AuthProfile) -> Result<(), TransportError> {
+    if let Some(k) = &profile.key {
+        headers.insert("x-goog-api-key", secret_header(k.expose())?);
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //!
 //! Wire types and conversions: [`crate::wire::openai`].
 
+use super::{TransportError, secret_header};
 use crate::config::AuthProfile;
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
 
 /// The default base URL; it includes the API version, as the OpenAI SDKs expect.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -28,11 +31,14 @@ pub fn accepts_stream_options(base_url: &str) -> bool {
 }
 
 /// OpenAI-style providers take the key as a bearer token.
-pub fn authorize(rb: reqwest::RequestBuilder, profile: &AuthProfile) -> reqwest::RequestBuilder {
-    match &profile.key {
-        Some(k) => rb.bearer_auth(k.expose()),
-        None => rb,
+pub fn authorize(headers: &mut HeaderMap, profile: &AuthProfile) -> Result<(), TransportError> {
+    if let Some(k) = &profile.key {
+        headers.insert(
+            AUTHORIZATION,
+            secret_header(&format!("Bearer {}", k.expose()))?,
+        );
     }
+    Ok(())
 }
 
 #[cfg(test)]
