@@ -37,7 +37,9 @@
 
 use super::events::{Heard, Listener, listen};
 use super::sync::SCAN_COUNT;
-use super::task::{Link, invoke, is_outage, push_bounded, query, query_pipe, scan};
+use super::task::{
+    Link, invoke, is_outage, push_bounded, query, query_pipe, renew_marker, scan, set_marker,
+};
 use super::{RedisOptions, RedisStoreError, open_client, scripts, wait_ready};
 use crate::clock::Clock;
 use crate::state::session::{
@@ -678,25 +680,16 @@ impl Writer {
         self.next_resync = Instant::now() + self.shared.options.session_resync_interval;
         let mut conn = self.link.conn()?;
         let marker = self.shared.marker();
-        let ttl = self.shared.options.session_resync_interval * 3;
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let known: i64 = query(
-            &mut conn,
-            redis::cmd("PEXPIRE").arg(&marker).arg(ttl_ms),
+        let (resync, timeout) = (
+            self.shared.options.session_resync_interval,
             self.link.timeout(),
-        )
-        .await?;
-        if known == 0 {
+        );
+        if !renew_marker(&mut conn, &marker, resync, timeout).await? {
             if self.shared.syncs.load(Ordering::Acquire) > 0 {
                 tracing::info!(redis = %self.shared.url, "Redis lost this instance's sessions: putting them back");
             }
             self.restore_all().await?;
-            let _: () = query(
-                &mut conn,
-                redis::cmd("SET").arg(&marker).arg(1).arg("PX").arg(ttl_ms),
-                self.link.timeout(),
-            )
-            .await?;
+            set_marker(&mut conn, &marker, resync, timeout).await?;
         }
         let prefix = format!("{}session:", self.shared.options.prefix);
         let keys = scan(&mut conn, &format!("{prefix}*"), self.link.timeout()).await?;

@@ -2,7 +2,7 @@
 //! the periodic full resync (SCAN), and the reconcile after an outage (replay the
 //! queue, merge the local view into Redis, pull everything).
 
-use super::task::{Writer, is_outage, query, query_pipe, scan};
+use super::task::{Writer, is_outage, query, query_pipe, renew_marker, scan, set_marker};
 use super::{Grant, Shared, lock, parse_breaker, scripts};
 use crate::state::{BreakerSnapshot, Scope, StateStore};
 use redis::RedisResult;
@@ -94,25 +94,13 @@ impl Writer {
         self.next_resync = Instant::now() + self.shared.options.resync_interval;
         let mut conn = self.link.conn()?;
         let marker = self.shared.keys.instance(&self.shared.instance);
-        let ttl = self.shared.options.resync_interval * 3;
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let known: i64 = query(
-            &mut conn,
-            redis::cmd("PEXPIRE").arg(&marker).arg(ttl_ms),
-            self.link.timeout(),
-        )
-        .await?;
-        if known == 0 {
+        let (resync, timeout) = (self.shared.options.resync_interval, self.link.timeout());
+        if !renew_marker(&mut conn, &marker, resync, timeout).await? {
             if self.shared.syncs.load(Ordering::Acquire) > 0 {
                 tracing::info!(redis = %self.shared.url, "Redis lost this instance's state: pushing the local view");
             }
             self.push_local().await?;
-            let _: () = query(
-                &mut conn,
-                redis::cmd("SET").arg(&marker).arg(1).arg("PX").arg(ttl_ms),
-                self.link.timeout(),
-            )
-            .await?;
+            set_marker(&mut conn, &marker, resync, timeout).await?;
         }
         let pattern = format!("{}breaker:*", self.shared.keys.prefix);
         let keys = scan(&mut conn, &pattern, self.link.timeout()).await?;

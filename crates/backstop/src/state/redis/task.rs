@@ -513,6 +513,46 @@ pub(super) async fn query<T: FromRedisValue>(
         .unwrap_or_else(|_| Err(timed_out()))
 }
 
+/// An instance's marker key, renewed at each full resync for three resync intervals.
+/// `Ok(false)`: Redis no longer had it (restarted empty, or evicted it), so what this
+/// instance holds must be put back — then [`set_marker`].
+pub(super) async fn renew_marker(
+    conn: &mut ConnectionManager,
+    marker: &str,
+    resync: Duration,
+    timeout: Duration,
+) -> RedisResult<bool> {
+    let known: i64 = query(
+        conn,
+        redis::cmd("PEXPIRE").arg(marker).arg(marker_ttl_ms(resync)),
+        timeout,
+    )
+    .await?;
+    Ok(known != 0)
+}
+
+/// Set the marker again once the local view has been put back.
+pub(super) async fn set_marker(
+    conn: &mut ConnectionManager,
+    marker: &str,
+    resync: Duration,
+    timeout: Duration,
+) -> RedisResult<()> {
+    let cmd = redis::cmd("SET")
+        .arg(marker)
+        .arg(1)
+        .arg("PX")
+        .arg(marker_ttl_ms(resync))
+        .to_owned();
+    query(conn, &cmd, timeout).await
+}
+
+fn marker_ttl_ms(resync: Duration) -> u64 {
+    u64::try_from((resync * 3).as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// Run a Lua script, bounded by `timeout`.
 pub(super) async fn invoke<T: FromRedisValue>(
     conn: &mut ConnectionManager,
