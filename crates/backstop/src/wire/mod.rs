@@ -17,9 +17,7 @@ pub mod gemini;
 pub mod openai;
 pub(crate) mod scan;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 /// Replace the `model` field of a same-format body, leaving everything else as the client sent it.
 pub fn with_model(body: &Value, model: &str) -> Value {
@@ -49,27 +47,31 @@ pub fn with_model(body: &Value, model: &str) -> Value {
 /// );
 /// ```
 pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
-    let Entries(entries) = serde_json::from_slice(body).ok()?;
-    let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_ref()).collect();
+    // Walked with the strict cursor (no allocation but for escaped keys): each top-level
+    // key with the byte range of its value.
+    let text = std::str::from_utf8(body).ok()?;
+    let mut c = scan::Cursor::new(text);
+    let mut entries: Vec<(std::borrow::Cow<'_, str>, usize, usize)> = Vec::new();
+    c.object(|c, key| {
+        let key = key.text()?;
+        c.peek()?;
+        let start = c.pos();
+        c.skip()?;
+        entries.push((key, start, c.pos()));
+        Some(())
+    })?;
+    c.end()?;
+    let mut keys: Vec<&str> = entries.iter().map(|(k, _, _)| k.as_ref()).collect();
     keys.sort_unstable();
     if keys.windows(2).any(|w| w[0] == w[1]) {
         return None;
     }
-    let base = body.as_ptr() as usize;
     // (start, end, new text) of every value replaced in place, in body order.
     let mut replace: Vec<(usize, usize, &str)> = Vec::new();
     let mut append: Vec<(&str, &str)> = Vec::new();
     for &(name, value) in fields {
-        match entries.iter().find(|(k, _)| k.as_ref() == name) {
-            Some((_, raw)) => {
-                let text = raw.get();
-                let start = (text.as_ptr() as usize).checked_sub(base)?;
-                let end = start.checked_add(text.len())?;
-                if end > body.len() {
-                    return None;
-                }
-                replace.push((start, end, value));
-            }
+        match entries.iter().find(|(k, _, _)| k.as_ref() == name) {
+            Some(&(_, start, end)) => replace.push((start, end, value)),
             None => append.push((name, value)),
         }
     }
@@ -100,57 +102,6 @@ pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(&body[close..]);
     Some(out)
-}
-
-/// The top-level members of a JSON object, borrowed from the text.
-struct Entries<'de>(Vec<(Key<'de>, &'de RawValue)>);
-
-/// An object key: borrowed unless it had escapes.
-struct Key<'de>(std::borrow::Cow<'de, str>);
-
-impl AsRef<str> for Key<'_> {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for Entries<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    entries.push(entry);
-                }
-                Ok(Entries(entries))
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 #[cfg(test)]

@@ -114,6 +114,11 @@ impl<'a> Cursor<'a> {
         self.src.as_bytes()
     }
 
+    /// The byte offset reached in the text.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
     /// The next byte after whitespace, not consumed.
     pub(crate) fn peek(&mut self) -> Option<u8> {
         let b = self.bytes();
