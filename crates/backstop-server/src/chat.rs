@@ -139,6 +139,14 @@ async fn serve(
                 None => error_response(ingress, &e.error),
             };
             set_attempts(resp.headers_mut(), failure.failed.len());
+            // A client-side error returned as is was that model's answer.
+            if let Some(v) = e
+                .answered_by
+                .as_deref()
+                .and_then(|m| HeaderValue::from_str(m).ok())
+            {
+                resp.headers_mut().insert(MODEL, v);
+            }
             if let Some(wait) = failure.retry_after {
                 // Whole seconds, rounded up: a client must not come back before the soonest recovery.
                 let secs = wait.as_millis().div_ceil(1000).max(1) as u64;

@@ -168,6 +168,34 @@ async fn content_policy_is_passed_through_and_never_retried() {
     assert_eq!(r.attempts(), Some(1));
 }
 
+/// Refusals, bad requests and context overflows are the request's fault (§3.2: no
+/// cooldown): however many there are, they never steer later requests away from the
+/// model, which would also let a refused request be answered by another model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_never_mark_a_model_degraded() {
+    let (primary, backup) = (fake(), fake());
+    let gw = Gateway::start(two_keys(&primary, &backup)).await;
+    for kind in [
+        "content_policy_violation",
+        "invalid_request_error",
+        "context_length_exceeded",
+    ] {
+        primary.set_default(Step::error_kind(400, kind));
+        for _ in 0..12 {
+            let r = gw.chat(&openai_request("default", false)).await;
+            assert_eq!(r.status, 400, "{kind}: {}", r.body);
+            assert_eq!(r.attempts(), Some(1), "{kind}");
+        }
+    }
+    assert!(backup.requests().is_empty(), "the fallback is never tried");
+    primary.set_default(Step::Echo);
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-backstop-model"), Some("openai/gpt-4o"));
+    assert_eq!(r.header("x-backstop-fallback"), None);
+    assert!(backup.requests().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallbacks_answer_reports_its_own_model_and_usage() {
     let (primary, backup) = (fake(), fake());

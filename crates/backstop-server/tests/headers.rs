@@ -155,6 +155,39 @@ async fn attempts_count_every_profile_and_model() {
     assert_eq!(got.header("x-backstop-attempts"), Some("3"));
 }
 
+/// A client-side error returned as is (§3.2) is the answering model's answer: it names
+/// that model in `x-backstop-model`, as every response does (§2).
+#[tokio::test]
+async fn a_returned_client_error_names_the_model_that_answered() {
+    let (fakes, gw) = setup().await;
+    fakes
+        .oa
+        .push(Step::error_kind(400, "invalid_request_error"));
+    let got = send(gw.anthropic(&anthropic_body("default", "hi", false))).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert_eq!(got.header("x-backstop-model"), Some("oa/gpt-4o"));
+    assert_eq!(got.header("x-backstop-attempts"), Some("1"));
+    // After a fallback: the model whose refusal the client gets.
+    fakes.oa.push(Step::error_kind(429, "rate_limit_exceeded"));
+    fakes
+        .oa2
+        .push(Step::error_kind(400, "content_policy_violation"));
+    let got = send(gw.openai(&openai_body("default", "hi", true))).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert_eq!(got.header("x-backstop-model"), Some("oa2/gpt-4.1"));
+    assert_eq!(got.header("x-backstop-attempts"), Some("2"));
+    // When every target failed, no model answered.
+    let (fakes, gw) = setup().await;
+    fakes.oa.push(Step::error(500));
+    let got = send(
+        gw.openai(&openai_body("default", "hi", false))
+            .header("x-backstop-fallbacks", ""),
+    )
+    .await;
+    assert_eq!(got.status, 503, "{}", got.text());
+    assert_eq!(got.header("x-backstop-model"), None);
+}
+
 #[tokio::test]
 async fn the_body_model_is_what_the_provider_reported() {
     let (fakes, gw) = setup().await;

@@ -73,6 +73,13 @@ struct ModelHealth {
     last_attempt_ms: Option<u64>,
 }
 
+/// Whether an outcome counts against a model's health: a failure that is not the
+/// request's own fault (a refusal, a bad or too long request, a client that went
+/// away say nothing of the model, and must not steer traffic away from it).
+fn counts_against(outcome: Option<Reason>) -> bool {
+    outcome.is_some_and(|r| !r.is_request_fault())
+}
+
 fn ewma(prev: Option<f64>, x: f64, alpha: f64) -> f64 {
     prev.map_or(x, |p| p + alpha * (x - p))
 }
@@ -107,7 +114,7 @@ impl ModelHealth {
 
     fn pop_outcome(&mut self) {
         if let Some((_, r)) = self.outcomes.pop_front() {
-            self.outcomes_bad -= usize::from(r.is_some());
+            self.outcomes_bad -= usize::from(counts_against(r));
         }
         if self.outcomes.is_empty() {
             self.outcomes_sorted = true;
@@ -123,7 +130,7 @@ impl ModelHealth {
         } else if self.outcomes.back().is_some_and(|(t, _)| *t > at_ms) {
             self.outcomes_sorted = false;
         }
-        self.outcomes_bad += usize::from(failure.is_some());
+        self.outcomes_bad += usize::from(counts_against(failure));
         self.outcomes.push_back((at_ms, failure));
     }
 
@@ -135,7 +142,7 @@ impl ModelHealth {
             for (t, r) in &self.outcomes {
                 if in_window(*t) {
                     total += 1;
-                    bad += usize::from(r.is_some());
+                    bad += usize::from(counts_against(*r));
                 }
             }
             return (total, bad);
@@ -147,7 +154,7 @@ impl ModelHealth {
                 break;
             }
             stale += 1;
-            stale_bad += usize::from(r.is_some());
+            stale_bad += usize::from(counts_against(*r));
         }
         (self.outcomes.len() - stale, self.outcomes_bad - stale_bad)
     }

@@ -22,6 +22,9 @@ pub struct ChainError {
     /// The upstream's own error body, when it is already in the client's format and
     /// was returned on purpose (a client-side error like a bad request).
     pub passthrough: Option<Bytes>,
+    /// The `provider/model` whose error the client gets as its answer (a client-side
+    /// error returned as is), for `x-backstop-model`; `None` when every target failed.
+    pub answered_by: Option<String>,
 }
 
 /// Turn a chain failure into one client error (PRODUCT §8 "When every target fails").
@@ -70,7 +73,11 @@ pub fn chain_error(
             }
             _ => None,
         };
-        return ChainError { error, passthrough };
+        return ChainError {
+            error,
+            passthrough,
+            answered_by: Some(last.target.model.to_string()),
+        };
     }
     let mut lines: Vec<String> = f
         .failed
@@ -115,6 +122,7 @@ pub fn chain_error(
     ChainError {
         error: ClientError::new(kind, message).with_status(status),
         passthrough: None,
+        answered_by: None,
     }
 }
 

@@ -62,6 +62,15 @@ impl Reason {
             Reason::Unknown => "failed",
         }
     }
+
+    /// The request's own fault, not the target's: a refusal, a bad or too long request,
+    /// or the client going away. Such a failure says nothing of the target's health.
+    pub fn is_request_fault(self) -> bool {
+        matches!(
+            self,
+            Reason::ContextOverflow | Reason::ContentPolicy | Reason::BadRequest | Reason::Aborted
+        )
+    }
 }
 
 impl std::fmt::Display for Reason {
