@@ -263,10 +263,15 @@ fn serve(
         };
         let state =
             Arc::new(backstop_server::AppState::new(Arc::new(config)).map_err(anyhow::Error::msg)?);
-        // Reload from the same place: the file it came from, else the environment.
+        // Reload from the same place: the file it came from, else the environment. A new
+        // config that drops `server.api_keys` while the gateway listens beyond loopback is
+        // refused like it would be at start.
         let again = watch.clone();
         let loader: backstop_server::reload::Loader = Arc::new(move || {
-            config::load(again.as_deref(), &ProcessEnv).map_err(|e| e.to_string())
+            let config = config::load(again.as_deref(), &ProcessEnv).map_err(|e| e.to_string())?;
+            backstop_server::check_exposure(&config, local, allow_unauthenticated)
+                .map_err(|e| e.to_string())?;
+            Ok(config)
         });
         backstop_server::reload::spawn(
             state.clone(),

@@ -230,7 +230,16 @@ fn provider(
             continue;
         }
         let Value::String(raw_value) = value else {
-            cx.err(hpath, format!("must be a string; got {value}"));
+            // Not the value itself: a header value may be a key.
+            let kind = match value {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::Array(_) => "a list",
+                Value::Object(_) => "an object",
+                Value::String(_) => "a string",
+            };
+            cx.err(hpath, format!("must be a string; got {kind}"));
             continue;
         };
         if let Some(s) = strict_secret(cx, &hpath, &raw_value) {

@@ -158,10 +158,60 @@ pub(crate) fn section<T: DeserializeOwned + Default>(
         Err(e) => {
             let inner = e.path().to_string();
             let path = join_path(prefix, if inner == "." { "" } else { &inner });
-            errors.push(ConfigError::new(path, e.into_inner().to_string()));
+            let mut message = e.into_inner().to_string();
+            if holds_secret(&path) {
+                message = redact_quoted(&message);
+            }
+            errors.push(ConfigError::new(path, message));
             None
         }
     }
+}
+
+/// Whether a key path may hold a secret (a key, a client key, a header value, a Redis URL),
+/// so that a value quoted in an error there must be redacted.
+pub(crate) fn holds_secret(path: &str) -> bool {
+    let segments: Vec<&str> = path
+        .split('.')
+        .map(|s| s.split('[').next().unwrap_or(s))
+        .collect();
+    segments
+        .iter()
+        .any(|s| matches!(*s, "api_keys" | "redis_url" | "headers" | "key" | "token"))
+        || (segments.first() == Some(&"providers") && segments.contains(&"auth"))
+}
+
+/// Replace every `string "…"` that serde quotes in an error message by its redacted form
+/// (`string "sk-…abcd"`), so a key written in the wrong shape never reaches a log line.
+pub(crate) fn redact_quoted(message: &str) -> String {
+    const OPEN: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(OPEN) {
+        let (head, tail) = rest.split_at(at + OPEN.len());
+        out.push_str(head);
+        // The value is Debug-escaped: it ends at the first quote not preceded by a backslash.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in tail.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    end = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let Some(end) = end else {
+            out.push('…');
+            return out;
+        };
+        out.push_str(&crate::secret::redact(&tail[..end]));
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `a` + `b.c` → `a.b.c`; `a` + `[1].c` → `a[1].c`.
@@ -411,5 +461,35 @@ mod tests {
         let r: Option<Vec<RawAuthEntry>> = section(Some(&v), "providers.x.auth", &mut errors);
         assert!(r.is_none());
         assert_eq!(errors[1].path, "providers.x.auth[0].key");
+    }
+
+    #[test]
+    fn a_key_in_the_wrong_shape_is_redacted_in_the_error() {
+        let mut errors = Vec::new();
+        let v = json!(["sk-proj-secretsecret-1234"]);
+        let r: Option<Vec<RawAuthEntry>> = section(Some(&v), "providers.x.auth", &mut errors);
+        assert!(r.is_none());
+        assert_eq!(errors[0].path, "providers.x.auth[0]");
+        assert_eq!(
+            errors[0].message,
+            "invalid type: string \"sk-…1234\", expected struct RawAuthEntry"
+        );
+        // Elsewhere the bad value is shown as written.
+        let v = json!({"max_attempts": "two"});
+        let _: Option<RawRetry> = section(Some(&v), "retry", &mut errors);
+        assert!(
+            errors[1].message.contains("\"two\""),
+            "{}",
+            errors[1].message
+        );
+        assert_eq!(
+            redact_quoted(r#"a string "sk-x\"y-abcdefgh-9876" and string "unterminated"#),
+            "a string \"sk-…9876\" and string \"…"
+        );
+        assert!(holds_secret("server.api_keys"));
+        assert!(holds_secret("state.redis_url"));
+        assert!(holds_secret("providers.oa.headers.X-Key"));
+        assert!(!holds_secret("auth.order.oa[0]"));
+        assert!(!holds_secret("retry.max_attempts"));
     }
 }

@@ -406,6 +406,32 @@ fn strict_secrets_api_keys_headers_urls() {
     assert_eq!(c.state.redis_url.as_deref(), Some("redis://cache:6379"));
 }
 
+#[test]
+fn a_key_written_in_the_wrong_shape_never_appears_in_an_error() {
+    let key = "sk-proj-LEAKME-abcdefgh-1234";
+    for text in [
+        format!(r#"{{ providers: {{ openai: {{ auth: ["{key}"], models: ["m"] }} }} }}"#),
+        format!(
+            r#"{{ server: {{ api_keys: "{key}" }}, providers: {{ openai: {{ models: ["m"] }} }} }}"#
+        ),
+        format!(
+            r#"{{ providers: {{ openai: {{ models: ["m"], headers: {{ "X-Key": ["{key}"] }} }} }} }}"#
+        ),
+    ] {
+        let e = errs(&text, &MapEnv::new());
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(!e[0].contains("LEAKME"), "{}", e[0]);
+    }
+    let e = errs(
+        &format!(r#"{{ providers: {{ openai: {{ auth: ["{key}"], models: ["m"] }} }} }}"#),
+        &MapEnv::new(),
+    );
+    assert_eq!(
+        e[0],
+        "backstop.json5: providers.openai.auth[0]: invalid type: string \"sk-…1234\", expected struct RawAuthEntry"
+    );
+}
+
 // ---- providers and profiles ----
 
 #[test]
