@@ -128,7 +128,7 @@ pub fn clear(target: &Target, what: &Clear) -> Result<ExitCode> {
     }
     crate::offline::change(target, |store, source| match what {
         Clear::One(s) => {
-            if store.clear(s) {
+            if backstop::state::clear_covered(store, s, SystemClock.now_ms()) {
                 println!("cleared {s} ({source})");
                 ExitCode::SUCCESS
             } else {

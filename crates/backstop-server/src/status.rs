@@ -98,13 +98,48 @@ pub fn status_json(state: &AppState) -> Value {
                 .map(|a| {
                     let scope = Scope::profile(&p.id, &a.name);
                     let snap = breakers.get(&scope);
-                    let (st, reason, until) = breaker_json(snap);
+                    let (mut st, mut reason, mut until) = breaker_json(snap);
+                    // The key's per-model breakers count too, as `auth-state.json` counts
+                    // them under `provider:profile` (a 429 cools the key × model only).
+                    let per_model: Vec<&BreakerSnapshot> = breakers
+                        .iter()
+                        .filter(|(s, _)| {
+                            matches!(s, Scope::ProfileModel { provider, profile, .. }
+                                if *provider == p.id && *profile == a.name)
+                        })
+                        .map(|(_, b)| b)
+                        .collect();
+                    let error_count = per_model
+                        .iter()
+                        .fold(snap.map_or(0, |s| s.error_count), |n, b| {
+                            n.saturating_add(b.error_count)
+                        });
+                    if st == "ok" {
+                        let models = models_of(config, &p.id);
+                        let blocked: Vec<&BreakerSnapshot> = models
+                            .iter()
+                            .filter_map(|m| breakers.get(&Scope::profile_model(&p.id, &a.name, m)))
+                            .filter(|s| s.state != BreakerState::Closed)
+                            .collect();
+                        if !blocked.is_empty() && blocked.len() == models.len() {
+                            // No model can use this key now: cooling (or half-open) like them.
+                            let shown = blocked
+                                .iter()
+                                .find(|s| s.state == BreakerState::HalfOpen)
+                                .or_else(|| blocked.iter().min_by_key(|s| s.until_ms));
+                            (st, reason, until) = breaker_json(shown.copied());
+                        } else if let Some(b) = blocked.first() {
+                            // Some of its models cannot use it: degraded, and why.
+                            st = json!("degraded");
+                            reason = json!(b.reason.map(|r| r.as_str()));
+                        }
+                    }
                     json!({
                         "id": a.name,
                         "state": st,
                         "reason": reason,
                         "until": until,
-                        "error_count": snap.map_or(0, |s| s.error_count),
+                        "error_count": error_count,
                         "last_used": engine.cooldowns.last_used(&p.id, &a.name).map(rfc3339),
                         "key": a.key.as_ref().map(|k| k.redacted()),
                         "last_error": last_error_json(engine.health.last_error(&p.id, Some(&a.name), None)),

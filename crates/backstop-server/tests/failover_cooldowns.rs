@@ -360,6 +360,57 @@ async fn all_rate_limited_is_a_429_with_retry_after() {
     assert!((20..=22).contains(&retry_after), "{retry_after}");
 }
 
+/// `DELETE /v1/cooldowns/openai:a` (PRODUCT §8) clears the key, including its
+/// model-scoped cooldowns: a 429 cools `openai:a/gpt-4o`, which `auth-state.json`
+/// shows as `openai:a`'s `cooldownUntil`, and clearing the key by name brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_a_key_clears_its_model_scoped_cooldowns() {
+    let (primary, fallback) = (fake(), fake());
+    primary.push(bare_429());
+    primary.push(bare_429());
+    let gw = Gateway::start(openai_then_anthropic(
+        &primary,
+        &["a"],
+        &fallback,
+        json!({}),
+    ))
+    .await;
+    gw.chat(&openai_request("default", false)).await;
+    assert!(gw.cooldown("openai:a/gpt-4o").await.is_some());
+
+    let client = reqwest::Client::new();
+    let resp = client
+        .delete(format!("{}/v1/cooldowns/openai:a", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert!(gw.cooldowns().await.is_empty());
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(r.header("x-backstop-fallback"), Some("rate_limit"));
+    assert_eq!(primary.requests().len(), 2, "the key was tried again");
+
+    // `provider/model` clears every key's cooldown on that model.
+    assert!(gw.cooldown("openai:a/gpt-4o").await.is_some());
+    let resp = client
+        .delete(format!("{}/v1/cooldowns/openai/gpt-4o", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    assert!(gw.cooldowns().await.is_empty());
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(r.header("x-backstop-model"), Some("openai/gpt-4o"));
+
+    // Nothing left to clear: 404.
+    let resp = client
+        .delete(format!("{}/v1/cooldowns/openai:a", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clearing_a_cooldown_by_hand_brings_the_target_back() {
     let (primary, fallback) = (fake(), fake());

@@ -316,9 +316,13 @@ async fn a_rate_limited_key_cools_per_model_and_the_metrics_name_the_reason() {
     assert_eq!(r.header("x-backstop-fallback"), Some("rate_limit"));
 
     let s = gw.status().await;
-    // A rate limit cools the key for this model only: the profile as a whole is fine,
+    // A rate limit cools the key for this model only; the key serves no other model, so
+    // it shows as cooling (as `auth-state.json` shows it), with its error counted, and
     // the model cannot be served by any key and says why and until when.
-    assert_eq!(profile_of(&s, "openai", "a")["state"], "ok");
+    let a = profile_of(&s, "openai", "a");
+    assert_eq!(a["state"], "cooldown", "{a}");
+    assert_eq!(a["reason"], "rate_limit");
+    assert_eq!(a["error_count"], 1);
     let m = model_of(&s, "openai", "gpt-4o");
     assert_eq!(m["state"], "cooldown", "{m}");
     assert_eq!(m["reason"], "rate_limit");
@@ -357,6 +361,32 @@ async fn a_rate_limited_key_cools_per_model_and_the_metrics_name_the_reason() {
         Some(1.0)
     );
     assert_eq!(breaker(&text, "open"), Some(1.0));
+}
+
+/// A key cooling for one of its two models is `degraded` (the other model still uses
+/// it), with the failure counted in its `error_count`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_cooling_for_one_of_its_models_is_degraded() {
+    let (primary, fallback) = (fake(), fake());
+    primary.push(Step::rate_limited(20));
+    let gw = Gateway::start(config(
+        json!({
+            "openai": openai_provider(&primary, &["a"], json!(["gpt-4o", "gpt-4o-mini"])),
+            "anthropic": anthropic_provider(&fallback, &["t"], json!(["claude-sonnet-4-5"])),
+        }),
+        "openai/gpt-4o",
+        &["anthropic/claude-sonnet-4-5"],
+        json!({"retry": {"max_attempts": 1}}),
+    ))
+    .await;
+    let r = gw.chat_with(&[]).await;
+    assert_eq!(r.header("x-backstop-fallback"), Some("rate_limit"));
+    let s = gw.status().await;
+    let a = profile_of(&s, "openai", "a");
+    assert_eq!(a["state"], "degraded", "{a}");
+    assert_eq!(a["reason"], "rate_limit");
+    assert_eq!(a["error_count"], 1);
+    assert_eq!(model_of(&s, "openai", "gpt-4o-mini")["state"], "ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

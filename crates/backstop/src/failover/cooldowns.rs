@@ -240,9 +240,10 @@ impl Cooldowns {
         self.store.snapshot(self.now_ms())
     }
 
-    /// Clear one scope by hand (`DELETE /v1/cooldowns/{scope}`). True if it had a breaker.
+    /// Clear one scope by hand (`DELETE /v1/cooldowns/{scope}`), with the scopes it
+    /// covers (see [`crate::state::clear_covered`]). True if anything had a breaker.
     pub fn clear(&self, scope: &Scope) -> bool {
-        self.store.clear(scope)
+        crate::state::clear_covered(self.store.as_ref(), scope, self.now_ms())
     }
 
     pub fn clear_all(&self) {

@@ -190,6 +190,44 @@ struct Run {
     /// Time spent waiting on upstreams and between retries (the rest is gateway overhead).
     upstream_time: Duration,
     skipped: Vec<(Target, Reason)>,
+    /// The last failover decision, logged once the next attempt's target (`to`) is known,
+    /// or with `to = "none"` when the request ends there (dropped with the run).
+    pending: Option<Decision>,
+}
+
+/// One failover decision as its structured log event says it (PRODUCT §5): request id,
+/// `from` (`provider/model`, and `from_profile`), `to` (the next attempt's
+/// `provider/model` and `to_profile`, or `none`), reason, attempt. Logged when dropped.
+struct Decision {
+    request_id: String,
+    from: Target,
+    to: Option<Target>,
+    attempt: usize,
+    reason: Reason,
+    status: Option<u16>,
+    action: Action,
+    cooldown: Option<String>,
+    error: String,
+}
+
+impl Drop for Decision {
+    fn drop(&mut self) {
+        let to = self.to.as_ref();
+        tracing::info!(
+            request_id = %self.request_id,
+            from = %self.from.model,
+            from_profile = %self.from.profile,
+            to = %to.map_or_else(|| "none".to_string(), |t| t.model.to_string()),
+            to_profile = to.map(|t| t.profile.as_str()),
+            attempt = self.attempt,
+            reason = %self.reason,
+            status = self.status,
+            action = ?self.action,
+            cooldown = self.cooldown.as_deref(),
+            error = %self.error,
+            "failover decision"
+        );
+    }
 }
 
 impl Engine {
@@ -328,6 +366,7 @@ impl Engine {
             failed: Vec::new(),
             upstream_time: Duration::ZERO,
             skipped: skipped_first,
+            pending: None,
         };
         let first_model = call.route.targets.first().cloned();
         let mut skip_model: Option<usize> = None;
@@ -497,6 +536,14 @@ impl Engine {
                 .unwrap_or_default();
             let to = success.target.model.to_string();
             self.metrics.failover(&from, &to, reason);
+            tracing::info!(
+                request_id = %call.request_id,
+                from = %from,
+                to = %to,
+                %reason,
+                attempt = success.attempts(),
+                "{notice}"
+            );
             self.health.push_event(FailoverEvent {
                 at_ms: self.cooldowns.now_ms(),
                 request_id: call.request_id.clone(),
@@ -504,13 +551,6 @@ impl Engine {
                 to,
                 reason: reason.to_string(),
             });
-            tracing::info!(
-                request_id = %call.request_id,
-                to = %success.target.model,
-                %reason,
-                attempts = success.attempts(),
-                "{notice}"
-            );
         }
         success
     }
@@ -590,6 +630,9 @@ impl Engine {
                 tracing::warn!(request_id = %call.request_id, target = %target, "retry budget spent: not retrying");
                 self.cooldowns.on_abandon(p, a, m);
                 return TargetEnd::BudgetSpent;
+            }
+            if let Some(mut decision) = run.pending.take() {
+                decision.to = Some(target.clone());
             }
             attempt += 1;
             run.attempts += 1;
@@ -678,17 +721,20 @@ impl Engine {
                     .cooldowns
                     .on_failure(p, a, m, failure.reason, failure.retry_after),
             };
-            tracing::info!(
-                request_id = %call.request_id,
-                target = %target,
-                attempt = run.attempts,
-                reason = %failure.reason,
-                status = failure.status,
-                action = ?action,
-                cooldown = cooled.as_ref().map(|(scope, until)| format!("{scope} until {until}")),
-                message = %failure.message,
-                "failover decision"
-            );
+            // Logged when the next attempt starts (or the request ends).
+            run.pending = Some(Decision {
+                request_id: call.request_id.clone(),
+                from: target.clone(),
+                to: None,
+                attempt: run.attempts,
+                reason: failure.reason,
+                status: failure.status,
+                action,
+                cooldown: cooled
+                    .as_ref()
+                    .map(|(scope, until)| format!("{scope} until {until}")),
+                error: failure.message.clone(),
+            });
             run.failed.push(Attempt {
                 target: target.clone(),
                 failure,

@@ -154,6 +154,39 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Clear a scope by hand, with what it covers: `provider:profile` also clears every
+/// `provider:profile/model` scope of that key (the model-scoped cooldowns that
+/// `auth-state.json` shows under `provider:profile`), and `provider/model` every key's
+/// scope on that model. True if anything had a breaker.
+pub fn clear_covered(store: &dyn StateStore, scope: &Scope, now_ms: u64) -> bool {
+    let mut cleared = store.clear(scope);
+    for (s, _) in store.snapshot(now_ms) {
+        let covered = match (scope, &s) {
+            (
+                Scope::Profile { provider, profile },
+                Scope::ProfileModel {
+                    provider: p,
+                    profile: a,
+                    ..
+                },
+            ) => provider == p && profile == a,
+            (
+                Scope::ProviderModel { provider, model },
+                Scope::ProfileModel {
+                    provider: p,
+                    model: m,
+                    ..
+                },
+            ) => provider == p && model == m,
+            _ => false,
+        };
+        if covered {
+            cleared |= store.clear(&s);
+        }
+    }
+    cleared
+}
+
 /// One cooldown as `GET /v1/cooldowns` and `backstop cooldowns list --json` show it.
 pub fn cooldown_json(scope: &Scope, s: &BreakerSnapshot) -> serde_json::Value {
     use crate::clock::rfc3339;
