@@ -12,7 +12,6 @@
 //! one mutex per family, held for a map update only.
 
 use crate::sync::lock;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -23,24 +22,58 @@ const BUCKETS: [f64; 16] = [
     10.0, 60.0,
 ];
 
-type Labels = Vec<(&'static str, String)>;
-
-#[derive(Debug, Default)]
-struct Counter {
-    values: Mutex<BTreeMap<Labels, u64>>,
+/// One family's series, sorted by their label values (in the family's label order). A
+/// lookup borrows the caller's strings: only a series seen for the first time allocates.
+#[derive(Debug)]
+struct Series<V> {
+    names: &'static [&'static str],
+    rows: Mutex<Vec<(Box<[String]>, V)>>,
 }
 
+impl<V: Default> Series<V> {
+    const fn new(names: &'static [&'static str]) -> Self {
+        Self {
+            names,
+            rows: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn update(&self, values: &[&str], f: impl FnOnce(&mut V)) {
+        let mut rows = lock(&self.rows);
+        let found = rows.binary_search_by(|(key, _)| {
+            key.iter().map(String::as_str).cmp(values.iter().copied())
+        });
+        let i = found.unwrap_or_else(|i| {
+            let key = values.iter().map(|v| (*v).to_owned()).collect();
+            rows.insert(i, (key, V::default()));
+            i
+        });
+        f(&mut rows[i].1);
+    }
+
+    fn labels(&self, values: &[String], le: Option<&str>) -> String {
+        fmt_labels(
+            self.names
+                .iter()
+                .copied()
+                .zip(values.iter().map(String::as_str)),
+            le,
+        )
+    }
+}
+
+type Counter = Series<u64>;
+
 impl Counter {
-    fn inc(&self, labels: Labels) {
-        let mut v = lock(&self.values);
-        *v.entry(labels).or_insert(0) += 1;
+    fn inc(&self, values: &[&str]) {
+        self.update(values, |n| *n += 1);
     }
 
     fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        let v = lock(&self.values);
-        for (labels, n) in v.iter() {
-            let _ = writeln!(out, "{name}{} {n}", fmt_labels(labels, None));
+        let rows = lock(&self.rows);
+        for (values, n) in rows.iter() {
+            let _ = writeln!(out, "{name}{} {n}", self.labels(values, None));
         }
     }
 }
@@ -52,27 +85,24 @@ struct HistogramData {
     count: u64,
 }
 
-#[derive(Debug, Default)]
-struct Histogram {
-    values: Mutex<BTreeMap<Labels, HistogramData>>,
-}
+type Histogram = Series<HistogramData>;
 
 impl Histogram {
-    fn observe(&self, labels: Labels, d: Duration) {
+    fn observe(&self, values: &[&str], d: Duration) {
         let secs = d.as_secs_f64();
-        let mut v = lock(&self.values);
-        let h = v.entry(labels).or_default();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            h.counts[i] += 1;
-        }
-        h.sum += secs;
-        h.count += 1;
+        self.update(values, |h| {
+            if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+                h.counts[i] += 1;
+            }
+            h.sum += secs;
+            h.count += 1;
+        });
     }
 
     fn write(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let v = lock(&self.values);
-        for (labels, h) in v.iter() {
+        let rows = lock(&self.rows);
+        for (values, h) in rows.iter() {
             let mut cumulative = 0;
             for (i, b) in BUCKETS.iter().enumerate() {
                 cumulative += h.counts[i];
@@ -80,17 +110,17 @@ impl Histogram {
                 let _ = writeln!(
                     out,
                     "{name}_bucket{} {cumulative}",
-                    fmt_labels(labels, Some(&le))
+                    self.labels(values, Some(&le))
                 );
             }
             let _ = writeln!(
                 out,
                 "{name}_bucket{} {}",
-                fmt_labels(labels, Some("+Inf")),
+                self.labels(values, Some("+Inf")),
                 h.count
             );
-            let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(labels, None), h.sum);
-            let _ = writeln!(out, "{name}_count{} {}", fmt_labels(labels, None), h.count);
+            let _ = writeln!(out, "{name}_sum{} {}", self.labels(values, None), h.sum);
+            let _ = writeln!(out, "{name}_count{} {}", self.labels(values, None), h.count);
         }
     }
 }
@@ -102,29 +132,32 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn fmt_labels(labels: &Labels, le: Option<&str>) -> String {
-    if labels.is_empty() && le.is_none() {
-        return String::new();
-    }
+fn fmt_labels<'a>(
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+    le: Option<&str>,
+) -> String {
     let mut s = String::from("{");
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
+    for (k, v) in labels {
+        if s.len() > 1 {
             s.push(',');
         }
         let _ = write!(s, "{k}=\"{}\"", escape(v));
     }
     if let Some(le) = le {
-        if !labels.is_empty() {
+        if s.len() > 1 {
             s.push(',');
         }
         let _ = write!(s, "le=\"{le}\"");
+    }
+    if s.len() == 1 {
+        return String::new();
     }
     s.push('}');
     s
 }
 
 /// Every metric Backstop keeps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     requests: Counter,
     attempts: Counter,
@@ -145,54 +178,48 @@ pub struct BreakerGauge<'a> {
 /// The states `backstop_breaker_state` reports, one series each (1 for the current one).
 pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        Self::default()
+        const PROVIDER_MODEL: &[&str] = &["provider", "model"];
+        Self {
+            requests: Counter::new(&["ingress", "status"]),
+            attempts: Counter::new(&["provider", "model", "outcome"]),
+            failovers: Counter::new(&["from", "to", "reason"]),
+            upstream_latency: Histogram::new(PROVIDER_MODEL),
+            ttft: Histogram::new(PROVIDER_MODEL),
+            overhead: Histogram::new(&["ingress"]),
+        }
     }
 
     pub fn request(&self, ingress: &str, status: u16) {
-        self.requests.inc(vec![
-            ("ingress", ingress.to_string()),
-            ("status", status.to_string()),
-        ]);
+        // Every status a response can carry has its text ready; anything else is formatted.
+        match http::StatusCode::from_u16(status) {
+            Ok(code) => self.requests.inc(&[ingress, code.as_str()]),
+            Err(_) => self.requests.inc(&[ingress, &status.to_string()]),
+        }
     }
 
     pub fn attempt(&self, provider: &str, model: &str, outcome: &str, latency: Duration) {
-        self.attempts.inc(vec![
-            ("provider", provider.to_string()),
-            ("model", model.to_string()),
-            ("outcome", outcome.to_string()),
-        ]);
-        self.upstream_latency.observe(
-            vec![
-                ("provider", provider.to_string()),
-                ("model", model.to_string()),
-            ],
-            latency,
-        );
+        self.attempts.inc(&[provider, model, outcome]);
+        self.upstream_latency.observe(&[provider, model], latency);
     }
 
     pub fn time_to_first_token(&self, provider: &str, model: &str, d: Duration) {
-        self.ttft.observe(
-            vec![
-                ("provider", provider.to_string()),
-                ("model", model.to_string()),
-            ],
-            d,
-        );
+        self.ttft.observe(&[provider, model], d);
     }
 
     pub fn failover(&self, from: &str, to: &str, reason: &str) {
-        self.failovers.inc(vec![
-            ("from", from.to_string()),
-            ("to", to.to_string()),
-            ("reason", reason.to_string()),
-        ]);
+        self.failovers.inc(&[from, to, reason]);
     }
 
     pub fn overhead(&self, ingress: &str, d: Duration) {
-        self.overhead
-            .observe(vec![("ingress", ingress.to_string())], d);
+        self.overhead.observe(&[ingress], d);
     }
 
     /// The exposition text, with breaker gauges computed by the caller at scrape time.
@@ -219,16 +246,16 @@ impl Metrics {
         );
         for b in breakers {
             for state in BREAKER_STATES {
-                let labels: Labels = vec![
-                    ("provider", b.provider.to_string()),
-                    ("profile", b.profile.to_string()),
-                    ("model", b.model.to_string()),
-                    ("state", state.to_string()),
+                let labels = [
+                    ("provider", b.provider),
+                    ("profile", b.profile),
+                    ("model", b.model),
+                    ("state", state),
                 ];
                 let _ = writeln!(
                     out,
                     "backstop_breaker_state{} {}",
-                    fmt_labels(&labels, None),
+                    fmt_labels(labels, None),
                     u8::from(state == b.state)
                 );
             }
@@ -255,6 +282,44 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_are_counted_apart_and_listed_in_label_order() {
+        let m = Metrics::new();
+        for (p, model, outcome) in [
+            ("b", "m", "ok"),
+            ("a", "z", "ok"),
+            ("a", "m", "timeout"),
+            ("b", "m", "ok"),
+            ("a", "m", "ok"),
+            ("a", "m", "timeout"),
+        ] {
+            m.attempt(p, model, outcome, Duration::from_millis(1));
+        }
+        m.request("anthropic", 529);
+        m.request("anthropic", 99);
+        let text = m.render(&[]);
+        let attempts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("backstop_attempts_total{"))
+            .collect();
+        assert_eq!(
+            attempts,
+            [
+                "backstop_attempts_total{provider=\"a\",model=\"m\",outcome=\"ok\"} 1",
+                "backstop_attempts_total{provider=\"a\",model=\"m\",outcome=\"timeout\"} 2",
+                "backstop_attempts_total{provider=\"a\",model=\"z\",outcome=\"ok\"} 1",
+                "backstop_attempts_total{provider=\"b\",model=\"m\",outcome=\"ok\"} 2",
+            ]
+        );
+        assert!(
+            text.contains(
+                "backstop_upstream_latency_seconds_count{provider=\"a\",model=\"m\"} 3\n"
+            )
+        );
+        assert!(text.contains("backstop_requests_total{ingress=\"anthropic\",status=\"529\"} 1\n"));
+        assert!(text.contains("backstop_requests_total{ingress=\"anthropic\",status=\"99\"} 1\n"));
+    }
 
     #[test]
     fn exposition_format() {
