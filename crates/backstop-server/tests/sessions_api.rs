@@ -235,6 +235,21 @@ async fn put_rejects_what_is_not_configured() {
     let (status, body) = gw.put("s1", json!({"model": 5})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["param"], "model");
+    // `provider:profile`, the form the error lists, is accepted; its provider must match.
+    let (status, put) = gw.put("s2", json!({"profile": "openai:work"})).await;
+    assert_eq!(status, StatusCode::OK, "{put}");
+    assert_eq!(put["profile_override"], "work");
+    let (status, body) = gw
+        .put(
+            "s3",
+            json!({"model": "anthropic/claude", "profile": "openai:work"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        message(&body),
+        "profile \"openai:work\" is for provider \"openai\", but the model is pinned to provider \"anthropic\"; valid: team, personal"
+    );
     let (status, _) = gw.put("s1", json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Nothing was created by the rejected requests.
