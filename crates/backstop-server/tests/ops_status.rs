@@ -393,7 +393,13 @@ async fn a_key_cooling_for_one_of_its_models_is_degraded() {
 async fn status_is_json_unless_a_browser_asks_for_html() {
     let (primary, fallback) = (fake(), fake());
     let gw = Gateway::start(two_model_config(&primary, &fallback, json!({}))).await;
-    for accept in [None, Some("*/*"), Some("application/json")] {
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("application/json"),
+        Some("text/html;q=0.5, application/json"),
+        Some("text/html, */*"),
+    ] {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
         let r = gw.get("/status", &headers).await;
         assert_eq!(r.status, 200);
