@@ -208,10 +208,16 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
             "provider=\"openai\",model=\"gpt-4o\"",
             3.0,
         ),
+        // Every answer that got a first token, the client's streamed or not (PRODUCT §5).
         (
             "backstop_time_to_first_token_seconds",
             "provider=\"openai\",model=\"gpt-4o\"",
-            -1.0,
+            2.0,
+        ),
+        (
+            "backstop_time_to_first_token_seconds",
+            "provider=\"anthropic\",model=\"claude-sonnet-4-5\"",
+            1.0,
         ),
         ("backstop_overhead_seconds", "ingress=\"openai\"", 3.0),
     ] {
