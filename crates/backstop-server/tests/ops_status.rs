@@ -398,7 +398,19 @@ async fn a_key_cooling_for_one_of_its_models_is_degraded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_is_json_unless_a_browser_asks_for_html() {
     let (primary, fallback) = (fake(), fake());
-    let gw = Gateway::start(two_model_config(&primary, &fallback, json!({}))).await;
+    let mut config = two_model_config(&primary, &fallback, json!({}));
+    // A password written in a base_url is never shown.
+    let url = primary
+        .openai_base_url()
+        .replace("http://", "http://gw:hunter2@");
+    config["providers"]["openai"]["base_url"] = json!(url);
+    let gw = Gateway::start(config).await;
+    let s = gw.status().await;
+    assert_eq!(
+        provider_of(&s, "openai")["base_url"],
+        url.replace("hunter2", "****")
+    );
+    assert!(!s.to_string().contains("hunter2"));
     for accept in [
         None,
         Some("*/*"),
