@@ -71,17 +71,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         session: args.session.unwrap_or_else(new_session_id),
         history: Vec::new(),
     };
-    println!(
+    outln!(
         "# session {} · model {} · {}",
-        chat.session, chat.model, chat.base
+        chat.session,
+        chat.model,
+        chat.base
     );
-    println!("# {HELP}");
+    outln!("# {HELP}");
     let stdin = std::io::stdin();
     let interactive = stdin.is_terminal();
     let mut lines = stdin.lock().lines();
     loop {
         if interactive {
-            print!("you> ");
+            out!("you> ");
             let _ = std::io::stdout().flush();
         }
         let Some(line) = lines.next() else { break };
@@ -97,25 +99,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let outcome = match command {
             "/quit" | "/exit" => break,
             "/help" => {
-                println!("{HELP}");
+                outln!("{HELP}");
                 Ok(())
             }
             "/new" => {
                 chat.session = new_session_id();
                 chat.history.clear();
-                println!("# new session {}", chat.session);
+                outln!("# new session {}", chat.session);
                 Ok(())
             }
             "/model" => runtime.block_on(chat.model_command(arg)),
             "/status" => runtime.block_on(chat.status()),
             c if c.starts_with('/') => {
-                println!("unknown command {c}; {HELP}");
+                outln!("unknown command {c}; {HELP}");
                 Ok(())
             }
             _ => runtime.block_on(chat.send(line)),
         };
         if let Err(e) = outcome {
-            println!("error: {e:#}");
+            outln!("error: {e:#}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -194,7 +196,7 @@ impl Chat {
                 .map(str::to_owned)
         };
         if let Some(notice) = header("x-backstop-fallback-notice") {
-            println!("⚠ {notice}");
+            outln!("⚠ {notice}");
         }
         let served_by = header("x-backstop-model");
         let mut parser = SseParser::new();
@@ -222,12 +224,12 @@ impl Chat {
                 }
             }
         }
-        println!();
+        outln!();
         if let Some(e) = failed {
             bail!("{e}");
         }
         if let Some(model) = served_by {
-            println!("# ({model})");
+            outln!("# ({model})");
         }
         self.history = messages;
         self.history
@@ -257,12 +259,12 @@ impl Chat {
             bail!("{}", message_of(status, &body));
         }
         match body["provider_override"].as_str() {
-            Some(p) => println!(
+            Some(p) => outln!(
                 "# pinned: {p}/{} for session {}",
                 body["model_override"].as_str().unwrap_or("?"),
                 self.session
             ),
-            None => println!("# model pin dropped: the chain decides again"),
+            None => outln!("# model pin dropped: the chain decides again"),
         }
         Ok(())
     }
@@ -276,7 +278,7 @@ impl Chat {
             .send()
             .await?;
         if resp.status().as_u16() == 404 {
-            println!("# session {}: no pins (the chain decides)", self.session);
+            outln!("# session {}: no pins (the chain decides)", self.session);
             return Ok(());
         }
         let s: Value = resp.json().await?;
@@ -294,7 +296,7 @@ impl Chat {
             ),
             _ => "-".to_owned(),
         };
-        println!(
+        outln!(
             "# session {}: model {model} · key {} · notice {}",
             self.session,
             pin(&s["profile_override"], &s["profile_override_source"]),
@@ -312,7 +314,7 @@ impl Chat {
             bail!("{}", message_of(status, &body));
         }
         crate::status::print_gateway_status(&self.base, &body);
-        println!();
+        outln!();
         self.show_session().await
     }
 }

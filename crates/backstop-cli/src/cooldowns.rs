@@ -38,7 +38,7 @@ fn collect(target: &Target) -> Result<(Vec<Value>, String)> {
 pub fn list(target: &Target, as_json: bool) -> Result<ExitCode> {
     let (items, source) = collect(target)?;
     if as_json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "source": source, "cooldowns": items }))?
         );
@@ -46,7 +46,7 @@ pub fn list(target: &Target, as_json: bool) -> Result<ExitCode> {
     }
     eprintln!("# from {source}");
     if items.is_empty() {
-        println!("no cooldowns");
+        outln!("no cooldowns");
         return Ok(ExitCode::SUCCESS);
     }
     let now = SystemClock.now_ms();
@@ -86,7 +86,7 @@ pub fn print_table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
     };
     line(head.to_vec());
     for r in rows {
@@ -108,11 +108,11 @@ pub fn clear(target: &Target, what: &Clear) -> Result<ExitCode> {
     if let Some(reply) = gateway::call(target, reqwest::Method::DELETE, &path)? {
         return match (reply.status, what) {
             (204 | 200, Clear::One(s)) => {
-                println!("cleared {s} (gateway {})", target.url);
+                outln!("cleared {s} (gateway {})", target.url);
                 Ok(ExitCode::SUCCESS)
             }
             (204 | 200, Clear::All) => {
-                println!("cleared every cooldown (gateway {})", target.url);
+                outln!("cleared every cooldown (gateway {})", target.url);
                 Ok(ExitCode::SUCCESS)
             }
             (404, Clear::One(s)) => {
@@ -129,7 +129,7 @@ pub fn clear(target: &Target, what: &Clear) -> Result<ExitCode> {
     crate::offline::change(target, |store, source| match what {
         Clear::One(s) => {
             if backstop::state::clear_covered(store, s, SystemClock.now_ms()) {
-                println!("cleared {s} ({source})");
+                outln!("cleared {s} ({source})");
                 ExitCode::SUCCESS
             } else {
                 eprintln!("backstop: no cooldown for {s}");
@@ -139,7 +139,7 @@ pub fn clear(target: &Target, what: &Clear) -> Result<ExitCode> {
         Clear::All => {
             let n = store.snapshot(SystemClock.now_ms()).len();
             store.clear_all();
-            println!("cleared {n} cooldown(s) ({source})");
+            outln!("cleared {n} cooldown(s) ({source})");
             ExitCode::SUCCESS
         }
     })

@@ -5,6 +5,24 @@
 //! 1 some failed but every chain has a working target, 2 a chain has none.
 #![forbid(unsafe_code)]
 
+/// `println!` for command output, through [`write_stdout`]: a closed stdout
+/// (`backstop status --json | head -1`) ends the process quietly instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::write_stdout(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` for command output, through [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*), false)
+    };
+}
+
 mod chat;
 mod cooldowns;
 mod gateway;
@@ -200,6 +218,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Write command output to stdout. When the reader has gone (`EPIPE`, e.g. `| head`)
+/// the process exits 0 at once, as a SIGPIPE-killed tool would stop quietly; any
+/// other write error exits 1 with a message. `println!` would panic on both.
+fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| {
+        if newline {
+            out.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("backstop: failed writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn target(at: &At) -> Result<gateway::Target> {
     gateway::target(at.config.as_deref(), at.url.as_deref())
 }
@@ -219,8 +259,8 @@ fn describe_origin(origin: &ConfigOrigin) -> String {
 
 fn check(path: Option<PathBuf>) -> Result<ExitCode> {
     let config = load(path)?;
-    println!("# config: {}", describe_origin(&config.origin));
-    println!("{}", serde_json::to_string_pretty(&config.redacted_json())?);
+    outln!("# config: {}", describe_origin(&config.origin));
+    outln!("{}", serde_json::to_string_pretty(&config.redacted_json())?);
     for w in &config.warnings {
         eprintln!("warning: {w}");
     }
@@ -255,8 +295,12 @@ fn serve(
             "backstop listening on http://{local} (config: {})",
             describe_origin(&config.origin)
         );
-        // Tests and scripts read this line to learn the port.
-        println!("listening on http://{local}");
+        // Tests and scripts read this line to learn the port. A closed stdout does not
+        // stop the gateway.
+        {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), "listening on http://{local}");
+        }
         let watch = match &config.origin {
             ConfigOrigin::File(p) => Some(p.clone()),
             ConfigOrigin::Environment => None,

@@ -32,9 +32,9 @@ pub fn run(config: Config, json: bool, concurrency: usize, timeout: Duration) ->
         },
     ));
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", table(&report));
+        out!("{}", table(&report));
     }
     Ok(ExitCode::from(report.exit_code()))
 }

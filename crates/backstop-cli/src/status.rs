@@ -60,7 +60,7 @@ pub fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
             );
         }
         if as_json {
-            println!("{}", serde_json::to_string_pretty(&reply.body)?);
+            outln!("{}", serde_json::to_string_pretty(&reply.body)?);
         } else {
             print_gateway_status(&target.url, &reply.body);
         }
@@ -136,7 +136,7 @@ pub fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
         providers.push(json!({ "id": pid, "profiles": profiles, "models": models }));
     }
     if as_json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "source": source, "providers": providers }))?
         );
@@ -144,7 +144,7 @@ pub fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
     }
     eprintln!("# from {source}");
     if providers.is_empty() {
-        println!("no providers configured and no state recorded");
+        outln!("no providers configured and no state recorded");
         return Ok(ExitCode::SUCCESS);
     }
     let mut rows: Vec<[String; 5]> = Vec::new();
@@ -231,7 +231,7 @@ pub fn print_gateway_status(url: &str, v: &Value) {
         &["KEY", "STATE", "REASON", "UNTIL", "ERRORS", "LAST USED"],
         &rows,
     );
-    println!();
+    outln!();
     let mut rows: Vec<[String; 6]> = Vec::new();
     for p in v["providers"].as_array().into_iter().flatten() {
         let pid = text(&p["id"]);
@@ -263,7 +263,7 @@ pub fn print_gateway_status(url: &str, v: &Value) {
         ],
         &rows,
     );
-    println!();
+    outln!();
     let mut rows: Vec<[String; 3]> = Vec::new();
     for c in v["chains"].as_array().into_iter().flatten() {
         let targets: Vec<String> = c["targets"]
@@ -294,7 +294,7 @@ pub fn print_gateway_status(url: &str, v: &Value) {
         })
         .collect();
     if !stores.is_empty() {
-        println!();
+        outln!();
         print_table(&["STATE", "KIND", "WHERE", "BACKEND"], &stores);
     }
     let events: Vec<&Value> = v["events"]
@@ -304,7 +304,7 @@ pub fn print_gateway_status(url: &str, v: &Value) {
         .take(10)
         .collect();
     if !events.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<[String; 4]> = events
             .iter()
             .map(|e| {

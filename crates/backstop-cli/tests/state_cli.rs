@@ -244,6 +244,40 @@ fn list_and_clear_in_the_state_dir() {
     assert_eq!(stdout(&o).trim(), "no cooldowns");
 }
 
+/// Run with stdout a pipe whose reading end is already closed (`| head` having exited).
+fn run_into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(BIN)
+        .args(args)
+        .env_remove("BACKSTOP_CONFIG")
+        .env_remove("BACKSTOP_STATE_DIR")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = Dir::new("epipe");
+    let config = dir.config(None);
+    let cfg = config.to_str().unwrap();
+    seed(&dir.state());
+    for args in [
+        &["status", "--json", "--config", cfg, "--url", DEAD][..],
+        &["status", "--config", cfg, "--url", DEAD],
+        &["cooldowns", "list", "--config", cfg, "--url", DEAD],
+        &["check", "--config", cfg],
+    ] {
+        let o = run_into_closed_pipe(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     assert_eq!(

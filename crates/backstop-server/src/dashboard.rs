@@ -25,25 +25,48 @@ const JS: &str = include_str!("dashboard.js");
 /// The states `/status` spells; anything else is shown as `unknown`.
 const STATES: [&str; 5] = ["ok", "degraded", "cooldown", "disabled", "half_open"];
 
-/// Whether the client prefers the dashboard: its `Accept` names `text/html` (with q > 0).
-/// Browsers send `text/html,…` for navigations; `fetch` and API clients send JSON or `*/*`.
+/// Whether the client prefers the dashboard, by the q-values of its `Accept`:
+/// HTML only when `text/html` ranks strictly above `application/json` (each
+/// taking the q of its most specific matching range: `text/html`, `text/*`,
+/// `*/*`; `application/json`, `application/*`, `*/*`). Browsers send
+/// `text/html,…,*/*;q=0.8` for navigations; `fetch` and API clients send JSON or
+/// `*/*`; no `Accept` is JSON.
 pub fn wants_html(headers: &HeaderMap) -> bool {
-    headers
+    // (specificity, q) of the best-matching range seen so far, per type.
+    let mut html: Option<(u8, f32)> = None;
+    let mut json: Option<(u8, f32)> = None;
+    let ranges = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|range| {
-            let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or("");
-            media.eq_ignore_ascii_case("text/html")
-                && !parts.any(|p| {
-                    p.split_once('=').is_some_and(|(k, v)| {
-                        k.trim().eq_ignore_ascii_case("q")
-                            && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
-                    })
-                })
-        })
+        .flat_map(|v| v.split(','));
+    for range in ranges {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, v)| v.trim().parse::<f32>().unwrap_or(1.0))
+            .clamp(0.0, 1.0);
+        let (html_rank, json_rank) = match media.as_str() {
+            "text/html" => (Some(2), None),
+            "text/*" => (Some(1), None),
+            "application/json" => (None, Some(2)),
+            "application/*" => (None, Some(1)),
+            "*/*" => (Some(0), Some(0)),
+            _ => (None, None),
+        };
+        for (rank, best) in [(html_rank, &mut html), (json_rank, &mut json)] {
+            let Some(rank) = rank else { continue };
+            match best {
+                // A more specific range decides; among equals, the higher q.
+                Some((r, bq)) if *r > rank || (*r == rank && *bq >= q) => {}
+                _ => *best = Some((rank, q)),
+            }
+        }
+    }
+    let q = |best: Option<(u8, f32)>| best.map_or(0.0, |(_, q)| q);
+    q(html) > q(json)
 }
 
 /// The page's Content-Security-Policy for one response's nonce.
@@ -493,6 +516,16 @@ mod tests {
         assert!(!wants_html(&accept("*/*")));
         assert!(!wants_html(&accept("text/html;q=0, application/json")));
         assert!(!wants_html(&HeaderMap::new()));
+        // By q-values: a JSON range ranked at least as high as text/html wins.
+        assert!(!wants_html(&accept("text/html;q=0.5, application/json")));
+        assert!(!wants_html(&accept("text/html;q=0.5, */*")));
+        assert!(!wants_html(&accept("text/html, application/json")));
+        assert!(!wants_html(&accept("application/json, text/html;q=0.9")));
+        assert!(wants_html(&accept("text/html, application/json;q=0.9")));
+        assert!(wants_html(&accept("application/json;q=0.5, text/html")));
+        assert!(wants_html(&accept("text/*")));
+        let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(wants_html(&accept(firefox)));
     }
 
     #[test]

@@ -208,7 +208,7 @@ pub fn status_json(state: &AppState) -> Value {
                     })
                 })
                 .collect();
-            json!({"id": p.id, "api": p.api.as_str(), "base_url": p.base_url, "profiles": profiles, "models": models})
+            json!({"id": p.id, "api": p.api.as_str(), "base_url": backstop::state::redis::redact_url(&p.base_url), "profiles": profiles, "models": models})
         })
         .collect();
     let mut chains = vec![("default".to_string(), config.default_chain.clone())];

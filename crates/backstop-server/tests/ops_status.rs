@@ -208,10 +208,16 @@ async fn status_and_metrics_follow_an_outage_and_its_recovery() {
             "provider=\"openai\",model=\"gpt-4o\"",
             3.0,
         ),
+        // Every answer that got a first token, the client's streamed or not (PRODUCT §5).
         (
             "backstop_time_to_first_token_seconds",
             "provider=\"openai\",model=\"gpt-4o\"",
-            -1.0,
+            2.0,
+        ),
+        (
+            "backstop_time_to_first_token_seconds",
+            "provider=\"anthropic\",model=\"claude-sonnet-4-5\"",
+            1.0,
         ),
         ("backstop_overhead_seconds", "ingress=\"openai\"", 3.0),
     ] {
@@ -392,8 +398,26 @@ async fn a_key_cooling_for_one_of_its_models_is_degraded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_is_json_unless_a_browser_asks_for_html() {
     let (primary, fallback) = (fake(), fake());
-    let gw = Gateway::start(two_model_config(&primary, &fallback, json!({}))).await;
-    for accept in [None, Some("*/*"), Some("application/json")] {
+    let mut config = two_model_config(&primary, &fallback, json!({}));
+    // A password written in a base_url is never shown.
+    let url = primary
+        .openai_base_url()
+        .replace("http://", "http://gw:hunter2@");
+    config["providers"]["openai"]["base_url"] = json!(url);
+    let gw = Gateway::start(config).await;
+    let s = gw.status().await;
+    assert_eq!(
+        provider_of(&s, "openai")["base_url"],
+        url.replace("hunter2", "****")
+    );
+    assert!(!s.to_string().contains("hunter2"));
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("application/json"),
+        Some("text/html;q=0.5, application/json"),
+        Some("text/html, */*"),
+    ] {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
         let r = gw.get("/status", &headers).await;
         assert_eq!(r.status, 200);

@@ -226,17 +226,126 @@ async fn put_rejects_what_is_not_configured() {
     );
     let (status, body) = gw.put("s1", json!({"modle": "openai/gpt-4o"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        message(&body),
-        "unknown field \"modle\"; valid: model, profile"
+    assert!(
+        message(&body).starts_with(
+            "unknown field \"modle\"; valid: model, profile, provider_override, model_override, profile_override"
+        ),
+        "{body}"
     );
     let (status, body) = gw.put("s1", json!({"model": 5})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["param"], "model");
+    // `provider:profile`, the form the error lists, is accepted; its provider must match.
+    let (status, put) = gw.put("s2", json!({"profile": "openai:work"})).await;
+    assert_eq!(status, StatusCode::OK, "{put}");
+    assert_eq!(put["profile_override"], "work");
+    let (status, body) = gw
+        .put(
+            "s3",
+            json!({"model": "anthropic/claude", "profile": "openai:work"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        message(&body),
+        "profile \"openai:work\" is for provider \"openai\", but the model is pinned to provider \"anthropic\"; valid: team, personal"
+    );
     let (status, _) = gw.put("s1", json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // Nothing was created by the rejected requests.
     assert_eq!(gw.get("s1").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_get_body_can_be_edited_and_put_back() {
+    let gw = Gateway::start().await;
+    gw.state.sessions.write_pins(
+        "s1",
+        &PinWrite::new()
+            .model("openai", "gpt-4o", PinSource::Auto)
+            .profile("work", PinSource::Auto)
+            .notice("switched to openai/gpt-4o"),
+    );
+    let (status, got) = gw.get("s1").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Written back unchanged: accepted, read-only fields ignored, auto pins stay auto.
+    let (status, put) = gw.put("s1", got.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{put}");
+    assert_eq!(put["model_override_source"], "auto");
+    assert_eq!(put["profile_override_source"], "auto");
+    assert_eq!(put["fallback_notice"], "switched to openai/gpt-4o");
+
+    // An edited field becomes a user pin.
+    let mut edited = got.clone();
+    edited["provider_override"] = json!("anthropic");
+    edited["model_override"] = json!("claude");
+    edited["profile_override"] = json!("personal");
+    let (status, put) = gw.put("s1", edited).await;
+    assert_eq!(status, StatusCode::OK, "{put}");
+    assert_eq!(put["provider_override"], "anthropic");
+    assert_eq!(put["model_override"], "claude");
+    assert_eq!(put["model_override_source"], "user");
+    assert_eq!(put["profile_override"], "personal");
+    assert_eq!(put["profile_override_source"], "user");
+    assert_eq!(gw.get("s1").await.1, put);
+
+    // The GET names are checked like the short ones.
+    let (status, body) = gw
+        .put("s1", json!({"provider_override": "openai", "model_override": "gpt-4o", "profile_override": "team"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        message(&body),
+        "profile \"team\" is not configured for provider \"openai\"; valid: work"
+    );
+}
+
+#[tokio::test]
+async fn both_names_of_a_pin_must_agree() {
+    let gw = Gateway::start().await;
+    let (status, put) = gw
+        .put(
+            "s1",
+            json!({"model": "openai/gpt-4o", "provider_override": "openai", "model_override": "gpt-4o",
+                   "profile": "work", "profile_override": "work"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{put}");
+    assert_eq!(put["model_override"], "gpt-4o");
+    assert_eq!(put["profile_override"], "work");
+
+    let (status, body) = gw
+        .put(
+            "s2",
+            json!({"model": "openai/gpt-4o", "provider_override": "anthropic", "model_override": "claude"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        message(&body),
+        "model (\"openai/gpt-4o\") and provider_override/model_override (\"anthropic/claude\") disagree; send one"
+    );
+    let (status, body) = gw
+        .put("s2", json!({"profile": "work", "profile_override": null}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        message(&body),
+        "profile (\"work\") and profile_override (null) disagree; send one"
+    );
+    let (status, body) = gw.put("s2", json!({"model_override": "gpt-4o"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["param"], "provider_override");
+    // Read-only fields alone set nothing.
+    let (status, _) = gw
+        .put(
+            "s2",
+            json!({"id": "s2", "updated_at": "2026-01-01T00:00:00.000Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(gw.get("s2").await.0, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -173,6 +173,17 @@ async fn a_user_profile_pin_is_honoured_survives_reset_and_cooldowns() {
     let r = chat_in(&gw, "s3", &[("x-backstop-profile", "zzz")]).await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("x-backstop-profile"), "{}", r.body);
+    assert!(r.body.contains("valid: oa:a, oa:b"), "{}", r.body);
+    // The `provider:profile` form the error lists is accepted and pins the profile.
+    oa.clear();
+    let r = chat_in(&gw, "s3", &[("x-backstop-profile", "oa:a")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(keys_seen(&oa), ["a"]);
+    let (_, s) = session(&gw, "s3").await;
+    assert_eq!(s["profile_override"], "a");
+    assert_eq!(s["profile_override_source"], "user");
+    let r = chat_in(&gw, "s3", &[("x-backstop-profile", "an:a")]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
 }
 
 #[tokio::test]

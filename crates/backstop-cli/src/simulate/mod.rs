@@ -79,7 +79,7 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     if args.list {
-        print!("{}", after_help());
+        out!("{}", after_help());
         return Ok(ExitCode::SUCCESS);
     }
     let (config, notes) = world::load_config(args.config.as_deref()).map_err(|e| anyhow!(e))?;
@@ -159,9 +159,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), simulate)?
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.render());
+        out!("{}", report.render());
     }
     if let Some(min) = args.min_availability
         && 100.0 * report.availability.backstop.ratio < min

@@ -187,7 +187,10 @@ fn provider(
             Ok(u) => {
                 cx.err(
                     format!("{path}.base_url"),
-                    format!("\"{u}\" must start with http:// or https://"),
+                    format!(
+                        "\"{}\" must start with http:// or https://",
+                        super::redact::redact_url(&u)
+                    ),
                 );
                 None
             }

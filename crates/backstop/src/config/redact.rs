@@ -14,17 +14,20 @@ pub fn describe_secret(s: &Secret) -> String {
     format!("{} ({from})", s.redacted())
 }
 
-/// Hide the password in `redis://user:pass@host` (the user name stays).
+/// Hide the password in `redis://user:pass@host` or `https://user:pass@host/v1`
+/// (the user name stays). Only the authority (before the first `/`, `?` or `#`)
+/// is looked at, so an `@` in a path is left alone.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some(x) => x,
-        None => return url.to_string(),
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((auth, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
     };
     let user = auth.split_once(':').map_or("", |(u, _)| u);
-    format!("{scheme}://{user}:…@{host}")
+    format!("{scheme}://{user}:…@{host}{tail}")
 }
 
 fn ladders(l: &Ladders) -> Value {
@@ -71,7 +74,7 @@ impl Config {
                     .iter()
                     .map(|(k, v)| (k.clone(), Value::String(describe_secret(v))))
                     .collect();
-                let v = json!({"api": p.api.as_str(), "base_url": p.base_url, "auth": auth,
+                let v = json!({"api": p.api.as_str(), "base_url": redact_url(&p.base_url), "auth": auth,
                                "models": models, "headers": headers});
                 (p.id.clone(), v)
             })

@@ -652,10 +652,6 @@ impl Engine {
                 Ok(answer) => {
                     self.health.record(p, m, now_ms, took, None);
                     self.metrics.attempt(p, m, "ok", took);
-                    if matches!(answer, Answer::Stream { .. }) {
-                        self.health.record_ttft(p, m, took);
-                        self.metrics.time_to_first_token(p, m, took);
-                    }
                     self.cooldowns.on_success(p, a, m);
                     return TargetEnd::Answered(answer);
                 }
@@ -835,6 +831,7 @@ impl Engine {
         target: &Target,
         deadline: Instant,
     ) -> Result<Answer, Failure> {
+        let started = Instant::now();
         let body = self.upstream_body(call, upstream, &target.model.model)?;
         let profile = upstream
             .config
@@ -880,7 +877,14 @@ impl Engine {
         }
         let client_streams = call.request.stream;
         let answer = self
-            .commit_stream(upstream, response, head_deadline, deadline, !client_streams)
+            .commit_stream(
+                upstream,
+                response,
+                (target, started),
+                head_deadline,
+                deadline,
+                !client_streams,
+            )
             .await?;
         if client_streams {
             return Ok(answer);
@@ -914,11 +918,15 @@ impl Engine {
         }
     }
 
-    /// Read a stream up to its first content (or its clean end).
+    /// Read a stream up to its first content (or its clean end). The first content's
+    /// arrival, since `started`, is the attempt's time to first token: recorded for
+    /// every stream, the client's streamed or not (a non-streamed answer is read
+    /// whole from an upstream stream).
     async fn commit_stream(
         &self,
         upstream: &Upstream,
         response: crate::provider::Response,
+        (target, started): (&Target, Instant),
         first_token_deadline: Instant,
         deadline: Instant,
         hold_all: bool,
@@ -997,7 +1005,13 @@ impl Engine {
             };
             match item {
                 StreamItem::Event(raw, events) => {
-                    got_content |= events.iter().any(StreamEvent::is_content);
+                    if !got_content && events.iter().any(StreamEvent::is_content) {
+                        got_content = true;
+                        let (p, m) = (&target.model.provider, &target.model.model);
+                        let ttft = started.elapsed();
+                        self.health.record_ttft(p, m, ttft);
+                        self.metrics.time_to_first_token(p, m, ttft);
+                    }
                     let done = rest.done;
                     head.push((raw, events));
                     if (got_content && !hold_all) || done {

@@ -178,7 +178,8 @@ fn redacted_json_never_holds_a_raw_key() {
         r#"{ server: { api_keys: ["$CLIENT"] },
              providers: { openai: { auth: [{ profile: "env", key: "$OPENAI_API_KEY" }, { profile: "lit", key: "sk-literal-secretsecret-EEEE" },
                                            { profile: "file", key: "file:k.txt" }],
-                                    headers: { "X-Auth": "Bearer secretsecret-header" }, models: ["gpt-4o"] } },
+                                    headers: { "X-Auth": "Bearer secretsecret-header" }, models: ["gpt-4o"] },
+                          proxied: { api: "openai", base_url: "https://gw:urlsecretsecret@llm.example/v1/a@b", models: ["m"] } },
              state: { redis_url: "redis://user:redispassword@cache:6379" } }"#,
     );
     let env = keys_env().with("CLIENT", "client-secretsecret-FFFF");
@@ -197,6 +198,15 @@ fn redacted_json_never_holds_a_raw_key() {
     );
     assert_eq!(j["server"]["api_keys"][0], "client-…FFFF (from $CLIENT)");
     assert_eq!(j["state"]["redis_url"], "redis://user:…@cache:6379");
+    // A password in a base_url is masked the same way; an `@` in its path is not userinfo.
+    assert_eq!(
+        j["providers"]["proxied"]["base_url"],
+        "https://gw:…@llm.example/v1/a@b"
+    );
+    assert_eq!(
+        j["providers"]["openai"]["base_url"],
+        "https://api.openai.com/v1"
+    );
     assert_eq!(j["agents"]["defaults"]["model"]["primary"], "openai/gpt-4o");
     assert_eq!(j["retry"]["max_attempts"], 2);
     assert!(j.get("warnings").is_none());

@@ -289,8 +289,10 @@ impl UserPins {
 /// Check user pins against the config. `model` is `provider/model` of a
 /// configured provider (a model outside its catalogue is allowed); `profile`
 /// must be an auth profile of that provider — else of the provider of the
-/// session's current user model pin, else of any provider. The error says
-/// what is valid.
+/// session's current user model pin, else of any provider. `profile` may be
+/// written `provider:profile` (as the errors list them); the provider must be
+/// that same one, and the pin is the bare profile name. The error says what
+/// is valid.
 ///
 /// ```
 /// use backstop::config::{Format, ConfigOrigin, MapEnv, from_str};
@@ -303,6 +305,8 @@ impl UserPins {
 /// assert_eq!(pins.model.unwrap().unwrap().to_string(), "openai/gpt-4o");
 /// let err = user_pins(&config, None, Some(Some("home")), None).unwrap_err();
 /// assert!(err.contains("valid: openai:work"), "{err}");
+/// let pins = user_pins(&config, None, Some(Some("openai:work")), None).unwrap();
+/// assert_eq!(pins.profile, Some(Some("work".to_string())));
 /// ```
 pub fn user_pins(
     config: &Config,
@@ -325,10 +329,11 @@ pub fn user_pins(
     let profile = match profile {
         None => None,
         Some(None) => Some(None),
-        Some(Some(p)) => {
-            check_profile(config, p, provider_for_profile.as_deref())?;
-            Some(Some(p.to_string()))
-        }
+        Some(Some(p)) => Some(Some(check_profile(
+            config,
+            p,
+            provider_for_profile.as_deref(),
+        )?)),
     };
     Ok(UserPins { model, profile })
 }
@@ -357,12 +362,38 @@ fn parse_model(config: &Config, m: &str, providers: &[&str]) -> Result<ModelRef,
     })
 }
 
-fn check_profile(config: &Config, name: &str, provider: Option<&str>) -> Result<(), String> {
+/// The profile name to pin: `name` itself, or the profile of a
+/// `provider:profile` (the form the errors list), whose provider must be
+/// `provider` when that is given. Profile names never contain ':'.
+fn check_profile(config: &Config, name: &str, provider: Option<&str>) -> Result<String, String> {
+    if let Some((named, bare)) = name.split_once(':') {
+        if let Some(pinned) = provider.filter(|p| *p != named) {
+            let valid = config
+                .provider(pinned)
+                .map(|p| {
+                    p.profiles
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            return Err(format!(
+                "profile {name:?} is for provider {named:?}, but the model is pinned to provider {pinned:?}; valid: {valid}"
+            ));
+        }
+        if config
+            .provider(named)
+            .is_some_and(|p| p.profiles.iter().any(|a| a.name == bare))
+        {
+            return Ok(bare.to_string());
+        }
+    }
     match provider.and_then(|p| config.provider(p)) {
         Some(p) => {
             let names: Vec<&str> = p.profiles.iter().map(|a| a.name.as_str()).collect();
             if names.contains(&name) {
-                return Ok(());
+                return Ok(name.to_string());
             }
             let hint = did_you_mean(name, names.iter().copied())
                 .map(|s| format!(" (did you mean {s:?}?)"))
@@ -388,7 +419,7 @@ fn check_profile(config: &Config, name: &str, provider: Option<&str>) -> Result<
                 .iter()
                 .any(|p| p.profiles.iter().any(|a| a.name == name))
             {
-                return Ok(());
+                return Ok(name.to_string());
             }
             let hint = did_you_mean(
                 name,

@@ -579,6 +579,39 @@ fn user_pins_are_checked_against_the_config() {
             .unwrap_err()
             .contains("for provider \"anthropic\"; valid: team, personal")
     );
+    // `provider:profile`, as the errors list them, pins the bare profile.
+    assert_eq!(
+        user_pins(&c, None, Some(Some("openai:work")), None)
+            .unwrap()
+            .profile,
+        Some(Some("work".into()))
+    );
+    assert_eq!(
+        user_pins(
+            &c,
+            Some(Some("anthropic/claude")),
+            Some(Some("anthropic:personal")),
+            None
+        )
+        .unwrap()
+        .profile,
+        Some(Some("personal".into()))
+    );
+    assert_eq!(
+        user_pins(&c, None, Some(Some("anthropic:personal")), Some(&s))
+            .unwrap()
+            .profile,
+        Some(Some("personal".into()))
+    );
+    assert_eq!(
+        user_pins(&c, None, Some(Some("openai:work")), Some(&s)).unwrap_err(),
+        "profile \"openai:work\" is for provider \"openai\", but the model is pinned to provider \"anthropic\"; valid: team, personal"
+    );
+    assert!(
+        user_pins(&c, None, Some(Some("openai:team")), None)
+            .unwrap_err()
+            .contains("is not configured for any provider")
+    );
     // Clearing needs no check.
     assert_eq!(
         user_pins(&c, Some(None), Some(None), None).unwrap(),
