@@ -164,6 +164,18 @@ def test_rate_limited_everywhere_is_429(anthropic_client, fake):
         )
 
 
+def test_exhausted_context_overflow_lists_the_attempts(anthropic_client, fake):
+    fake.script({"type": "error", "status": 400, "kind": "context_length_exceeded"})
+    with pytest.raises(anthropic.BadRequestError) as e:
+        anthropic_client.messages.create(
+            model="solo-anthropic", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+        )
+    err = e.value.body["error"]
+    assert err["type"] == "invalid_request_error"
+    assert err["message"].startswith("prompt is too long")
+    assert err["message"].endswith(" — attempts: an/claude-haiku-4-5 (main): context_overflow [400]")
+
+
 def test_in_band_error_after_content(anthropic_client, fake):
     fake.script({"type": "stream_then_cut", "text": "this will be cut short", "after_chunks": 2})
     with pytest.raises(anthropic.APIStatusError):

@@ -213,6 +213,39 @@ def test_upstream_bad_request_passes_through(openai_client, fake):
             model="solo-openai", messages=[{"role": "user", "content": "x"}]
         )
     assert e.value.code == "context_length_exceeded"
+    # PRODUCT §8: every target tried, the message lists each attempt after the provider's words.
+    assert str(e.value.message).endswith(" — attempts: oa/gpt-4o-mini (main): context_overflow [400]")
+    assert e.value.response.headers.get("x-backstop-model") is None
+
+
+def test_context_overflow_from_anthropic_keeps_openais_code(openai_client, fake):
+    # Agents that compact on `context_length_exceeded` see it even when the provider that
+    # overflowed speaks Anthropic (which has no such code).
+    fake.script({"type": "error", "status": 400, "kind": "context_length_exceeded"})
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(
+            model="solo-anthropic", messages=[{"role": "user", "content": "x"}]
+        )
+    assert e.value.code == "context_length_exceeded"
+    assert e.value.type == "invalid_request_error"
+    assert "prompt is too long" in e.value.message
+    assert "attempts: an/claude-haiku-4-5 (main): context_overflow [400]" in e.value.message
+
+
+def test_content_policy_is_returned_as_is(openai_client, fake):
+    refusal = {
+        "error": {
+            "message": "Your request was rejected as a result of our safety system.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "content_policy_violation",
+        }
+    }
+    fake.script({"type": "error", "status": 400, "body": refusal})
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(model="default", messages=[{"role": "user", "content": "x"}])
+    assert e.value.body == refusal["error"]
+    assert e.value.response.headers["x-backstop-model"] == "oa/gpt-4o"
 
 
 def test_all_targets_rate_limited_is_429(openai_client, fake):
