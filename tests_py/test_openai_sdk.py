@@ -125,6 +125,8 @@ def test_cross_format_openai_client_anthropic_upstream(openai_client, fake):
     assert resp.model == "claude-haiku-4-5"
     assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
     assert raw.headers["x-backstop-model"] == "an/claude-haiku-4-5"
+    # A translated answer carries an id in OpenAI's shape, not Anthropic's `msg_…`.
+    assert resp.id.startswith("chatcmpl-") and "msg_" not in resp.id
     (req,) = fake.requests()
     assert req["path"] == "/v1/messages"
     assert header(req, "x-api-key") == UPSTREAM_ANTHROPIC_KEY
@@ -151,8 +153,9 @@ def test_cross_format_streaming_tools(openai_client, fake):
         tools=[WEATHER_TOOL],
         stream=True,
     )
-    text, args, names, finish = "", {}, {}, None
+    text, args, names, finish, ids = "", {}, {}, None, set()
     for chunk in stream:
+        ids.add(chunk.id)
         for c in chunk.choices:
             text += c.delta.content or ""
             for tc in c.delta.tool_calls or []:
@@ -164,6 +167,8 @@ def test_cross_format_streaming_tools(openai_client, fake):
     assert names == {0: "get_weather"}
     assert json.loads(args[0]) == {"city": "Oslo"}
     assert finish == "tool_calls"
+    (stream_id,) = ids
+    assert stream_id.startswith("chatcmpl-") and "msg_" not in stream_id
     body = fake.requests()[-1]["body"]
     assert body["tools"][0]["name"] == "get_weather"
     assert body["tools"][0]["input_schema"]["required"] == ["city"]

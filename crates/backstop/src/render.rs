@@ -201,12 +201,18 @@ pub fn complete_body(
     if ingress == upstream && upstream != WireFormat::Gemini {
         return body.clone();
     }
+    // Translated: the answer's id takes the client's format's shape.
+    let mut response = response.clone();
     match ingress {
         WireFormat::Anthropic => {
-            let v = wire::anthropic::encode_response(response);
+            response.id = wire::anthropic::message_id(&response.id);
+            let v = wire::anthropic::encode_response(&response);
             Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
         }
-        _ => Bytes::from(wire::openai::encode_response_bytes(response)),
+        _ => {
+            response.id = wire::openai::completion_id(&response.id);
+            Bytes::from(wire::openai::encode_response_bytes(&response))
+        }
     }
 }
 
