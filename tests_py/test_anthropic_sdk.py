@@ -89,6 +89,8 @@ def test_cross_format_anthropic_client_openai_upstream(anthropic_client, fake):
     assert msg.stop_reason == "end_turn"
     assert msg.model == "gpt-4o-mini"
     assert raw.headers["x-backstop-model"] == "oa/gpt-4o-mini"
+    # A translated answer carries an id in Anthropic's shape, not OpenAI's `chatcmpl-…`.
+    assert msg.id.startswith("msg_") and "chatcmpl" not in msg.id
     (req,) = fake.requests()
     assert req["path"] == "/v1/chat/completions"
     assert header(req, "authorization") == f"Bearer {UPSTREAM_OPENAI_KEY}"
@@ -114,6 +116,7 @@ def test_cross_format_streaming_tools(anthropic_client, fake):
         messages=[{"role": "user", "content": "weather?"}],
     ) as stream:
         final = stream.get_final_message()
+    assert final.id.startswith("msg_") and "chatcmpl" not in final.id
     assert final.stop_reason == "tool_use"
     assert final.content[0].type == "text" and final.content[0].text == "Checking."
     uses = [b for b in final.content if b.type == "tool_use"]
@@ -162,6 +165,18 @@ def test_rate_limited_everywhere_is_429(anthropic_client, fake):
         anthropic_client.messages.create(
             model="solo-anthropic", max_tokens=8, messages=[{"role": "user", "content": "x"}]
         )
+
+
+def test_exhausted_context_overflow_lists_the_attempts(anthropic_client, fake):
+    fake.script({"type": "error", "status": 400, "kind": "context_length_exceeded"})
+    with pytest.raises(anthropic.BadRequestError) as e:
+        anthropic_client.messages.create(
+            model="solo-anthropic", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+        )
+    err = e.value.body["error"]
+    assert err["type"] == "invalid_request_error"
+    assert err["message"].startswith("prompt is too long")
+    assert err["message"].endswith(" — attempts: an/claude-haiku-4-5 (main): context_overflow [400]")
 
 
 def test_in_band_error_after_content(anthropic_client, fake):

@@ -125,6 +125,8 @@ def test_cross_format_openai_client_anthropic_upstream(openai_client, fake):
     assert resp.model == "claude-haiku-4-5"
     assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
     assert raw.headers["x-backstop-model"] == "an/claude-haiku-4-5"
+    # A translated answer carries an id in OpenAI's shape, not Anthropic's `msg_…`.
+    assert resp.id.startswith("chatcmpl-") and "msg_" not in resp.id
     (req,) = fake.requests()
     assert req["path"] == "/v1/messages"
     assert header(req, "x-api-key") == UPSTREAM_ANTHROPIC_KEY
@@ -151,8 +153,9 @@ def test_cross_format_streaming_tools(openai_client, fake):
         tools=[WEATHER_TOOL],
         stream=True,
     )
-    text, args, names, finish = "", {}, {}, None
+    text, args, names, finish, ids = "", {}, {}, None, set()
     for chunk in stream:
+        ids.add(chunk.id)
         for c in chunk.choices:
             text += c.delta.content or ""
             for tc in c.delta.tool_calls or []:
@@ -164,6 +167,8 @@ def test_cross_format_streaming_tools(openai_client, fake):
     assert names == {0: "get_weather"}
     assert json.loads(args[0]) == {"city": "Oslo"}
     assert finish == "tool_calls"
+    (stream_id,) = ids
+    assert stream_id.startswith("chatcmpl-") and "msg_" not in stream_id
     body = fake.requests()[-1]["body"]
     assert body["tools"][0]["name"] == "get_weather"
     assert body["tools"][0]["input_schema"]["required"] == ["city"]
@@ -213,6 +218,39 @@ def test_upstream_bad_request_passes_through(openai_client, fake):
             model="solo-openai", messages=[{"role": "user", "content": "x"}]
         )
     assert e.value.code == "context_length_exceeded"
+    # PRODUCT §8: every target tried, the message lists each attempt after the provider's words.
+    assert str(e.value.message).endswith(" — attempts: oa/gpt-4o-mini (main): context_overflow [400]")
+    assert e.value.response.headers.get("x-backstop-model") is None
+
+
+def test_context_overflow_from_anthropic_keeps_openais_code(openai_client, fake):
+    # Agents that compact on `context_length_exceeded` see it even when the provider that
+    # overflowed speaks Anthropic (which has no such code).
+    fake.script({"type": "error", "status": 400, "kind": "context_length_exceeded"})
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(
+            model="solo-anthropic", messages=[{"role": "user", "content": "x"}]
+        )
+    assert e.value.code == "context_length_exceeded"
+    assert e.value.type == "invalid_request_error"
+    assert "prompt is too long" in e.value.message
+    assert "attempts: an/claude-haiku-4-5 (main): context_overflow [400]" in e.value.message
+
+
+def test_content_policy_is_returned_as_is(openai_client, fake):
+    refusal = {
+        "error": {
+            "message": "Your request was rejected as a result of our safety system.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "content_policy_violation",
+        }
+    }
+    fake.script({"type": "error", "status": 400, "body": refusal})
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(model="default", messages=[{"role": "user", "content": "x"}])
+    assert e.value.body == refusal["error"]
+    assert e.value.response.headers["x-backstop-model"] == "oa/gpt-4o"
 
 
 def test_all_targets_rate_limited_is_429(openai_client, fake):

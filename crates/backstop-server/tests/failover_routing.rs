@@ -142,8 +142,96 @@ async fn context_overflow_with_no_larger_window_goes_back_to_the_client() {
     let r = gw.chat(&openai_request("default", false)).await;
 
     assert_eq!(r.status, 400, "{}", r.body);
-    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    let e = &r.json()["error"];
+    // The provider's type and code, so agents that compact on overflow still see it.
+    assert_eq!(e["code"], "context_length_exceeded", "{}", r.body);
+    assert_eq!(e["type"], "invalid_request_error", "{}", r.body);
+    // PRODUCT §8: the provider's words, then every attempt.
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.ends_with(" — attempts: openai/gpt-small (a): context_overflow [400]"),
+        "{message}"
+    );
+    assert!(
+        message.len() > 60,
+        "the provider's message is kept: {message}"
+    );
+    assert_eq!(r.header("x-backstop-model"), None, "no model answered");
     assert_eq!(models_seen(&upstream), ["gpt-small"]);
+}
+
+/// PRODUCT §8: every model of the chain not found is the deciding failure's status
+/// (404), its code, and a message listing every attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_model_not_found_lists_each_attempt_with_the_providers_code() {
+    let (primary, backup) = (fake(), fake());
+    primary.set_default(Step::error_kind(404, "model_not_found"));
+    backup.set_default(Step::error_kind(404, "model_not_found"));
+    let gw = Gateway::start(two_keys(&primary, &backup)).await;
+
+    let r = gw.chat(&openai_request("default", false)).await;
+
+    assert_eq!(r.status, 404, "{}", r.body);
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "model_not_found", "{}", r.body);
+    let message = e["message"].as_str().unwrap();
+    // The provider's words first, then each attempt (and the key left cooling with the
+    // model's not-found cooldown, never tried).
+    assert!(
+        message.starts_with("The model `gpt-4o-mini` does not exist"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            " — attempts: openai/gpt-4o (a): model_not_found [404]; \
+             backup/gpt-4o-mini (x): model_not_found [404]"
+        ),
+        "{message}"
+    );
+    assert_eq!(r.attempts(), Some(2));
+    assert_eq!(r.header("x-backstop-model"), None, "no model answered");
+}
+
+/// The same for an Anthropic client on Anthropic upstreams (the provider's body, its
+/// message extended), and for an OpenAI client on them (OpenAI's own code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_context_overflow_keeps_the_provider_error_in_each_format() {
+    let upstream = fake();
+    upstream.set_default(Step::error_kind(400, "context_length_exceeded"));
+    let gw = Gateway::start(config(
+        json!({"an": anthropic_provider(&upstream, &["k"], json!([
+            {"id": "claude-small", "context_window": 8000},
+            {"id": "claude-smaller", "context_window": 4000},
+        ]))}),
+        "an/claude-small",
+        &["an/claude-smaller"],
+        json!({}),
+    ))
+    .await;
+
+    let r = gw.messages(&anthropic_request("default", false)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["type"], "error", "{}", r.body);
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{}", r.body);
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("prompt is too long"), "{message}");
+    assert!(
+        message.ends_with(" — attempts: an/claude-small (k): context_overflow [400]"),
+        "{message}"
+    );
+
+    let r = gw.chat(&openai_request("default", false)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "context_length_exceeded", "{}", r.body);
+    assert_eq!(e["type"], "invalid_request_error", "{}", r.body);
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains("prompt is too long"), "{message}");
+    assert!(
+        message.ends_with(" — attempts: an/claude-small (k): context_overflow [400]"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -207,6 +207,9 @@ async fn openai_client_plain_answer_from_gemini() {
     let body = a.json();
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["model"], "gemini-2.5-flash");
+    // An id in OpenAI's shape, derived from Gemini's `responseId`.
+    let id = body["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-") && id.len() > 9, "{id}");
     assert_eq!(
         body["choices"][0]["message"]["content"],
         "Foxes are clever."
@@ -266,6 +269,9 @@ async fn openai_client_streams_from_gemini() {
             .iter()
             .all(|c| c["object"] == "chat.completion.chunk")
     );
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-") && id.len() > 9, "{id}");
+    assert!(chunks.iter().all(|c| c["id"] == id), "one id per stream");
     assert!(
         chunks
             .iter()
@@ -386,6 +392,9 @@ async fn anthropic_client_plain_answer_from_gemini() {
     let body = a.json();
     assert_eq!(body["type"], "message");
     assert_eq!(body["model"], "gemini-2.5-flash");
+    // An id in Anthropic's shape, derived from Gemini's `responseId`.
+    let id = body["id"].as_str().unwrap();
+    assert!(id.starts_with("msg_") && id.len() > 4, "{id}");
     assert_eq!(
         body["content"],
         json!([{"type": "text", "text": "Foxes are clever."}])
@@ -436,6 +445,8 @@ async fn anthropic_client_streams_from_gemini() {
         "{}",
         a.body
     );
+    let id = events[0].1["message"]["id"].as_str().unwrap();
+    assert!(id.starts_with("msg_") && id.len() > 4, "{id}");
 }
 
 // ---- failover ----

@@ -498,3 +498,62 @@ async fn include_usage_gets_a_usage_chunk_from_an_anthropic_upstream() {
         got.text()
     );
 }
+
+/// `prefix` followed by one or more ASCII letters and digits (the providers' id shapes:
+/// Anthropic `msg_013Zva…`, OpenAI `chatcmpl-B9MB…`).
+fn assert_id_shape(id: &Value, prefix: &str, what: &str) -> String {
+    let id = id.as_str().unwrap_or_else(|| panic!("no id: {what}"));
+    let rest = id
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{id:?} does not start with {prefix:?}: {what}"));
+    assert!(
+        !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{id:?}: {what}"
+    );
+    id.to_string()
+}
+
+/// Every answer carries an id in the client's own format's shape, translated or not,
+/// streamed (one id for the whole stream) or not.
+#[tokio::test]
+async fn every_answer_carries_an_id_in_the_clients_shape() {
+    for case in CASES {
+        let (fakes, gw) = setup().await;
+        let prefix = match case.client {
+            Client::OpenAi => "chatcmpl-",
+            Client::Anthropic => "msg_",
+        };
+        case.upstream(&fakes).push(fixed_reply());
+        let got = case.stream(&gw).await;
+        let what = format!("{case:?} stream: {}", got.text());
+        assert_eq!(got.status, 200, "{what}");
+        match case.client {
+            Client::OpenAi => {
+                let ids: Vec<String> = got
+                    .json_events()
+                    .iter()
+                    .map(|v| assert_id_shape(&v["id"], prefix, &what))
+                    .collect();
+                assert!(ids.len() > 2, "{what}");
+                assert!(
+                    ids.iter().all(|id| id == &ids[0]),
+                    "one id per stream: {what}"
+                );
+            }
+            Client::Anthropic => {
+                let start = &got.json_events()[0];
+                assert_eq!(start["type"], "message_start", "{what}");
+                assert_id_shape(&start["message"]["id"], prefix, &what);
+            }
+        }
+
+        case.upstream(&fakes).push(fixed_reply());
+        let got = match case.client {
+            Client::OpenAi => send(gw.openai(&openai_body(case.agent, "hi", false))).await,
+            Client::Anthropic => send(gw.anthropic(&anthropic_body(case.agent, "hi", false))).await,
+        };
+        let what = format!("{case:?}: {}", got.text());
+        assert_eq!(got.status, 200, "{what}");
+        assert_id_shape(&got.json()["id"], prefix, &what);
+    }
+}

@@ -51,57 +51,45 @@ pub fn chain_error(
             .is_some_and(|s| (400..500).contains(&s) && s != 429)
     };
     if let Some(last) = f.failed.last()
-        && (f.returned || client_side(last))
+        && f.returned
     {
+        // Returned as is after this one attempt (§3.2): the provider's own error.
         let status = last.failure.status.unwrap_or(400);
         let kind = ErrorKind::from_status(status);
         let mut error = ClientError::new(kind, last.failure.message.clone()).with_status(status);
         if let Some(code) = last.failure.upstream.as_ref().and_then(|u| u.code.clone()) {
             error = error.with_code(code);
         }
-        let passthrough = match (
-            &last.failure.raw_body,
-            upstream_of(&last.target.model.provider),
-        ) {
-            (Some(body), Some(fmt)) if fmt == ingress && !body.is_empty() => {
-                // Only pass bytes through when they parse as an error of the client's format.
-                let ok = match ingress {
-                    WireFormat::Anthropic => wire::anthropic::decode_error(body).is_some(),
-                    _ => wire::openai::decode_error(body).is_some(),
-                };
-                ok.then(|| body.clone())
-            }
-            _ => None,
-        };
+        let passthrough = same_format_body(ingress, &upstream_of, last).cloned();
         return ChainError {
             error,
             passthrough,
             answered_by: Some(last.target.model.to_string()),
         };
     }
-    let mut lines: Vec<String> = f
-        .failed
-        .iter()
-        .map(|a| {
-            let status = a
-                .failure
-                .status
-                .map(|s| format!(" [{s}]"))
-                .unwrap_or_default();
-            format!("{}: {}{status}", a.target, a.failure.reason)
-        })
-        .collect();
-    for (t, until) in &f.cooling {
-        lines.push(format!(
-            "{t}: cooling down until {}",
-            crate::clock::rfc3339(*until)
-        ));
-    }
-    for (m, why) in &f.unusable {
-        lines.push(format!("{m}: {why}"));
-    }
-    if f.budget_spent {
-        lines.push("retry budget exhausted (too many retries in the last seconds)".to_string());
+    let lines = attempt_lines(f);
+    if let Some(last) = f.failed.last()
+        && client_side(last)
+    {
+        // Every target was tried and the deciding failure is the client's (every model
+        // not found, a context overflow with no larger window left): its status, its
+        // error type and code in the client's format (agents act on the exact code:
+        // `context_length_exceeded` → compact the history), and a message that keeps
+        // the provider's words and lists every attempt (PRODUCT §8).
+        let status = last.failure.status.unwrap_or(400);
+        let message = format!("{} — attempts: {}", last.failure.message, lines.join("; "));
+        let passthrough = same_format_body(ingress, &upstream_of, last)
+            .and_then(|body| with_message(body, &message));
+        let mut error =
+            ClientError::new(ErrorKind::from_status(status), message).with_status(status);
+        if let Some(code) = client_code(last) {
+            error = error.with_code(code);
+        }
+        return ChainError {
+            error,
+            passthrough,
+            answered_by: None,
+        };
     }
     let all_rate_limited = !f.failed.is_empty()
         && f.failed
@@ -126,6 +114,81 @@ pub fn chain_error(
     }
 }
 
+/// Each attempt as `provider/model (profile): reason [status]`, then the targets that
+/// were cooling down, the models that could not be tried and a spent retry budget.
+fn attempt_lines(f: &ChainFailure) -> Vec<String> {
+    let mut lines: Vec<String> = f
+        .failed
+        .iter()
+        .map(|a| {
+            let status = a
+                .failure
+                .status
+                .map(|s| format!(" [{s}]"))
+                .unwrap_or_default();
+            format!("{}: {}{status}", a.target, a.failure.reason)
+        })
+        .collect();
+    for (t, until) in &f.cooling {
+        lines.push(format!(
+            "{t}: cooling down until {}",
+            crate::clock::rfc3339(*until)
+        ));
+    }
+    for (m, why) in &f.unusable {
+        lines.push(format!("{m}: {why}"));
+    }
+    if f.budget_spent {
+        lines.push("retry budget exhausted (too many retries in the last seconds)".to_string());
+    }
+    lines
+}
+
+/// The provider's raw error body, when it is in the client's own format.
+fn same_format_body<'a>(
+    ingress: WireFormat,
+    upstream_of: &impl Fn(&str) -> Option<WireFormat>,
+    last: &'a crate::failover::Attempt,
+) -> Option<&'a Bytes> {
+    let body = last.failure.raw_body.as_ref()?;
+    if body.is_empty() || upstream_of(&last.target.model.provider) != Some(ingress) {
+        return None;
+    }
+    // Only pass bytes through when they parse as an error of the client's format.
+    let ok = match ingress {
+        WireFormat::Anthropic => wire::anthropic::decode_error(body).is_some(),
+        _ => wire::openai::decode_error(body).is_some(),
+    };
+    ok.then_some(body)
+}
+
+/// The provider's error body with `error.message` replaced (type, code, param kept).
+fn with_message(body: &Bytes, message: &str) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let slot = v.get_mut("error")?.get_mut("message")?;
+    if !slot.is_string() {
+        return None;
+    }
+    *slot = serde_json::Value::String(message.to_string());
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+/// The OpenAI `code` for a client error translated from another format: the one
+/// OpenAI itself uses for this reason, else the provider's own code unless it is a
+/// bare number (Gemini's HTTP status).
+fn client_code(a: &crate::failover::Attempt) -> Option<String> {
+    match a.failure.reason {
+        Reason::ContextOverflow => return Some("context_length_exceeded".to_string()),
+        Reason::ModelNotFound => return Some("model_not_found".to_string()),
+        _ => {}
+    }
+    a.failure
+        .upstream
+        .as_ref()
+        .and_then(|u| u.code.clone())
+        .filter(|c| !c.chars().all(|ch| ch.is_ascii_digit()))
+}
+
 /// The body of a complete (non-streaming) answer in the client's format.
 pub fn complete_body(
     ingress: WireFormat,
@@ -138,12 +201,18 @@ pub fn complete_body(
     if ingress == upstream && upstream != WireFormat::Gemini {
         return body.clone();
     }
+    // Translated: the answer's id takes the client's format's shape.
+    let mut response = response.clone();
     match ingress {
         WireFormat::Anthropic => {
-            let v = wire::anthropic::encode_response(response);
+            response.id = wire::anthropic::message_id(&response.id);
+            let v = wire::anthropic::encode_response(&response);
             Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
         }
-        _ => Bytes::from(wire::openai::encode_response_bytes(response)),
+        _ => {
+            response.id = wire::openai::completion_id(&response.id);
+            Bytes::from(wire::openai::encode_response_bytes(&response))
+        }
     }
 }
 

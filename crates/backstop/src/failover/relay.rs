@@ -87,9 +87,14 @@ impl Writer {
 
     fn new(ingress: WireFormat, upstream: WireFormat, include_usage: bool) -> Self {
         if ingress == upstream {
-            Writer::Passthrough(ingress)
-        } else {
-            Self::encoding(ingress, include_usage)
+            return Writer::Passthrough(ingress);
+        }
+        // Translated: the answer's id takes the client's format's shape.
+        match ingress {
+            WireFormat::Anthropic => {
+                Writer::Anthropic(wire::anthropic::StreamEncoder::translating())
+            }
+            _ => Writer::OpenAi(wire::openai::StreamEncoder::new(include_usage).translating()),
         }
     }
 

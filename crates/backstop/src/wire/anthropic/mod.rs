@@ -41,6 +41,35 @@ pub const API_VERSION: &str = "2023-06-01";
 /// The message id used when a stream has to be opened without a `Start` event.
 const SYNTHETIC_MESSAGE_ID: &str = "msg_backstop";
 
+/// A message id in Anthropic's shape (`msg_` and letters and digits) for an answer
+/// translated from another format, derived from the upstream's id (`chatcmpl-B9MB…`
+/// → `msg_B9MB…`), so it stays the same for the whole answer. An id already in that
+/// shape is kept.
+///
+/// ```
+/// use backstop::wire::anthropic::message_id;
+/// assert_eq!(message_id("chatcmpl-B9MBs8Cjc"), "msg_B9MBs8Cjc");
+/// assert_eq!(message_id("2ei_aPWE-OIX"), "msg_2eiaPWEOIX");
+/// assert_eq!(message_id("msg_013Zva2C"), "msg_013Zva2C");
+/// assert_eq!(message_id(""), "msg_backstop");
+/// ```
+pub fn message_id(upstream_id: &str) -> String {
+    if upstream_id.starts_with("msg_") {
+        return upstream_id.to_string();
+    }
+    let core: String = upstream_id
+        .strip_prefix("chatcmpl-")
+        .unwrap_or(upstream_id)
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    if core.is_empty() {
+        SYNTHETIC_MESSAGE_ID.to_string()
+    } else {
+        format!("msg_{core}")
+    }
+}
+
 const SUPPORTED_BLOCKS: &str = "text, image, tool_use, tool_result, thinking, redacted_thinking";
 
 /// The system instruction that stands in for JSON mode.
@@ -1271,6 +1300,8 @@ pub struct StreamEncoder {
     tool_blocks: HashMap<u32, u32>,
     usage: Option<Usage>,
     finish: Option<(FinishReason, Option<String>)>,
+    /// The answer comes from another format: its id is reshaped ([`message_id`]).
+    translating: bool,
 }
 
 fn emit(out: &mut Vec<u8>, name: &str, data: &Value) {
@@ -1280,6 +1311,15 @@ fn emit(out: &mut Vec<u8>, name: &str, data: &Value) {
 impl StreamEncoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An encoder for an answer translated from another format: `message_start`
+    /// carries an id in Anthropic's shape ([`message_id`]).
+    pub fn translating() -> Self {
+        StreamEncoder {
+            translating: true,
+            ..Self::default()
+        }
     }
 
     /// Appends the frames for `ev` to `out` (possibly none). Events after `Done` are ignored.
@@ -1294,7 +1334,12 @@ impl StreamEncoder {
                 input_tokens,
             } => {
                 if !self.started {
-                    self.message_start(id, model, *input_tokens, out);
+                    let id = if self.translating {
+                        message_id(id)
+                    } else {
+                        id.clone()
+                    };
+                    self.message_start(&id, model, *input_tokens, out);
                 }
             }
             StreamEvent::Error { error } => {

@@ -30,6 +30,35 @@ use crate::wire::scan::{Cursor, RawStr, Seen};
 /// Stream id used when a stream to a client begins without a `Start` event.
 const SYNTHETIC_ID: &str = "chatcmpl-backstop";
 
+/// A completion id in OpenAI's shape (`chatcmpl-` and letters and digits) for an
+/// answer translated from another format, derived from the upstream's id
+/// (`msg_013Zva…` → `chatcmpl-013Zva…`), so it stays the same for the whole answer.
+/// An id already in that shape is kept.
+///
+/// ```
+/// use backstop::wire::openai::completion_id;
+/// assert_eq!(completion_id("msg_013Zva2C"), "chatcmpl-013Zva2C");
+/// assert_eq!(completion_id("2ei_aPWE-OIX"), "chatcmpl-2eiaPWEOIX");
+/// assert_eq!(completion_id("chatcmpl-B9MB"), "chatcmpl-B9MB");
+/// assert_eq!(completion_id(""), "chatcmpl-backstop");
+/// ```
+pub fn completion_id(upstream_id: &str) -> String {
+    if upstream_id.starts_with("chatcmpl-") {
+        return upstream_id.to_string();
+    }
+    let core: String = upstream_id
+        .strip_prefix("msg_")
+        .unwrap_or(upstream_id)
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    if core.is_empty() {
+        SYNTHETIC_ID.to_string()
+    } else {
+        format!("chatcmpl-{core}")
+    }
+}
+
 type Obj = Map<String, Value>;
 
 // ---------------------------------------------------------------------------
@@ -1600,6 +1629,8 @@ pub struct StreamEncoder {
     input_tokens: Option<u64>,
     usage: Option<Usage>,
     done: bool,
+    /// The answer comes from another format: its id is reshaped ([`completion_id`]).
+    translating: bool,
 }
 
 impl Default for StreamEncoder {
@@ -1621,7 +1652,15 @@ impl StreamEncoder {
             input_tokens: None,
             usage: None,
             done: false,
+            translating: false,
         }
+    }
+
+    /// An encoder for an answer translated from another format: every chunk carries an
+    /// id in OpenAI's shape ([`completion_id`]).
+    pub fn translating(mut self) -> Self {
+        self.translating = true;
+        self
     }
 
     fn frame(out: &mut Vec<u8>, v: &Value) {
@@ -1679,7 +1718,11 @@ impl StreamEncoder {
                 if self.started {
                     return;
                 }
-                self.id.clone_from(id);
+                if self.translating {
+                    self.id = completion_id(id);
+                } else {
+                    self.id.clone_from(id);
+                }
                 self.model.clone_from(model);
                 self.input_tokens = *input_tokens;
                 self.begin(out);
