@@ -202,16 +202,20 @@ pub fn complete_body(
         return body.clone();
     }
     // Translated: the answer's id takes the client's format's shape.
-    let mut response = response.clone();
     match ingress {
         WireFormat::Anthropic => {
-            response.id = wire::anthropic::message_id(&response.id);
-            let v = wire::anthropic::encode_response(&response);
+            let mut v = wire::anthropic::encode_response(response);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "id".into(),
+                    wire::anthropic::message_id(&response.id).into(),
+                );
+            }
             Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
         }
         _ => {
-            response.id = wire::openai::completion_id(&response.id);
-            Bytes::from(wire::openai::encode_response_bytes(&response))
+            let id = wire::openai::completion_id(&response.id);
+            Bytes::from(wire::openai::encode_response_bytes_as(response, &id))
         }
     }
 }

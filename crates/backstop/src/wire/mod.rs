@@ -28,6 +28,27 @@ pub fn with_model(body: &Value, model: &str) -> Value {
     body
 }
 
+/// An answer's id in the shape of the client's format: `id` itself when it already
+/// starts with `prefix`, else `prefix` and the letters and digits of `id` (after the
+/// other format's prefix `other`), or `synthetic` when none are left.
+pub(crate) fn reshape_id(id: &str, prefix: &str, other: &str, synthetic: &str) -> String {
+    if id.starts_with(prefix) {
+        return id.to_string();
+    }
+    let core = id.strip_prefix(other).unwrap_or(id);
+    let mut out = String::with_capacity(prefix.len() + core.len());
+    out.push_str(prefix);
+    out.extend(
+        core.bytes()
+            .filter(u8::is_ascii_alphanumeric)
+            .map(char::from),
+    );
+    if out.len() == prefix.len() {
+        return synthetic.to_string();
+    }
+    out
+}
+
 /// A same-format body without a round trip through `serde_json::Value`: the client's
 /// bytes, with each top-level field of `fields` (name, JSON text of its new value)
 /// replaced where it stands or, when absent, added at the end in the order given —

@@ -54,20 +54,7 @@ const SYNTHETIC_MESSAGE_ID: &str = "msg_backstop";
 /// assert_eq!(message_id(""), "msg_backstop");
 /// ```
 pub fn message_id(upstream_id: &str) -> String {
-    if upstream_id.starts_with("msg_") {
-        return upstream_id.to_string();
-    }
-    let core: String = upstream_id
-        .strip_prefix("chatcmpl-")
-        .unwrap_or(upstream_id)
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    if core.is_empty() {
-        SYNTHETIC_MESSAGE_ID.to_string()
-    } else {
-        format!("msg_{core}")
-    }
+    super::reshape_id(upstream_id, "msg_", "chatcmpl-", SYNTHETIC_MESSAGE_ID)
 }
 
 const SUPPORTED_BLOCKS: &str = "text, image, tool_use, tool_result, thinking, redacted_thinking";

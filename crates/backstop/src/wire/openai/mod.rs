@@ -43,20 +43,7 @@ const SYNTHETIC_ID: &str = "chatcmpl-backstop";
 /// assert_eq!(completion_id(""), "chatcmpl-backstop");
 /// ```
 pub fn completion_id(upstream_id: &str) -> String {
-    if upstream_id.starts_with("chatcmpl-") {
-        return upstream_id.to_string();
-    }
-    let core: String = upstream_id
-        .strip_prefix("msg_")
-        .unwrap_or(upstream_id)
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    if core.is_empty() {
-        SYNTHETIC_ID.to_string()
-    } else {
-        format!("chatcmpl-{core}")
-    }
+    super::reshape_id(upstream_id, "chatcmpl-", "msg_", SYNTHETIC_ID)
 }
 
 type Obj = Map<String, Value>;
@@ -1031,6 +1018,11 @@ pub fn encode_response(resp: &chat::Response) -> Value {
 /// `serde_json::to_vec(&encode_response(resp))`, written without building a `Value`
 /// (the same bytes: a test compares them).
 pub fn encode_response_bytes(resp: &chat::Response) -> Vec<u8> {
+    encode_response_bytes_as(resp, &resp.id)
+}
+
+/// [`encode_response_bytes`] with another `id` (a translated answer's, in OpenAI's shape).
+pub fn encode_response_bytes_as(resp: &chat::Response, id: &str) -> Vec<u8> {
     use serde::Serialize;
     #[derive(Serialize)]
     struct Body<'a> {
@@ -1099,7 +1091,7 @@ pub fn encode_response_bytes(resp: &chat::Response) -> Vec<u8> {
     let content = (has_text || tool_calls.is_empty()).then(|| joined_text_concat(&resp.content));
     let u = &resp.usage;
     let body = Body {
-        id: &resp.id,
+        id,
         object: "chat.completion",
         created: resp.created,
         model: &resp.model,
