@@ -75,3 +75,35 @@ async fn n_choices_toward_an_anthropic_upstream_are_refused_clearly() {
         "the refused requests never left"
     );
 }
+
+/// Anthropic's `model_context_window_exceeded` stop reason is a truncated answer: an
+/// OpenAI client sees `length`, as for `max_tokens`, not a clean `stop`.
+#[tokio::test]
+async fn a_context_window_cut_from_anthropic_is_length_for_an_openai_client() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    let cut = || {
+        Step::Reply(backstop_fake::Reply {
+            text: "partial answer".into(),
+            finish_reason: Some("model_context_window_exceeded".into()),
+            ..Default::default()
+        })
+    };
+    fakes.an.push(cut());
+    let got = send(gw.openai(&openai_body("solo-claude", "long", false))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["choices"][0]["finish_reason"], "length");
+
+    fakes.an.push(cut());
+    let got = send(gw.openai(&openai_body("solo-claude", "long", true))).await;
+    let finishes: Vec<String> = got
+        .json_events()
+        .iter()
+        .filter_map(|e| {
+            e["choices"][0]["finish_reason"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(finishes, ["length"], "{}", got.text());
+}
