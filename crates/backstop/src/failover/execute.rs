@@ -760,6 +760,24 @@ impl Engine {
         model: &str,
     ) -> Result<Bytes, Failure> {
         let same_format = upstream.api() == call.ingress && !call.translate;
+        let choices = requested_choices(call);
+        if choices > 1 && !same_format {
+            // Anthropic and Gemini answer with one message: the client would silently get
+            // one choice of the `n` it asked for.
+            return Err(Failure::new(
+                Reason::BadRequest,
+                Phase::Transport,
+                format!(
+                    "n: {choices} choices cannot be served by {}/{model}: the {} API returns \
+                     one answer; send n=1, or use an OpenAI-compatible model",
+                    upstream.config.id,
+                    upstream.api(),
+                ),
+            ));
+        }
+        // A non-streamed answer is read from an upstream stream, which only carries
+        // choice 0 through the assembly: several choices are asked for unstreamed instead.
+        let force_stream = !call.request.stream && choices <= 1;
         let stream_options = upstream.sends_stream_options();
         // The splice keeps the client's fields as they are; a client's own
         // `stream_options` for a server that rejects it goes through the `Value` path,
@@ -770,13 +788,8 @@ impl Engine {
         if same_format
             && !keeps_refused_field
             && let Some(bytes) = &call.raw_bytes
-            && let Some(body) = splice_same_format(
-                bytes,
-                model,
-                call.request.stream,
-                upstream.api(),
-                stream_options,
-            )
+            && let Some(body) =
+                splice_same_format(bytes, model, !force_stream, upstream.api(), stream_options)
         {
             return Ok(body);
         }
@@ -798,7 +811,7 @@ impl Engine {
             }
         };
         let mut value = value;
-        if !call.request.stream
+        if force_stream
             && upstream.api() != WireFormat::Gemini
             && let Some(obj) = value.as_object_mut()
         {
@@ -1049,6 +1062,17 @@ fn splice_same_format(
         }
     }
     wire::splice_fields(bytes, &fields).map(Bytes::from)
+}
+
+/// The number of choices an OpenAI client asked for (`n`, default 1).
+fn requested_choices(call: &Call) -> u64 {
+    if call.ingress != WireFormat::OpenAi {
+        return 1;
+    }
+    call.raw
+        .get("n")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(1)
 }
 
 /// The client sent `stream_options` itself and the upstream gets the client's body

@@ -195,7 +195,8 @@ fn finish_from_stop_reason(s: &str) -> FinishReason {
     match s {
         "end_turn" => FinishReason::Stop,
         "stop_sequence" => FinishReason::StopSequence,
-        "max_tokens" => FinishReason::Length,
+        // The answer was cut by the context window rather than `max_tokens`: cut all the same.
+        "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
         "tool_use" => FinishReason::ToolCalls,
         "refusal" => FinishReason::ContentFilter,
         _ => FinishReason::Other,

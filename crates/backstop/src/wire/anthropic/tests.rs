@@ -896,6 +896,10 @@ fn stop_reasons_map_both_ways() {
         assert_eq!(finish_from_stop_reason(wire), neutral);
         assert_eq!(stop_reason_str(neutral), wire);
     }
+    assert_eq!(
+        finish_from_stop_reason("model_context_window_exceeded"),
+        FinishReason::Length
+    );
     assert_eq!(finish_from_stop_reason("pause_turn"), FinishReason::Other);
     assert_eq!(stop_reason_str(FinishReason::Other), "end_turn");
 }
