@@ -224,6 +224,35 @@ impl Wire for Gemini {
     fn malformed_frame(&self) -> Bytes {
         Bytes::from_static(b"data: {not json\r\n\r\n")
     }
+
+    /// Google sends no `Retry-After` header: a `google.rpc.RetryInfo` detail carries
+    /// the delay (a protobuf `Duration`, `"7s"`), and the message repeats it.
+    fn retry_in_body(&self, body: &mut Value, after: &str) -> bool {
+        let Some(secs) = after
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+        else {
+            return false;
+        };
+        let Some(error) = body.get_mut("error").and_then(Value::as_object_mut) else {
+            return false;
+        };
+        let delay = format!("{secs}s");
+        if let Some(Value::String(message)) = error.get_mut("message") {
+            message.push_str(&format!("\nPlease retry in {delay}."));
+        }
+        let info =
+            json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay});
+        match error.get_mut("details").and_then(Value::as_array_mut) {
+            Some(details) => details.push(info),
+            None => {
+                error.insert("details".into(), json!([info]));
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]

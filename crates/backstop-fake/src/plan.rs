@@ -84,6 +84,11 @@ pub(crate) trait Wire: Sync {
     fn stream_error_frame(&self, payload: &Value) -> Bytes;
     /// A frame whose data is not JSON.
     fn malformed_frame(&self) -> Bytes;
+    /// Says "retry after `after`" inside a generated error body, where the format
+    /// does (Gemini's `RetryInfo`); `false` means the `retry-after` header says it.
+    fn retry_in_body(&self, _body: &mut Value, _after: &str) -> bool {
+        false
+    }
 }
 
 /// What the request says that shapes the answer.
@@ -292,16 +297,23 @@ fn text_reply(text: &str) -> Reply {
 }
 
 fn error_plan(wire: &dyn Wire, ctx: &Ctx, e: &ErrorStep) -> Plan {
-    let body = match &e.body {
-        Some(body) => body.clone(),
-        None => wire.error_body(
-            &ErrKind::resolve(e.kind.as_deref(), e.status),
-            e.status,
-            &ctx.model,
-        ),
+    let (body, in_body) = match &e.body {
+        Some(body) => (body.clone(), false),
+        None => {
+            let mut body = wire.error_body(
+                &ErrKind::resolve(e.kind.as_deref(), e.status),
+                e.status,
+                &ctx.model,
+            );
+            let in_body = e
+                .retry_after
+                .as_deref()
+                .is_some_and(|after| wire.retry_in_body(&mut body, after));
+            (body, in_body)
+        }
     };
     let mut headers = wire.error_headers();
-    if let Some(after) = &e.retry_after {
+    if let Some(after) = e.retry_after.as_ref().filter(|_| !in_body) {
         headers.push(("retry-after".into(), after.clone()));
     }
     Plan {
@@ -690,6 +702,48 @@ mod tests {
         let nodone = plan(&Step::StreamNoDone { text: "x".into() }, &c, &Value::Null);
         assert_eq!(nodone.status, 200);
         assert!(matches!(nodone.body, PlanBody::Full(_)));
+    }
+
+    /// Google sends no `Retry-After` header: the delay is a `RetryInfo` detail (and
+    /// "Please retry in …" in the message).
+    #[test]
+    fn gemini_error_plan_says_retry_after_in_retry_info() {
+        let p = plan(
+            &Step::rate_limited(7),
+            &ctx(Format::Gemini, false),
+            &Value::Null,
+        );
+        assert_eq!(p.status, 429);
+        assert!(p.headers.iter().all(|(k, _)| k != "retry-after"));
+        let PlanBody::Full(body) = &p.body else {
+            panic!("a full body")
+        };
+        let body: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+        let details = body["error"]["details"].as_array().unwrap();
+        assert!(details.contains(&json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": "7s",
+        })));
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("Please retry in 7s.")
+        );
+        // An exact body is sent as given; the header still carries the delay.
+        let exact = Step::Error(ErrorStep {
+            status: 429,
+            body: Some(json!({"error": {"code": 429}})),
+            retry_after: Some("3".into()),
+            kind: None,
+        });
+        let p = plan(&exact, &ctx(Format::Gemini, false), &Value::Null);
+        assert!(
+            p.headers
+                .iter()
+                .any(|(k, v)| k == "retry-after" && v == "3")
+        );
     }
 
     #[test]

@@ -111,7 +111,9 @@ pub struct ErrorStep {
     /// The exact body; when absent a realistic one is generated from `kind`/`status`.
     #[serde(default)]
     pub body: Option<Value>,
-    /// The `retry-after` header value, if any.
+    /// The `retry-after` header value, if any. On the Gemini route a generated body
+    /// carries it instead, as Google does: a `RetryInfo` detail (`"retryDelay":"7s"`)
+    /// and "Please retry in 7s." in the message, with no header.
     #[serde(default)]
     pub retry_after: Option<String>,
     /// What kind of error to generate, in either provider's words

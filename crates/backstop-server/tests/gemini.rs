@@ -546,3 +546,25 @@ async fn gemini_stream_error_before_content_fails_over() {
         .collect();
     assert_eq!(text, "Rescued.");
 }
+
+/// Google says when to retry in a `RetryInfo` detail, not a `Retry-After` header: the
+/// gateway honours it like the header (20 s is over `max_retry_after_ms`, so no wait;
+/// the all-failed 429 tells the client when to come back).
+#[tokio::test]
+async fn gemini_retry_info_is_honoured_like_retry_after() {
+    let gm = fake();
+    gm.set_default(Step::rate_limited(20));
+    let gw = Gateway::start(config(&gm, json!({}), &[])).await;
+    let a = gw
+        .chat(&json!({
+            "model": "default",
+            "messages": [{"role": "user", "content": "hi"}],
+        }))
+        .await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(gm.requests().len(), 1, "20 s is over max_retry_after_ms");
+    let retry_after: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!((20..=22).contains(&retry_after), "{retry_after}");
+    let message = a.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("rate_limit [429]"), "{message}");
+}

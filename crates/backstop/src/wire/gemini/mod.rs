@@ -21,7 +21,9 @@
 //!   (see [`gemini_schema`]): `$ref`s are inlined from `$defs`/`definitions`,
 //!   `oneOf` becomes `anyOf`, `const` an `enum`, `type: [T, "null"]` becomes
 //!   `type: T, nullable: true`, and keys Gemini rejects (`$schema`,
-//!   `additionalProperties`, …) are dropped.
+//!   `additionalProperties`, …) are dropped. Gemini rejects an untyped schema:
+//!   `properties` imply `OBJECT`, `items` `ARRAY`, and a free-form value (`{}`)
+//!   becomes a `STRING`.
 //! - JSON mode is `generationConfig.responseMimeType: "application/json"`, with
 //!   `responseSchema` for a `json_schema` format.
 //! - `parallel_tool_calls`, `user` and `metadata` have no Gemini equivalent and
@@ -338,7 +340,7 @@ fn convert_schema(schema: &Value, defs: Option<&Obj>, depth: usize) -> Value {
                 if let Some(props) = value.as_object().filter(|p| !p.is_empty()) {
                     let props: Map<String, Value> = props
                         .iter()
-                        .map(|(k, v)| (k.clone(), convert_schema(v, defs, depth)))
+                        .map(|(k, v)| (k.clone(), convert_child(v, defs, depth)))
                         .collect();
                     out.insert("properties".into(), Value::Object(props));
                 }
@@ -349,7 +351,7 @@ fn convert_schema(schema: &Value, defs: Option<&Obj>, depth: usize) -> Value {
                     Value::Array(items) => items.first().cloned().unwrap_or(json!({})),
                     other => other.clone(),
                 };
-                out.insert("items".into(), convert_schema(&item, defs, depth));
+                out.insert("items".into(), convert_child(&item, defs, depth));
             }
             "anyOf" | "oneOf" => {
                 if let Some(alts) = value.as_array() {
@@ -361,7 +363,7 @@ fn convert_schema(schema: &Value, defs: Option<&Obj>, depth: usize) -> Value {
                             nullable |= is_null;
                             !is_null
                         })
-                        .map(|a| convert_schema(a, defs, depth))
+                        .map(|a| convert_child(a, defs, depth))
                         .collect();
                     if nullable {
                         out.insert("nullable".into(), true.into());
@@ -447,7 +449,30 @@ fn convert_schema(schema: &Value, defs: Option<&Obj>, depth: usize) -> Value {
         out.insert("type".into(), "STRING".into());
         out.insert("format".into(), "enum".into());
     }
+    // Gemini rejects a schema without `type` unless it is an `anyOf`; JSON Schema
+    // lets the shape imply it.
+    if !out.contains_key("type") && !out.contains_key("anyOf") {
+        if out.contains_key("properties") {
+            out.insert("type".into(), "OBJECT".into());
+        } else if out.contains_key("items") {
+            out.insert("type".into(), "ARRAY".into());
+        }
+    }
     Value::Object(out)
+}
+
+/// A property, item or alternative: as [`convert_schema`], and a schema that still
+/// has no type (`{}`, `{"description": …}`: any value) becomes a string, the one
+/// type that can carry any value — Gemini rejects it untyped.
+fn convert_child(schema: &Value, defs: Option<&Obj>, depth: usize) -> Value {
+    let mut out = convert_schema(schema, defs, depth);
+    if let Some(o) = out.as_object_mut()
+        && !o.contains_key("type")
+        && !o.contains_key("anyOf")
+    {
+        o.insert("type".into(), "STRING".into());
+    }
+    out
 }
 
 fn enum_value(v: &Value) -> String {

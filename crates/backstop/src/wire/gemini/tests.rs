@@ -265,6 +265,59 @@ fn schema_conversion_handles_unions_consts_and_recursion() {
     );
 }
 
+/// Gemini answers 400 "type: must be specified when not using one_of, any_of or
+/// all_of fields" for an untyped schema: free-form properties (common in MCP tool
+/// schemas) get a type, implied by the shape where JSON Schema leaves it out.
+#[test]
+fn schema_conversion_gives_every_node_a_type() {
+    let s = json!({
+        "properties": {
+            "anything": {"description": "any JSON value"},
+            "blank": {},
+            "list": {"items": {}},
+            "nested": {"properties": {"k": {"type": "integer"}}},
+            "loose": true,
+            "either": {"anyOf": [{}, {"type": "integer"}]},
+        },
+        "required": ["anything"],
+    });
+    assert_eq!(
+        gemini_schema(&s),
+        json!({
+            "type": "OBJECT",
+            "properties": {
+                "anything": {"type": "STRING", "description": "any JSON value"},
+                "blank": {"type": "STRING"},
+                "list": {"type": "ARRAY", "items": {"type": "STRING"}},
+                "nested": {"type": "OBJECT", "properties": {"k": {"type": "INTEGER"}}},
+                "loose": {"type": "STRING"},
+                "either": {"anyOf": [{"type": "STRING"}, {"type": "INTEGER"}]},
+            },
+            "required": ["anything"],
+        })
+    );
+    // A tool whose schema has properties but no `type` still declares an OBJECT;
+    // one with no properties at all still has no `parameters`.
+    let tool = |parameters: Value| Tool {
+        name: "t".into(),
+        description: None,
+        parameters,
+    };
+    let req = Request {
+        messages: vec![msg(Role::User, vec![text("hi")])],
+        tools: vec![
+            tool(json!({"properties": {"q": {"type": "string"}}})),
+            tool(json!({})),
+            tool(json!({"type": "object", "properties": {}})),
+        ],
+        ..Request::default()
+    };
+    let decls = &encode_request(&req, "m")["tools"][0]["functionDeclarations"];
+    assert_eq!(decls[0]["parameters"]["type"], "OBJECT");
+    assert!(decls[1].get("parameters").is_none(), "{decls}");
+    assert!(decls[2].get("parameters").is_none(), "{decls}");
+}
+
 #[test]
 fn encodes_tool_calls_and_results_with_names() {
     let req = Request {
