@@ -63,6 +63,8 @@ async fn n_choices_toward_an_anthropic_upstream_are_refused_clearly() {
             "invalid_request_error",
             &["n: 3 choices", "an/claude-sonnet-4-5", "n=1"],
         );
+        assert_eq!(got.json()["error"]["param"], "n");
+        assert_eq!(got.header("x-backstop-attempts"), Some("0"));
     }
     // n = 1 is what every format does: served.
     let mut body = openai_body("solo-claude", "one way", false);
@@ -106,4 +108,55 @@ async fn a_context_window_cut_from_anthropic_is_length_for_an_openai_client() {
         })
         .collect();
     assert_eq!(finishes, ["length"], "{}", got.text());
+}
+
+#[tokio::test]
+async fn n_choices_skip_a_model_that_cannot_serve_them_without_counting_an_attempt() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    fakes.oa.push(two_choices());
+    // claude-first: an/claude-sonnet-4-5 → oa/gpt-4o. Anthropic answers once: skipped.
+    let mut body = openai_body("claude-first", "two ways", false);
+    body["n"] = json!(2);
+    let got = send(gw.openai(&body)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(got.header("x-backstop-model"), Some("oa/gpt-4o"));
+    assert_eq!(got.header("x-backstop-attempts"), Some("1"));
+    assert_eq!(got.header("x-backstop-fallback"), Some("bad_request"));
+    assert!(
+        fakes.an.requests().is_empty(),
+        "the skipped model was never sent it"
+    );
+}
+
+#[tokio::test]
+async fn n_choices_fail_over_past_the_openai_models_to_the_chain_failure_not_a_400() {
+    // default: oa/gpt-4o → oa2/gpt-4.1 → an/claude-sonnet-4-5.
+    for stream in [false, true] {
+        let fakes = Fakes::start();
+        let gw = Gateway::start(&fakes.standard_config()).await;
+        fakes.oa.set_default(Step::error(503));
+        fakes.oa2.set_default(Step::error(503));
+        let mut body = openai_body("default", "two ways", stream);
+        body["n"] = json!(2);
+        let got = send(gw.openai(&body)).await;
+        got.openai_error(
+            503,
+            "server_error",
+            &[
+                "oa/gpt-4o (main)",
+                "oa2/gpt-4.1 (main)",
+                "an/claude-sonnet-4-5: skipped: cannot serve n: 2 choices",
+            ],
+        );
+        let tried = fakes.oa.requests().len() + fakes.oa2.requests().len();
+        assert_eq!(
+            got.header("x-backstop-attempts"),
+            Some(tried.to_string().as_str()),
+            "only the attempts that left the gateway"
+        );
+        assert!(tried >= 2);
+        assert!(fakes.an.requests().is_empty());
+    }
 }

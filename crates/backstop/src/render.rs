@@ -50,6 +50,14 @@ pub fn chain_error(
             .status
             .is_some_and(|s| (400..500).contains(&s) && s != 429)
     };
+    if let Some((param, message)) = &f.unservable {
+        // No model of the chain can serve the request as asked: the client's to change.
+        return ChainError {
+            error: ClientError::invalid(message.clone()).with_param(*param),
+            passthrough: None,
+            answered_by: None,
+        };
+    }
     if let Some(last) = f.failed.last()
         && f.returned
     {

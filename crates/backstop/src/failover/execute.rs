@@ -123,7 +123,13 @@ impl Success {
                     first,
                 )
             } else if let Some((t, r)) = self.skipped.iter().find(|(t, _)| &t.model == first) {
-                (r.as_str(), "cooling down", &t.model)
+                // A skip for a bad request: the model cannot serve what was asked (`n`).
+                let why = if *r == Reason::BadRequest {
+                    "cannot serve this request"
+                } else {
+                    "cooling down"
+                };
+                (r.as_str(), why, &t.model)
             } else if let Some(a) = self.failed.last() {
                 (
                     a.failure.reason.as_str(),
@@ -156,6 +162,38 @@ pub struct ChainFailure {
     pub retry_after: Option<Duration>,
     /// Time spent on upstream attempts and retry waits.
     pub upstream_time: Duration,
+    /// No model of the chain can serve the request (an OpenAI client's `n` > 1 or
+    /// `logprobs` with only Anthropic and Gemini models): the request field
+    /// (`param`) and why. Nothing was tried.
+    pub unservable: Option<(&'static str, String)>,
+}
+
+/// Something in an OpenAI client's request that only an OpenAI-compatible upstream
+/// can honour: several choices (`n`) or log probabilities (`logprobs: true`).
+struct OpenAiOnly {
+    /// The request field, as OpenAI's `param` names it.
+    param: &'static str,
+    /// What the client asked for, e.g. `n: 3 choices`.
+    what: String,
+    /// What the other formats' APIs do instead.
+    lacks: &'static str,
+}
+
+impl OpenAiOnly {
+    fn of(call: &Call) -> Option<Self> {
+        if call.ingress != WireFormat::OpenAi {
+            return None;
+        }
+        let choices = requested_choices(call);
+        if choices > 1 {
+            return Some(OpenAiOnly {
+                param: "n",
+                what: format!("n: {choices} choices"),
+                lacks: "returns one answer",
+            });
+        }
+        None
+    }
 }
 
 /// The engine: configuration, one pooled client per provider, and the shared
@@ -368,6 +406,35 @@ impl Engine {
             skipped: skipped_first,
             pending: None,
         };
+        let mut plan = plan;
+        if let Some(need) = OpenAiOnly::of(call) {
+            self.drop_unsuited(&mut plan, &mut run, &need);
+            let api_of = |m: &ModelRef| self.upstreams.get(&m.provider).map(|u| u.api());
+            if !route
+                .targets
+                .iter()
+                .any(|m| api_of(m) == Some(WireFormat::OpenAi))
+            {
+                // Nothing in the chain can serve it: a client error, before any attempt.
+                let models: Vec<String> = route.targets.iter().map(ToString::to_string).collect();
+                let message = format!(
+                    "{} cannot be served by any model of the chain ({}): only an \
+                     OpenAI-compatible model can; the Anthropic and Gemini APIs {}. Send {}, \
+                     or add an OpenAI-compatible model to the chain",
+                    need.what,
+                    models.join(", "),
+                    need.lacks,
+                    if need.param == "n" {
+                        "n=1"
+                    } else {
+                        "no logprobs"
+                    },
+                );
+                let mut failure = self.chain_failure(&plan, run, false, false);
+                failure.unservable = Some((need.param, message));
+                return Err(failure);
+            }
+        }
         let first_model = call.route.targets.first().cloned();
         let mut skip_model: Option<usize> = None;
         // After a context overflow: only models with a larger window than this one.
@@ -438,6 +505,35 @@ impl Engine {
             }
         }
         Err(self.chain_failure(&plan, run, false, budget_spent))
+    }
+
+    /// Take the targets whose API cannot honour `need` out of the plan: skipped, like a
+    /// model whose context window is too small, never counted as attempts; listed with
+    /// the models that could not be tried when every target fails.
+    fn drop_unsuited(&self, plan: &mut AttemptPlan, run: &mut Run, need: &OpenAiOnly) {
+        let mut unsuited: Vec<(ModelRef, WireFormat)> = Vec::new();
+        plan.targets.retain(|t| {
+            let api = self.upstreams.get(&t.model.provider).map(|u| u.api());
+            match api {
+                Some(WireFormat::OpenAi) | None => true,
+                Some(api) => {
+                    if !unsuited.iter().any(|(m, _)| m == &t.model) {
+                        unsuited.push((t.model.clone(), api));
+                    }
+                    run.skipped.push((t.clone(), Reason::BadRequest));
+                    false
+                }
+            }
+        });
+        for (model, api) in unsuited {
+            plan.unusable.push((
+                model,
+                format!(
+                    "skipped: cannot serve {} (the {api} API {})",
+                    need.what, need.lacks
+                ),
+            ));
+        }
     }
 
     /// Take one unit of retry budget (a retry, failover or rescue attempt).
@@ -584,6 +680,7 @@ impl Engine {
             returned,
             budget_spent,
             retry_after: soonest.map(|u| Duration::from_millis(u.saturating_sub(now))),
+            unservable: None,
         }
     }
 
