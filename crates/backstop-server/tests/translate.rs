@@ -110,6 +110,24 @@ async fn a_context_window_cut_from_anthropic_is_length_for_an_openai_client() {
     assert_eq!(finishes, ["length"], "{}", got.text());
 }
 
+/// A `chat.completion` with log probabilities, as OpenAI answers `logprobs: true` unstreamed.
+fn with_logprobs() -> Step {
+    let body = json!({
+        "id": "chatcmpl-lp", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop",
+            "logprobs": {"content": [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105],
+                "top_logprobs": [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105]}]}], "refusal": null},
+        }],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    });
+    Step::Raw {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn n_choices_skip_a_model_that_cannot_serve_them_without_counting_an_attempt() {
     let fakes = Fakes::start();
@@ -159,4 +177,59 @@ async fn n_choices_fail_over_past_the_openai_models_to_the_chain_failure_not_a_4
         assert!(tried >= 2);
         assert!(fakes.an.requests().is_empty());
     }
+}
+
+#[tokio::test]
+async fn logprobs_reach_an_openai_client_of_an_openai_upstream() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    fakes.oa.push(with_logprobs());
+    let mut body = openai_body("solo", "hi", false);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(1);
+    let got = send(gw.openai(&body)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let v = got.json();
+    assert_eq!(
+        v["choices"][0]["logprobs"]["content"][0]["logprob"], -0.25,
+        "{v}"
+    );
+    // Asked for unstreamed: the assembly of an upstream stream keeps only the text.
+    let sent = &fakes.oa.requests()[0].body;
+    assert_eq!(sent["logprobs"], true);
+    assert_eq!(sent["top_logprobs"], 1);
+    assert_ne!(sent["stream"], true, "{sent}");
+    assert!(sent.get("stream_options").is_none(), "{sent}");
+}
+
+#[tokio::test]
+async fn logprobs_skip_a_model_that_cannot_return_them() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    fakes.oa.push(with_logprobs());
+    let mut body = openai_body("claude-first", "hi", false);
+    body["logprobs"] = json!(true);
+    let got = send(gw.openai(&body)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("x-backstop-model"), Some("oa/gpt-4o"));
+    assert_eq!(got.header("x-backstop-attempts"), Some("1"));
+    assert!(got.json()["choices"][0]["logprobs"].is_object());
+    assert!(fakes.an.requests().is_empty());
+    // Only Anthropic in the chain: a 400 naming the field and the chain's model.
+    let mut body = openai_body("solo-claude", "hi", false);
+    body["logprobs"] = json!(true);
+    let got = send(gw.openai(&body)).await;
+    got.openai_error(
+        400,
+        "invalid_request_error",
+        &["logprobs: true", "an/claude-sonnet-4-5"],
+    );
+    assert_eq!(got.json()["error"]["param"], "logprobs");
+    assert_eq!(got.header("x-backstop-attempts"), Some("0"));
+    // `logprobs: false` asks for nothing an Anthropic model cannot give.
+    let mut body = openai_body("solo-claude", "hi", false);
+    body["logprobs"] = json!(false);
+    let got = send(gw.openai(&body)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(fakes.an.requests().len(), 1);
 }

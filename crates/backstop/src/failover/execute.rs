@@ -192,7 +192,11 @@ impl OpenAiOnly {
                 lacks: "returns one answer",
             });
         }
-        None
+        wants_logprobs(call).then(|| OpenAiOnly {
+            param: "logprobs",
+            what: "logprobs: true".to_string(),
+            lacks: "returns no log probabilities",
+        })
     }
 }
 
@@ -872,9 +876,10 @@ impl Engine {
                 ),
             ));
         }
-        // A non-streamed answer is read from an upstream stream, which only carries
-        // choice 0 through the assembly: several choices are asked for unstreamed instead.
-        let force_stream = !call.request.stream && choices <= 1;
+        // A non-streamed answer is read from an upstream stream, whose assembly keeps only
+        // choice 0's text: several choices, or log probabilities, are asked for unstreamed
+        // instead, so the provider's own body reaches the client.
+        let force_stream = !call.request.stream && choices <= 1 && !wants_logprobs(call);
         let stream_options = upstream.sends_stream_options();
         // The splice keeps the client's fields as they are; a client's own
         // `stream_options` for a server that rejects it goes through the `Value` path,
@@ -1170,6 +1175,12 @@ fn requested_choices(call: &Call) -> u64 {
         .get("n")
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(1)
+}
+
+/// An OpenAI client asked for log probabilities (`logprobs: true`).
+fn wants_logprobs(call: &Call) -> bool {
+    call.ingress == WireFormat::OpenAi
+        && call.raw.get("logprobs") == Some(&serde_json::Value::Bool(true))
 }
 
 /// The client sent `stream_options` itself and the upstream gets the client's body
