@@ -161,10 +161,23 @@ def test_invalid_request_is_400(anthropic_client, fake):
 
 def test_rate_limited_everywhere_is_429(anthropic_client, fake):
     fake.script({"type": "error", "status": 429, "kind": "rate_limit_error"})
-    with pytest.raises(anthropic.RateLimitError):
+    with pytest.raises(anthropic.RateLimitError) as e:
         anthropic_client.messages.create(
             model="solo-anthropic", max_tokens=8, messages=[{"role": "user", "content": "x"}]
         )
+    assert e.value.body["error"]["type"] == "rate_limit_error"
+
+
+def test_all_targets_down_is_503_overloaded(anthropic_client, fake):
+    fake.default({"type": "error", "status": 500})
+    with pytest.raises(anthropic.InternalServerError) as e:
+        anthropic_client.messages.create(
+            model="solo-anthropic", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+        )
+    assert e.value.status_code == 503
+    assert e.value.body["type"] == "error"
+    assert e.value.body["error"]["type"] == "overloaded_error"
+    assert "an/claude-haiku-4-5 (main): server_error [500]" in str(e.value)
 
 
 def test_exhausted_context_overflow_lists_the_attempts(anthropic_client, fake):

@@ -1,7 +1,5 @@
 """The official openai SDK against the gateway: same-format, cross-format, tools, streaming, errors."""
 
-import json
-
 import openai
 import pytest
 
@@ -260,6 +258,20 @@ def test_all_targets_rate_limited_is_429(openai_client, fake):
             model="solo-openai", messages=[{"role": "user", "content": "x"}]
         )
     assert "oa/gpt-4o-mini (main): rate_limit [429]" in str(e.value)
+    # Typed as OpenAI types its own 429s.
+    assert e.value.code == "rate_limit_exceeded"
+    assert e.value.type == "requests"
+
+
+def test_all_targets_down_is_503_server_error(openai_client, fake):
+    fake.default({"type": "error", "status": 500})
+    with pytest.raises(openai.InternalServerError) as e:
+        openai_client.chat.completions.create(
+            model="solo-openai", messages=[{"role": "user", "content": "x"}]
+        )
+    assert e.value.status_code == 503
+    assert e.value.type == "server_error"
+    assert "oa/gpt-4o-mini (main): server_error [500]" in str(e.value)
 
 
 def test_in_band_error_after_content(openai_client, fake):

@@ -334,15 +334,17 @@ async fn when_every_attempt_was_rate_limited_the_status_is_429() {
     fakes.oa2.push(Step::error_kind(429, "rate_limit_exceeded"));
     fakes.an.push(Step::error_kind(429, "rate_limit_error"));
     let got = send(gw.openai(&openai_body("default", "hi", false))).await;
+    // As OpenAI says it: type `requests` (or `tokens`), code `rate_limit_exceeded`.
     got.openai_error(
         429,
-        "rate_limit_error",
+        "requests",
         &[
             "oa/gpt-4o (main): rate_limit [429]",
             "oa2/gpt-4.1 (main): rate_limit [429]",
             "an/claude-sonnet-4-5 (main): rate_limit [429]",
         ],
     );
+    assert_eq!(got.json()["error"]["code"], "rate_limit_exceeded");
     let (fakes, gw) = setup().await;
     fakes.an.push(Step::error_kind(429, "rate_limit_error"));
     fakes.oa.push(Step::error_kind(429, "rate_limit_exceeded"));

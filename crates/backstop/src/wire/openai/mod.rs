@@ -1142,7 +1142,9 @@ fn error_type(kind: ErrorKind) -> &'static str {
         }
         ErrorKind::Authentication => "authentication_error",
         ErrorKind::Permission => "permission_error",
-        ErrorKind::RateLimit => "rate_limit_error",
+        // OpenAI's own 429s say which limit: `requests` (RPM) or `tokens` (TPM), with code
+        // `rate_limit_exceeded`; a chain whose every target is rate limited is out of requests.
+        ErrorKind::RateLimit => "requests",
         ErrorKind::Api | ErrorKind::Overloaded | ErrorKind::Timeout => "server_error",
     }
 }
@@ -1154,7 +1156,10 @@ pub fn encode_error(err: &ClientError) -> Value {
             "message": err.message,
             "type": error_type(err.kind),
             "param": err.param,
-            "code": err.code,
+            "code": err.code.as_deref().or(match err.kind {
+                ErrorKind::RateLimit => Some("rate_limit_exceeded"),
+                _ => None,
+            }),
         }
     })
 }

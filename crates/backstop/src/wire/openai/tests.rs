@@ -937,6 +937,13 @@ fn response_round_trips() {
 
 #[test]
 fn encodes_errors() {
+    // A rate limit as OpenAI says it: type `requests`, code `rate_limit_exceeded`.
+    let e = ClientError::new(ErrorKind::RateLimit, "all targets failed");
+    assert_eq!(
+        encode_error(&e),
+        json!({"error": {"message": "all targets failed", "type": "requests",
+                         "param": null, "code": "rate_limit_exceeded"}})
+    );
     let e = ClientError::invalid("messages: required").with_param("messages");
     assert_eq!(
         encode_error(&e),
@@ -953,7 +960,7 @@ fn encodes_errors() {
         (ErrorKind::Authentication, "authentication_error"),
         (ErrorKind::Permission, "permission_error"),
         (ErrorKind::RequestTooLarge, "invalid_request_error"),
-        (ErrorKind::RateLimit, "rate_limit_error"),
+        (ErrorKind::RateLimit, "requests"),
         (ErrorKind::Api, "server_error"),
         (ErrorKind::Overloaded, "server_error"),
         (ErrorKind::Timeout, "server_error"),
