@@ -1,5 +1,7 @@
 """The official openai SDK against the gateway: same-format, cross-format, tools, streaming, errors."""
 
+import json
+
 import openai
 import pytest
 
@@ -272,6 +274,34 @@ def test_all_targets_down_is_503_server_error(openai_client, fake):
     assert e.value.status_code == 503
     assert e.value.type == "server_error"
     assert "oa/gpt-4o-mini (main): server_error [500]" in str(e.value)
+
+
+def test_n_choices_skip_an_anthropic_model(openai_client, fake):
+    two = {
+        "id": "chatcmpl-two", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "one"}, "logprobs": None, "finish_reason": "stop"},
+            {"index": 1, "message": {"role": "assistant", "content": "two"}, "logprobs": None, "finish_reason": "stop"},
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    fake.script({"type": "raw", "status": 200, "headers": [["content-type", "application/json"]], "body": json.dumps(two)})
+    # claude-first: an/claude-sonnet-4-5 → oa/gpt-4o; Anthropic cannot return two choices.
+    raw = openai_client.chat.completions.with_raw_response.create(
+        model="claude-first", n=2, messages=[{"role": "user", "content": "x"}]
+    )
+    resp = raw.parse()
+    assert [c.message.content for c in resp.choices] == ["one", "two"]
+    assert raw.headers["x-backstop-model"] == "oa/gpt-4o"
+    assert raw.headers["x-backstop-attempts"] == "1"
+    assert [r["path"] for r in fake.requests()] == ["/v1/chat/completions"]
+    # Nothing in the chain can: a 400 naming n.
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(
+            model="solo-anthropic", n=2, messages=[{"role": "user", "content": "x"}]
+        )
+    assert e.value.param == "n"
+    assert "an/claude-haiku-4-5" in str(e.value)
 
 
 def test_in_band_error_after_content(openai_client, fake):
