@@ -233,3 +233,26 @@ async fn logprobs_skip_a_model_that_cannot_return_them() {
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(fakes.an.requests().len(), 1);
 }
+
+/// An unstreamed upstream call (here for `logprobs`) sends its head only once the whole
+/// answer is written: first_token_ms (300 ms in these tests) must not cut a longer
+/// answer, only the request's deadline bounds it.
+#[tokio::test]
+async fn an_unstreamed_upstream_answer_may_take_longer_than_first_token_ms() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    fakes.oa.push(Step::Reply(backstop_fake::Reply {
+        text: "slow but whole".into(),
+        first_token_delay_ms: Some(700),
+        ..Default::default()
+    }));
+    let mut body = openai_body("solo", "take your time", false);
+    body["logprobs"] = json!(true);
+    let got = send(gw.openai(&body)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(
+        got.json()["choices"][0]["message"]["content"],
+        "slow but whole"
+    );
+    assert_eq!(fakes.oa.requests().len(), 1);
+}

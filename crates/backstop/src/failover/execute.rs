@@ -879,7 +879,7 @@ impl Engine {
         // A non-streamed answer is read from an upstream stream, whose assembly keeps only
         // choice 0's text: several choices, or log probabilities, are asked for unstreamed
         // instead, so the provider's own body reaches the client.
-        let force_stream = !call.request.stream && choices <= 1 && !wants_logprobs(call);
+        let force_stream = !call.request.stream && !unstreamed_upstream(call);
         let stream_options = upstream.sends_stream_options();
         // The splice keeps the client's fields as they are; a client's own
         // `stream_options` for a server that rejects it goes through the `Value` path,
@@ -961,9 +961,14 @@ impl Engine {
                 )
             })?;
         let timeouts = self.config.timeouts;
-        // The response head, and then the first content, must arrive within time-to-first-token.
-        let head_deadline =
-            deadline.min(Instant::now() + Duration::from_millis(timeouts.first_token_ms));
+        // The response head, and then the first content, must arrive within time-to-first-token;
+        // an unstreamed answer's head comes only once the whole answer is written, so
+        // only the request's deadline bounds it (a long answer is not a silent upstream).
+        let head_deadline = if unstreamed_upstream(call) {
+            deadline
+        } else {
+            deadline.min(Instant::now() + Duration::from_millis(timeouts.first_token_ms))
+        };
         let response = match tokio::time::timeout_at(
             head_deadline,
             upstream.send(profile, &target.model.model, body, true),
@@ -1178,6 +1183,12 @@ fn requested_choices(call: &Call) -> u64 {
 }
 
 /// An OpenAI client asked for log probabilities (`logprobs: true`).
+/// The upstream is asked for a non-streamed answer: the client's own is not streamed and
+/// wants several choices or log probabilities, which the assembly of a stream keeps not.
+fn unstreamed_upstream(call: &Call) -> bool {
+    !call.request.stream && (requested_choices(call) > 1 || wants_logprobs(call))
+}
+
 fn wants_logprobs(call: &Call) -> bool {
     call.ingress == WireFormat::OpenAi
         && call.raw.get("logprobs") == Some(&serde_json::Value::Bool(true))
