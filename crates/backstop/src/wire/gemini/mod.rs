@@ -32,6 +32,9 @@
 //! - Gemini has no ids for function calls: answers get fresh `call_…` ids. It
 //!   reports `STOP` after function calls; that becomes `ToolCalls`. A stop
 //!   sequence also ends in `STOP`, so `StopSequence` is never reported.
+//! - `MALFORMED_FUNCTION_CALL`, `UNEXPECTED_TOOL_CALL`, `TOO_MANY_TOOL_CALLS` and
+//!   `MALFORMED_RESPONSE` mean no usable answer: they are in-band errors (a
+//!   failed attempt), not a finish. Safety and recitation stops stay `ContentFilter`.
 //! - Usage: prompt tokens are `promptTokenCount` (cached ones included, as in the
 //!   neutral model); output tokens are `candidatesTokenCount` plus
 //!   `thoughtsTokenCount` (thinking is billed as output).
@@ -631,6 +634,36 @@ fn tool_args(arguments: &str) -> Value {
 // Responses.
 // ---------------------------------------------------------------------------
 
+/// Finish reasons that mean Gemini produced no usable answer (a broken or refused
+/// function call, a malformed response), with what Google's reference says they mean.
+/// They are failed attempts (`server_error`: retried, failed over), never an answer
+/// that merely ended: an empty `stop` would read to an agent as a finished turn.
+fn unusable_finish(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "MALFORMED_FUNCTION_CALL" => "the function call the model generated is invalid",
+        "UNEXPECTED_TOOL_CALL" => "the model called a tool that was not available to it",
+        "TOO_MANY_TOOL_CALLS" => "the model called too many tools consecutively",
+        "MALFORMED_RESPONSE" => "the response the model generated was malformed",
+        _ => return None,
+    })
+}
+
+/// The failure an unusable finish reason stands for (an in-band error: no status,
+/// so the classifier makes it a `server_error`).
+fn unusable_error(reason: &str, why: &str) -> UpstreamErrorBody {
+    UpstreamErrorBody {
+        kind: None,
+        code: Some(reason.to_string()),
+        message: format!("Gemini gave no usable answer (finishReason {reason}: {why})"),
+    }
+}
+
+/// The candidate's `finishReason`, when it is one of [`unusable_finish`]'s.
+fn unusable_in(candidate: Option<&Obj>) -> Option<UpstreamErrorBody> {
+    let reason = candidate?.get("finishReason")?.as_str()?;
+    unusable_finish(reason).map(|why| unusable_error(reason, why))
+}
+
 /// Gemini's finish reason → neutral. `STOP` after function calls is `ToolCalls`.
 fn finish_reason(reason: &str, has_calls: bool) -> FinishReason {
     match reason {
@@ -749,6 +782,9 @@ pub fn decode_response(body: &[u8]) -> Result<chat::Response, WireError> {
         .and_then(Value::as_array)
         .and_then(|c| c.first())
         .and_then(Value::as_object);
+    if let Some(e) = unusable_in(candidate) {
+        return Err(WireError::new(e.message));
+    }
     let content: Vec<Part> = candidate
         .and_then(|c| c.get("content"))
         .and_then(|c| c.get("parts"))
@@ -871,6 +907,12 @@ impl StreamDecoder {
             .and_then(Value::as_array)
             .and_then(|c| c.first())
             .and_then(Value::as_object);
+        // No usable answer: the attempt failed (whatever text came with it is dropped).
+        if let Some(error) = unusable_in(candidate) {
+            self.finished = true;
+            out.push(StreamEvent::Error { error });
+            return Ok(out);
+        }
         let parts = candidate
             .and_then(|c| c.get("content"))
             .and_then(|c| c.get("parts"))

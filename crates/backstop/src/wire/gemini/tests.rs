@@ -551,7 +551,8 @@ fn decodes_finish_reasons() {
         ("SAFETY", FinishReason::ContentFilter),
         ("RECITATION", FinishReason::ContentFilter),
         ("PROHIBITED_CONTENT", FinishReason::ContentFilter),
-        ("MALFORMED_FUNCTION_CALL", FinishReason::Other),
+        ("BLOCKLIST", FinishReason::ContentFilter),
+        ("SPII", FinishReason::ContentFilter),
         ("OTHER", FinishReason::Other),
     ] {
         let body = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "x"}]},
@@ -565,6 +566,44 @@ fn decodes_finish_reasons() {
     let r = decode_response(body.to_string().as_bytes()).unwrap();
     assert!(r.content.is_empty());
     assert_eq!(r.finish_reason, Some(FinishReason::ContentFilter));
+}
+
+/// A broken or refused function call is no answer at all: an error, not an empty
+/// `Stop`/`Other` an agent would take for a finished turn.
+#[test]
+fn unusable_finish_reasons_are_errors() {
+    for reason in [
+        "MALFORMED_FUNCTION_CALL",
+        "UNEXPECTED_TOOL_CALL",
+        "TOO_MANY_TOOL_CALLS",
+        "MALFORMED_RESPONSE",
+    ] {
+        // Gemini sends such a candidate with no content at all.
+        let body = json!({"candidates": [{"finishReason": reason, "index": 0}],
+            "usageMetadata": {"promptTokenCount": 2595, "totalTokenCount": 2595}});
+        let e = decode_response(body.to_string().as_bytes()).unwrap_err();
+        assert!(e.message.contains(reason), "{}", e.message);
+
+        let mut dec = StreamDecoder::new();
+        let first = dec.push(&sse(TEXT_STREAM[0])).unwrap();
+        assert!(matches!(first[0], StreamEvent::Start { .. }));
+        let events = dec
+            .push(&sse(&json!({
+                "candidates": [{"content": {"parts": [{"text": ""}], "role": "model"},
+                                "finishReason": reason, "index": 0}],
+                "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
+            })
+            .to_string()))
+            .unwrap();
+        let [StreamEvent::Error { error }] = events.as_slice() else {
+            panic!("{reason}: {events:?}")
+        };
+        assert_eq!(error.code.as_deref(), Some(reason));
+        let f = crate::failover::classify::classify_stream_error(error, false);
+        assert_eq!(f.reason, crate::failover::Reason::ServerError, "{reason}");
+        // Nothing after it is read.
+        assert!(dec.push(&sse(TEXT_STREAM[1])).unwrap().is_empty());
+    }
 }
 
 #[test]
