@@ -653,3 +653,25 @@ async fn gemini_malformed_function_call_after_content_is_an_in_band_error() {
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("MALFORMED_FUNCTION_CALL"), "{message}");
 }
+
+/// OpenAI accepts a conversation of one system message; Gemini refuses empty
+/// `contents`, so the system prompt is sent as the user's turn.
+#[tokio::test]
+async fn a_system_prompt_alone_reaches_gemini_as_the_user_turn() {
+    let gm = fake();
+    gm.push(reply("A fox, quick."));
+    let gw = Gateway::start(config(&gm, json!({}), &[])).await;
+    let a = gw
+        .chat(&json!({
+            "model": "default",
+            "messages": [{"role": "system", "content": "Write a haiku about foxes."}],
+        }))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let seen = &gm.requests()[0].body;
+    assert_eq!(
+        seen["contents"],
+        json!([{"role": "user", "parts": [{"text": "Write a haiku about foxes."}]}])
+    );
+    assert!(seen.get("systemInstruction").is_none(), "{seen}");
+}

@@ -7,6 +7,8 @@
 //!
 //! Translation choices that lose or invent information, in one place:
 //! - Roles are `user` and `model`; consecutive messages of one role are merged.
+//!   A request with only a system prompt sends it as the one `user` turn (Gemini
+//!   rejects empty `contents`), with no `systemInstruction`.
 //!   Tool results become `functionResponse` parts of a `user` turn. Gemini matches
 //!   a response to its call by the function *name*, which the neutral model keeps
 //!   only on the call: it is looked up by `tool_call_id` in earlier assistant turns.
@@ -138,16 +140,24 @@ fn describe(v: &Value) -> &'static str {
 pub fn encode_request(req: &chat::Request, upstream_model: &str) -> Value {
     let _ = upstream_model;
     let mut body = Map::new();
-    body.insert("contents".into(), encode_contents(&req.messages).into());
-
+    let contents = encode_contents(&req.messages);
     let system: Vec<Value> = req
         .system
         .iter()
         .filter(|b| !b.text.is_empty())
         .map(|b| json!({"text": b.text}))
         .collect();
-    if !system.is_empty() {
-        body.insert("systemInstruction".into(), json!({"parts": system}));
+    if contents.is_empty() && !system.is_empty() {
+        // Gemini rejects empty `contents` (400): a system prompt alone is the user's turn.
+        body.insert(
+            "contents".into(),
+            json!([{"role": "user", "parts": system}]),
+        );
+    } else {
+        body.insert("contents".into(), contents.into());
+        if !system.is_empty() {
+            body.insert("systemInstruction".into(), json!({"parts": system}));
+        }
     }
 
     if !req.tools.is_empty() {

@@ -87,6 +87,40 @@ fn encodes_system_multi_turn_and_generation_config() {
     }
 }
 
+/// Gemini answers empty `contents` with a 400: a system prompt alone becomes the user turn.
+#[test]
+fn a_system_prompt_alone_is_sent_as_the_user_turn() {
+    let req = Request {
+        system: vec![
+            SystemBlock {
+                text: "Write a haiku about foxes.".into(),
+            },
+            SystemBlock {
+                text: "Use English.".into(),
+            },
+        ],
+        ..Request::default()
+    };
+    let body = encode_request(&req, "gemini-2.5-flash");
+    assert_eq!(
+        body["contents"],
+        json!([{"role": "user", "parts": [
+            {"text": "Write a haiku about foxes."}, {"text": "Use English."}]}])
+    );
+    assert!(body.get("systemInstruction").is_none(), "{body}");
+    // With a conversation, the system prompt stays the system instruction.
+    let req = Request {
+        messages: vec![Message::text(Role::User, "Hi")],
+        ..req
+    };
+    let body = encode_request(&req, "gemini-2.5-flash");
+    assert_eq!(body["contents"][0]["parts"], json!([{"text": "Hi"}]));
+    assert_eq!(
+        body["systemInstruction"]["parts"][1]["text"],
+        "Use English."
+    );
+}
+
 #[test]
 fn encodes_images_inline_and_by_uri() {
     let req = Request {
