@@ -26,6 +26,8 @@
 //!   `additionalProperties`, …) are dropped. Gemini rejects an untyped schema:
 //!   `properties` imply `OBJECT`, `items` `ARRAY`, and a free-form value (`{}`)
 //!   becomes a `STRING`.
+//! - Gemini takes at most 5 stop sequences: a request with more sends the first 5
+//!   (and logs a warning).
 //! - JSON mode is `generationConfig.responseMimeType: "application/json"`, with
 //!   `responseSchema` for a `json_schema` format.
 //! - `parallel_tool_calls`, `user` and `metadata` have no Gemini equivalent and
@@ -81,6 +83,11 @@ const SCHEMA_KEYS: &[&str] = &[
     "minimum",
     "maximum",
 ];
+
+/// `generationConfig.stopSequences` takes at most this many (Google's API reference:
+/// "up to 5"); more is a 400. The rest are dropped, not refused: the chain's other
+/// targets could honour them all, and a refusal would never fail over.
+const MAX_STOP_SEQUENCES: usize = 5;
 
 /// How deep `$ref`s are inlined before a recursive schema is cut off.
 const MAX_REF_DEPTH: usize = 8;
@@ -193,7 +200,14 @@ fn generation_config(req: &chat::Request) -> Obj {
         c.insert("topK".into(), k.into());
     }
     if !req.stop.is_empty() {
-        c.insert("stopSequences".into(), req.stop.clone().into());
+        if req.stop.len() > MAX_STOP_SEQUENCES {
+            tracing::warn!(
+                given = req.stop.len(),
+                "Gemini takes at most {MAX_STOP_SEQUENCES} stop sequences: sending the first {MAX_STOP_SEQUENCES}"
+            );
+        }
+        let stop: Vec<&String> = req.stop.iter().take(MAX_STOP_SEQUENCES).collect();
+        c.insert("stopSequences".into(), json!(stop));
     }
     match &req.response_format {
         None | Some(ResponseFormat::Text) => {}

@@ -87,6 +87,25 @@ fn encodes_system_multi_turn_and_generation_config() {
     }
 }
 
+/// Gemini takes at most 5 stop sequences (more is a 400): the first 5 are sent.
+#[test]
+fn stop_sequences_are_cut_to_five() {
+    let stop: Vec<String> = (1..=7).map(|i| format!("STOP{i}")).collect();
+    let req = Request {
+        messages: vec![Message::text(Role::User, "Count")],
+        stop: stop.clone(),
+        ..Request::default()
+    };
+    let body = encode_request(&req, "gemini-2.5-flash");
+    assert_eq!(body["generationConfig"]["stopSequences"], json!(stop[..5]));
+    let req = Request {
+        stop: stop[..3].to_vec(),
+        ..req
+    };
+    let body = encode_request(&req, "gemini-2.5-flash");
+    assert_eq!(body["generationConfig"]["stopSequences"], json!(stop[..3]));
+}
+
 /// Gemini answers empty `contents` with a 400: a system prompt alone becomes the user turn.
 #[test]
 fn a_system_prompt_alone_is_sent_as_the_user_turn() {
