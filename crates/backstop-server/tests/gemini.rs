@@ -675,3 +675,36 @@ async fn a_system_prompt_alone_reaches_gemini_as_the_user_turn() {
     );
     assert!(seen.get("systemInstruction").is_none(), "{seen}");
 }
+
+/// The same `RetryInfo` in an in-band stream error (its message not repeating the
+/// delay) is honoured too.
+#[tokio::test]
+async fn gemini_retry_info_of_an_in_band_error_is_honoured() {
+    let gm = fake();
+    gm.set_default(Step::StreamThenError {
+        text: "never".into(),
+        after_chunks: 0,
+        error: json!({"error": {
+            "code": 429,
+            "message": "You exceeded your current quota.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "20s"}],
+        }}),
+    });
+    let gw = Gateway::start(config(&gm, json!({}), &[])).await;
+    let a = gw
+        .chat(&json!({
+            "model": "default",
+            "stream": true,
+            "messages": [{"role": "user", "content": "hi"}],
+        }))
+        .await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(gm.requests().len(), 1, "20 s is over max_retry_after_ms");
+    let retry_after: u64 = a
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("a retry-after header: {:?}", a.headers))
+        .parse()
+        .unwrap();
+    assert!((20..=22).contains(&retry_after), "{retry_after}");
+}

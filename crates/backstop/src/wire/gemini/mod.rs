@@ -679,6 +679,7 @@ fn unusable_error(reason: &str, why: &str) -> UpstreamErrorBody {
         kind: None,
         code: Some(reason.to_string()),
         message: format!("Gemini gave no usable answer (finishReason {reason}: {why})"),
+        retry_after: None,
     }
 }
 

@@ -695,6 +695,7 @@ fn decodes_error_bodies() {
             kind: Some("RESOURCE_EXHAUSTED".into()),
             code: Some("429".into()),
             message: "Resource has been exhausted (e.g. check quota).".into(),
+            retry_after: None,
         })
     );
     // streamGenerateContent without alt=sse wraps it in an array.
@@ -806,6 +807,25 @@ fn stream_decoder_reports_in_band_errors_and_malformed_chunks() {
     assert_eq!(error.code.as_deref(), Some("503"));
     assert!(dec.push(&sse("{not json")).is_err());
     assert!(dec.push(&sse("")).unwrap().is_empty());
+}
+
+/// An in-band error's `RetryInfo` says when to come back, as in an error status body;
+/// the message need not repeat it.
+#[test]
+fn stream_decoder_reads_retry_info_of_in_band_errors() {
+    let mut dec = StreamDecoder::new();
+    let events = dec
+        .push(&sse(
+            r#"{"error": {"code": 429, "message": "You exceeded your current quota.", "status": "RESOURCE_EXHAUSTED", "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []}, {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]}}"#,
+        ))
+        .unwrap();
+    let [StreamEvent::Error { error }] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(error.retry_after, Some(std::time::Duration::from_secs(37)));
+    let f = crate::failover::classify::classify_stream_error(error, false);
+    assert_eq!(f.reason, crate::failover::Reason::RateLimit);
+    assert_eq!(f.retry_after, Some(std::time::Duration::from_secs(37)));
 }
 
 #[test]
