@@ -568,3 +568,143 @@ async fn gemini_retry_info_is_honoured_like_retry_after() {
     let message = a.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("rate_limit [429]"), "{message}");
 }
+
+/// A Gemini turn that ends in `finishReason: MALFORMED_FUNCTION_CALL` (no content).
+fn malformed_function_call(text: &str) -> Step {
+    Step::Reply(Reply {
+        text: text.into(),
+        finish_reason: Some("MALFORMED_FUNCTION_CALL".into()),
+        ..Reply::default()
+    })
+}
+
+/// A broken function call is no answer: it is a `server_error` (retried, then failed
+/// over), never an empty `stop` that an agent would read as a finished turn.
+#[tokio::test]
+async fn gemini_malformed_function_call_fails_over() {
+    for stream in [false, true] {
+        let gm = fake();
+        let oa = fake();
+        gm.push_many([malformed_function_call(""), malformed_function_call("")]);
+        oa.push(Step::text("Rescued."));
+        let extra = json!({"oa": {
+            "api": "openai",
+            "base_url": oa.openai_base_url(),
+            "auth": [{"profile": "main", "key": "sk-oa"}],
+            "models": ["gpt-4o"],
+        }});
+        let gw = Gateway::start(config(&gm, extra, &["oa/gpt-4o"])).await;
+        let a = gw
+            .messages(&json!({
+                "model": "default",
+                "max_tokens": 64,
+                "stream": stream,
+                "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            }))
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-backstop-model"), Some("oa/gpt-4o"), "{stream}");
+        assert_eq!(a.header("x-backstop-fallback"), Some("server_error"));
+        assert_eq!(a.header("x-backstop-attempts"), Some("3"));
+        assert_eq!(gm.requests().len(), 2, "retried once, as a server error");
+        let text = if stream {
+            sse_events(&a.body)
+                .iter()
+                .filter_map(|(_, v)| v["delta"]["text"].as_str().map(str::to_string))
+                .collect::<String>()
+        } else {
+            a.json()["content"][0]["text"].as_str().unwrap().to_string()
+        };
+        assert_eq!(text, "Rescued.");
+    }
+}
+
+/// After content has reached the client, it ends the stream with an in-band error.
+#[tokio::test]
+async fn gemini_malformed_function_call_after_content_is_an_in_band_error() {
+    let gm = fake();
+    gm.set_default(malformed_function_call("Let me look that up."));
+    let gw = Gateway::start(config(&gm, json!({}), &[])).await;
+    let a = gw
+        .chat(&json!({
+            "model": "default",
+            "stream": true,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        }))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let events = sse_events(&a.body);
+    assert!(
+        !events.iter().any(|(_, v)| v == "[DONE]"),
+        "not a finished answer: {}",
+        a.body
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|(_, v)| v["choices"][0]["finish_reason"].is_string()),
+        "no finish reason: {}",
+        a.body
+    );
+    let error = events
+        .iter()
+        .find_map(|(_, v)| v.get("error"))
+        .unwrap_or_else(|| panic!("an in-band error: {}", a.body));
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("MALFORMED_FUNCTION_CALL"), "{message}");
+}
+
+/// OpenAI accepts a conversation of one system message; Gemini refuses empty
+/// `contents`, so the system prompt is sent as the user's turn.
+#[tokio::test]
+async fn a_system_prompt_alone_reaches_gemini_as_the_user_turn() {
+    let gm = fake();
+    gm.push(reply("A fox, quick."));
+    let gw = Gateway::start(config(&gm, json!({}), &[])).await;
+    let a = gw
+        .chat(&json!({
+            "model": "default",
+            "messages": [{"role": "system", "content": "Write a haiku about foxes."}],
+        }))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let seen = &gm.requests()[0].body;
+    assert_eq!(
+        seen["contents"],
+        json!([{"role": "user", "parts": [{"text": "Write a haiku about foxes."}]}])
+    );
+    assert!(seen.get("systemInstruction").is_none(), "{seen}");
+}
+
+/// The same `RetryInfo` in an in-band stream error (its message not repeating the
+/// delay) is honoured too.
+#[tokio::test]
+async fn gemini_retry_info_of_an_in_band_error_is_honoured() {
+    let gm = fake();
+    gm.set_default(Step::StreamThenError {
+        text: "never".into(),
+        after_chunks: 0,
+        error: json!({"error": {
+            "code": 429,
+            "message": "You exceeded your current quota.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "20s"}],
+        }}),
+    });
+    let gw = Gateway::start(config(&gm, json!({}), &[])).await;
+    let a = gw
+        .chat(&json!({
+            "model": "default",
+            "stream": true,
+            "messages": [{"role": "user", "content": "hi"}],
+        }))
+        .await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(gm.requests().len(), 1, "20 s is over max_retry_after_ms");
+    let retry_after: u64 = a
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("a retry-after header: {:?}", a.headers))
+        .parse()
+        .unwrap();
+    assert!((20..=22).contains(&retry_after), "{retry_after}");
+}

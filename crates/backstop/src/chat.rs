@@ -292,6 +292,10 @@ pub struct UpstreamErrorBody {
     /// OpenAI `error.code` / Gemini `error.code` as text.
     pub code: Option<String>,
     pub message: String,
+    /// When the provider said to retry, in a structured field of the error (Gemini's
+    /// `RetryInfo` detail); a "retry in 7s" in the message is read by the classifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// What a client is told went wrong; each wire format renders it in its own shape.

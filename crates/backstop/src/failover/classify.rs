@@ -261,9 +261,8 @@ pub fn classify_status_with(
     // A plain-text body (a proxy's "upstream connect error") is read as a bare message.
     let said = upstream.clone().or_else(|| {
         plain_text(&body).map(|message| UpstreamErrorBody {
-            kind: None,
-            code: None,
             message,
+            ..UpstreamErrorBody::default()
         })
     });
     let evidence = Evidence::new(Some(status), said.as_ref(), &detail);
@@ -327,7 +326,9 @@ pub fn classify_stream_error(err: &UpstreamErrorBody, committed: bool) -> Failur
         phase,
         message,
     );
-    f.retry_after = retry_in_message(&evidence.message);
+    f.retry_after = err
+        .retry_after
+        .or_else(|| retry_in_message(&evidence.message));
     f.upstream = Some(scrub_body_error(err.clone()));
     f
 }
@@ -421,6 +422,8 @@ fn decode_error(format: WireFormat, v: &Value, body: &[u8]) -> Option<UpstreamEr
 
 /// A Gemini error body: `{"error":{"code":429,"message","status":"RESOURCE_EXHAUSTED",
 /// "details":[…]}}`, also wrapped in an array (as `streamGenerateContent` answers).
+/// A `RetryInfo` detail's `retryDelay` is its `retry_after` (an error status body and
+/// an in-band stream error alike).
 pub fn decode_gemini_error(v: &Value) -> Option<UpstreamErrorBody> {
     let err = gemini_error_object(v)?;
     let message = err.get("message").and_then(Value::as_str)?.to_string();
@@ -436,6 +439,7 @@ pub fn decode_gemini_error(v: &Value) -> Option<UpstreamErrorBody> {
             .map(str::to_string),
         code,
         message,
+        retry_after: google_details(v).1,
     })
 }
 

@@ -264,6 +264,7 @@ fn stream_errors() {
         kind: kind.map(str::to_string),
         code: code.map(str::to_string),
         message: message.to_string(),
+        retry_after: None,
     };
     let f = classify_stream_error(&err(Some("overloaded_error"), None, "Overloaded"), false);
     assert_eq!(
@@ -459,6 +460,7 @@ fn no_key_survives_in_a_failure() {
             kind: None,
             code: None,
             message: format!("bad key {key}"),
+            retry_after: None,
         },
         true,
     );

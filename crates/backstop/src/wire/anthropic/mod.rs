@@ -1056,6 +1056,7 @@ fn decode_error_value(v: &Value) -> Option<UpstreamErrorBody> {
         kind: err.get("type").and_then(Value::as_str).map(str::to_string),
         code: None,
         message: err.get("message")?.as_str()?.to_string(),
+        retry_after: None,
     })
 }
 
@@ -1246,6 +1247,7 @@ impl StreamDecoder {
                     kind: None,
                     code: None,
                     message: data.to_string(),
+                    retry_after: None,
                 });
                 out.push(StreamEvent::Error { error });
             }

@@ -928,7 +928,8 @@ fn decodes_error_bodies() {
         Some(UpstreamErrorBody {
             kind: Some("overloaded_error".into()),
             code: None,
-            message: "Overloaded".into()
+            message: "Overloaded".into(),
+            retry_after: None,
         })
     );
     assert_eq!(
@@ -1057,7 +1058,8 @@ fn decodes_in_band_error_and_rejects_garbage() {
             error: UpstreamErrorBody {
                 kind: Some("overloaded_error".into()),
                 code: None,
-                message: "Overloaded".into()
+                message: "Overloaded".into(),
+                retry_after: None,
             }
         }]
     );
@@ -1306,6 +1308,7 @@ fn encoder_writes_errors() {
             kind: Some("server_error".into()),
             code: None,
             message: "boom".into(),
+            retry_after: None,
         },
     };
     let frames = parse_sse(&encode_all(&[upstream]));
@@ -1316,7 +1319,8 @@ fn encoder_writes_errors() {
             error: UpstreamErrorBody {
                 kind: Some("api_error".into()),
                 code: None,
-                message: "boom".into()
+                message: "boom".into(),
+                retry_after: None,
             }
         }]
     );

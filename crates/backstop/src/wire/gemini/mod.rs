@@ -7,6 +7,8 @@
 //!
 //! Translation choices that lose or invent information, in one place:
 //! - Roles are `user` and `model`; consecutive messages of one role are merged.
+//!   A request with only a system prompt sends it as the one `user` turn (Gemini
+//!   rejects empty `contents`), with no `systemInstruction`.
 //!   Tool results become `functionResponse` parts of a `user` turn. Gemini matches
 //!   a response to its call by the function *name*, which the neutral model keeps
 //!   only on the call: it is looked up by `tool_call_id` in earlier assistant turns.
@@ -24,6 +26,8 @@
 //!   `additionalProperties`, …) are dropped. Gemini rejects an untyped schema:
 //!   `properties` imply `OBJECT`, `items` `ARRAY`, and a free-form value (`{}`)
 //!   becomes a `STRING`.
+//! - Gemini takes at most 5 stop sequences: a request with more sends the first 5
+//!   (and logs a warning).
 //! - JSON mode is `generationConfig.responseMimeType: "application/json"`, with
 //!   `responseSchema` for a `json_schema` format.
 //! - `parallel_tool_calls`, `user` and `metadata` have no Gemini equivalent and
@@ -32,6 +36,9 @@
 //! - Gemini has no ids for function calls: answers get fresh `call_…` ids. It
 //!   reports `STOP` after function calls; that becomes `ToolCalls`. A stop
 //!   sequence also ends in `STOP`, so `StopSequence` is never reported.
+//! - `MALFORMED_FUNCTION_CALL`, `UNEXPECTED_TOOL_CALL`, `TOO_MANY_TOOL_CALLS` and
+//!   `MALFORMED_RESPONSE` mean no usable answer: they are in-band errors (a
+//!   failed attempt), not a finish. Safety and recitation stops stay `ContentFilter`.
 //! - Usage: prompt tokens are `promptTokenCount` (cached ones included, as in the
 //!   neutral model); output tokens are `candidatesTokenCount` plus
 //!   `thoughtsTokenCount` (thinking is billed as output).
@@ -76,6 +83,11 @@ const SCHEMA_KEYS: &[&str] = &[
     "minimum",
     "maximum",
 ];
+
+/// `generationConfig.stopSequences` takes at most this many (Google's API reference:
+/// "up to 5"); more is a 400. The rest are dropped, not refused: the chain's other
+/// targets could honour them all, and a refusal would never fail over.
+const MAX_STOP_SEQUENCES: usize = 5;
 
 /// How deep `$ref`s are inlined before a recursive schema is cut off.
 const MAX_REF_DEPTH: usize = 8;
@@ -135,16 +147,24 @@ fn describe(v: &Value) -> &'static str {
 pub fn encode_request(req: &chat::Request, upstream_model: &str) -> Value {
     let _ = upstream_model;
     let mut body = Map::new();
-    body.insert("contents".into(), encode_contents(&req.messages).into());
-
+    let contents = encode_contents(&req.messages);
     let system: Vec<Value> = req
         .system
         .iter()
         .filter(|b| !b.text.is_empty())
         .map(|b| json!({"text": b.text}))
         .collect();
-    if !system.is_empty() {
-        body.insert("systemInstruction".into(), json!({"parts": system}));
+    if contents.is_empty() && !system.is_empty() {
+        // Gemini rejects empty `contents` (400): a system prompt alone is the user's turn.
+        body.insert(
+            "contents".into(),
+            json!([{"role": "user", "parts": system}]),
+        );
+    } else {
+        body.insert("contents".into(), contents.into());
+        if !system.is_empty() {
+            body.insert("systemInstruction".into(), json!({"parts": system}));
+        }
     }
 
     if !req.tools.is_empty() {
@@ -180,7 +200,14 @@ fn generation_config(req: &chat::Request) -> Obj {
         c.insert("topK".into(), k.into());
     }
     if !req.stop.is_empty() {
-        c.insert("stopSequences".into(), req.stop.clone().into());
+        if req.stop.len() > MAX_STOP_SEQUENCES {
+            tracing::warn!(
+                given = req.stop.len(),
+                "Gemini takes at most {MAX_STOP_SEQUENCES} stop sequences: sending the first {MAX_STOP_SEQUENCES}"
+            );
+        }
+        let stop: Vec<&String> = req.stop.iter().take(MAX_STOP_SEQUENCES).collect();
+        c.insert("stopSequences".into(), json!(stop));
     }
     match &req.response_format {
         None | Some(ResponseFormat::Text) => {}
@@ -631,6 +658,37 @@ fn tool_args(arguments: &str) -> Value {
 // Responses.
 // ---------------------------------------------------------------------------
 
+/// Finish reasons that mean Gemini produced no usable answer (a broken or refused
+/// function call, a malformed response), with what Google's reference says they mean.
+/// They are failed attempts (`server_error`: retried, failed over), never an answer
+/// that merely ended: an empty `stop` would read to an agent as a finished turn.
+fn unusable_finish(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "MALFORMED_FUNCTION_CALL" => "the function call the model generated is invalid",
+        "UNEXPECTED_TOOL_CALL" => "the model called a tool that was not available to it",
+        "TOO_MANY_TOOL_CALLS" => "the model called too many tools consecutively",
+        "MALFORMED_RESPONSE" => "the response the model generated was malformed",
+        _ => return None,
+    })
+}
+
+/// The failure an unusable finish reason stands for (an in-band error: no status,
+/// so the classifier makes it a `server_error`).
+fn unusable_error(reason: &str, why: &str) -> UpstreamErrorBody {
+    UpstreamErrorBody {
+        kind: None,
+        code: Some(reason.to_string()),
+        message: format!("Gemini gave no usable answer (finishReason {reason}: {why})"),
+        retry_after: None,
+    }
+}
+
+/// The candidate's `finishReason`, when it is one of [`unusable_finish`]'s.
+fn unusable_in(candidate: Option<&Obj>) -> Option<UpstreamErrorBody> {
+    let reason = candidate?.get("finishReason")?.as_str()?;
+    unusable_finish(reason).map(|why| unusable_error(reason, why))
+}
+
 /// Gemini's finish reason → neutral. `STOP` after function calls is `ToolCalls`.
 fn finish_reason(reason: &str, has_calls: bool) -> FinishReason {
     match reason {
@@ -749,6 +807,9 @@ pub fn decode_response(body: &[u8]) -> Result<chat::Response, WireError> {
         .and_then(Value::as_array)
         .and_then(|c| c.first())
         .and_then(Value::as_object);
+    if let Some(e) = unusable_in(candidate) {
+        return Err(WireError::new(e.message));
+    }
     let content: Vec<Part> = candidate
         .and_then(|c| c.get("content"))
         .and_then(|c| c.get("parts"))
@@ -871,6 +932,12 @@ impl StreamDecoder {
             .and_then(Value::as_array)
             .and_then(|c| c.first())
             .and_then(Value::as_object);
+        // No usable answer: the attempt failed (whatever text came with it is dropped).
+        if let Some(error) = unusable_in(candidate) {
+            self.finished = true;
+            out.push(StreamEvent::Error { error });
+            return Ok(out);
+        }
         let parts = candidate
             .and_then(|c| c.get("content"))
             .and_then(|c| c.get("parts"))

@@ -87,6 +87,59 @@ fn encodes_system_multi_turn_and_generation_config() {
     }
 }
 
+/// Gemini takes at most 5 stop sequences (more is a 400): the first 5 are sent.
+#[test]
+fn stop_sequences_are_cut_to_five() {
+    let stop: Vec<String> = (1..=7).map(|i| format!("STOP{i}")).collect();
+    let req = Request {
+        messages: vec![Message::text(Role::User, "Count")],
+        stop: stop.clone(),
+        ..Request::default()
+    };
+    let body = encode_request(&req, "gemini-2.5-flash");
+    assert_eq!(body["generationConfig"]["stopSequences"], json!(stop[..5]));
+    let req = Request {
+        stop: stop[..3].to_vec(),
+        ..req
+    };
+    let body = encode_request(&req, "gemini-2.5-flash");
+    assert_eq!(body["generationConfig"]["stopSequences"], json!(stop[..3]));
+}
+
+/// Gemini answers empty `contents` with a 400: a system prompt alone becomes the user turn.
+#[test]
+fn a_system_prompt_alone_is_sent_as_the_user_turn() {
+    let req = Request {
+        system: vec![
+            SystemBlock {
+                text: "Write a haiku about foxes.".into(),
+            },
+            SystemBlock {
+                text: "Use English.".into(),
+            },
+        ],
+        ..Request::default()
+    };
+    let body = encode_request(&req, "gemini-2.5-flash");
+    assert_eq!(
+        body["contents"],
+        json!([{"role": "user", "parts": [
+            {"text": "Write a haiku about foxes."}, {"text": "Use English."}]}])
+    );
+    assert!(body.get("systemInstruction").is_none(), "{body}");
+    // With a conversation, the system prompt stays the system instruction.
+    let req = Request {
+        messages: vec![Message::text(Role::User, "Hi")],
+        ..req
+    };
+    let body = encode_request(&req, "gemini-2.5-flash");
+    assert_eq!(body["contents"][0]["parts"], json!([{"text": "Hi"}]));
+    assert_eq!(
+        body["systemInstruction"]["parts"][1]["text"],
+        "Use English."
+    );
+}
+
 #[test]
 fn encodes_images_inline_and_by_uri() {
     let req = Request {
@@ -551,7 +604,8 @@ fn decodes_finish_reasons() {
         ("SAFETY", FinishReason::ContentFilter),
         ("RECITATION", FinishReason::ContentFilter),
         ("PROHIBITED_CONTENT", FinishReason::ContentFilter),
-        ("MALFORMED_FUNCTION_CALL", FinishReason::Other),
+        ("BLOCKLIST", FinishReason::ContentFilter),
+        ("SPII", FinishReason::ContentFilter),
         ("OTHER", FinishReason::Other),
     ] {
         let body = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "x"}]},
@@ -565,6 +619,44 @@ fn decodes_finish_reasons() {
     let r = decode_response(body.to_string().as_bytes()).unwrap();
     assert!(r.content.is_empty());
     assert_eq!(r.finish_reason, Some(FinishReason::ContentFilter));
+}
+
+/// A broken or refused function call is no answer at all: an error, not an empty
+/// `Stop`/`Other` an agent would take for a finished turn.
+#[test]
+fn unusable_finish_reasons_are_errors() {
+    for reason in [
+        "MALFORMED_FUNCTION_CALL",
+        "UNEXPECTED_TOOL_CALL",
+        "TOO_MANY_TOOL_CALLS",
+        "MALFORMED_RESPONSE",
+    ] {
+        // Gemini sends such a candidate with no content at all.
+        let body = json!({"candidates": [{"finishReason": reason, "index": 0}],
+            "usageMetadata": {"promptTokenCount": 2595, "totalTokenCount": 2595}});
+        let e = decode_response(body.to_string().as_bytes()).unwrap_err();
+        assert!(e.message.contains(reason), "{}", e.message);
+
+        let mut dec = StreamDecoder::new();
+        let first = dec.push(&sse(TEXT_STREAM[0])).unwrap();
+        assert!(matches!(first[0], StreamEvent::Start { .. }));
+        let events = dec
+            .push(&sse(&json!({
+                "candidates": [{"content": {"parts": [{"text": ""}], "role": "model"},
+                                "finishReason": reason, "index": 0}],
+                "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
+            })
+            .to_string()))
+            .unwrap();
+        let [StreamEvent::Error { error }] = events.as_slice() else {
+            panic!("{reason}: {events:?}")
+        };
+        assert_eq!(error.code.as_deref(), Some(reason));
+        let f = crate::failover::classify::classify_stream_error(error, false);
+        assert_eq!(f.reason, crate::failover::Reason::ServerError, "{reason}");
+        // Nothing after it is read.
+        assert!(dec.push(&sse(TEXT_STREAM[1])).unwrap().is_empty());
+    }
 }
 
 #[test]
@@ -603,6 +695,7 @@ fn decodes_error_bodies() {
             kind: Some("RESOURCE_EXHAUSTED".into()),
             code: Some("429".into()),
             message: "Resource has been exhausted (e.g. check quota).".into(),
+            retry_after: None,
         })
     );
     // streamGenerateContent without alt=sse wraps it in an array.
@@ -714,6 +807,25 @@ fn stream_decoder_reports_in_band_errors_and_malformed_chunks() {
     assert_eq!(error.code.as_deref(), Some("503"));
     assert!(dec.push(&sse("{not json")).is_err());
     assert!(dec.push(&sse("")).unwrap().is_empty());
+}
+
+/// An in-band error's `RetryInfo` says when to come back, as in an error status body;
+/// the message need not repeat it.
+#[test]
+fn stream_decoder_reads_retry_info_of_in_band_errors() {
+    let mut dec = StreamDecoder::new();
+    let events = dec
+        .push(&sse(
+            r#"{"error": {"code": 429, "message": "You exceeded your current quota.", "status": "RESOURCE_EXHAUSTED", "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []}, {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]}}"#,
+        ))
+        .unwrap();
+    let [StreamEvent::Error { error }] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(error.retry_after, Some(std::time::Duration::from_secs(37)));
+    let f = crate::failover::classify::classify_stream_error(error, false);
+    assert_eq!(f.reason, crate::failover::Reason::RateLimit);
+    assert_eq!(f.retry_after, Some(std::time::Duration::from_secs(37)));
 }
 
 #[test]

@@ -1193,6 +1193,7 @@ fn error_from_value(v: &Value) -> Option<UpstreamErrorBody> {
             kind: None,
             code: None,
             message: s.clone(),
+            retry_after: None,
         }),
         Some(Value::Object(e)) => Some(error_from_obj(e)),
         Some(_) => None,
@@ -1229,6 +1230,7 @@ fn error_from_obj(e: &Obj) -> UpstreamErrorBody {
             .map(str::to_string),
         code: code_text(field(e, "code")),
         message,
+        retry_after: None,
     }
 }
 

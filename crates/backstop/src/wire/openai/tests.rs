@@ -981,6 +981,7 @@ fn decodes_provider_error_bodies() {
             kind: Some("invalid_request_error".into()),
             code: Some("invalid_api_key".into()),
             message: "Incorrect API key provided: sk-abc***.".into(),
+            retry_after: None,
         })
     );
     let quota = br#"{"error":{"message":"You exceeded your current quota.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
@@ -1005,6 +1006,7 @@ fn decodes_provider_error_bodies() {
             kind: Some("RESOURCE_EXHAUSTED".into()),
             code: Some("429".into()),
             message: "Resource has been exhausted (e.g. check quota).".into(),
+            retry_after: None,
         })
     );
     let vllm = br#"{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError","param":null,"code":404}"#;
@@ -1178,6 +1180,7 @@ fn stream_decoder_handles_errors_and_garbage() {
                 kind: None,
                 code: Some("server_error".into()),
                 message: "Provider disconnected unexpectedly".into(),
+                retry_after: None,
             }
         }]
     );
@@ -1414,6 +1417,7 @@ fn encoder_writes_upstream_error_events() {
         kind: None,
         code: Some("502".into()),
         message: "bad gateway".into(),
+        retry_after: None,
     };
     enc.encode(
         &StreamEvent::Error {
