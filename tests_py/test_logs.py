@@ -1,6 +1,6 @@
 """The JSON log: one structured event per failover decision (PRODUCT §5).
 
-Each line is one JSON object with no repeated key, and each decision names the
+Each line is one flat JSON object with no repeated key, and each decision names the
 request id, `from`, `to` (the next attempt's target, or `none` when the request
 ends there), the reason and the attempt number.
 """
@@ -57,7 +57,10 @@ def test_each_failover_decision_is_one_event_with_from_and_to(fake_process, fake
     finally:
         _stop(proc)
     events = [json.loads(line, object_pairs_hook=no_duplicates) for line in log.read_text().splitlines() if line.startswith("{")]
-    fields = [e.get("fields", {}) for e in events]
+    # One flat object a line: the event's own fields beside timestamp, level and message.
+    assert events and all({"timestamp", "level", "message"} <= e.keys() for e in events), events[:3]
+    assert not any("fields" in e for e in events), events[:3]
+    fields = events
     decisions = [f for f in fields if f.get("message") == "failover decision" and f.get("request_id") == request_id]
     assert [(d["from"], d["to"], d["reason"], d["attempt"]) for d in decisions] == [
         ("oa/gpt-4o", "oa/gpt-4o", "rate_limit", 1),

@@ -165,7 +165,9 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
+        // One flat object a line: the event's fields beside timestamp, level, target and
+        // message, as log pipelines expect (no field is named like those four).
+        LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Human => builder.init(),
     }
 }

@@ -459,7 +459,7 @@ impl Engine {
             }
             let (p, a, m) = (&target.model.provider, &target.profile, &target.model.model);
             if let Admission::Denied { until_ms, reason } = self.cooldowns.admit(p, a, m) {
-                tracing::debug!(request_id = %call.request_id, target = %target, %reason, until_ms, "skipped: cooling down");
+                tracing::debug!(request_id = %call.request_id, upstream = %target, %reason, until_ms, "skipped: cooling down");
                 cooling.push(target);
                 run.skipped.push((target.clone(), reason));
                 continue;
@@ -500,7 +500,7 @@ impl Engine {
                 .copied();
             if let Some(target) = soonest {
                 let idx = plan.targets.iter().position(|t| t == target).unwrap_or(0);
-                tracing::info!(request_id = %call.request_id, target = %target, "every target is cooling down: probing the soonest");
+                tracing::info!(request_id = %call.request_id, upstream = %target, "every target is cooling down: probing the soonest");
                 if let TargetEnd::Answered(answer) =
                     self.try_target(call, &plan, idx, &mut run).await
                 {
@@ -728,7 +728,7 @@ impl Engine {
         loop {
             // Every attempt after a request's first is a retry or a failover: it needs budget.
             if run.attempts > 0 && !self.budget.try_withdraw(self.cooldowns.now_ms()) {
-                tracing::warn!(request_id = %call.request_id, target = %target, "retry budget spent: not retrying");
+                tracing::warn!(request_id = %call.request_id, upstream = %target, "retry budget spent: not retrying");
                 self.cooldowns.on_abandon(p, a, m);
                 return TargetEnd::BudgetSpent;
             }

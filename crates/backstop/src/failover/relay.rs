@@ -322,9 +322,9 @@ pub fn relay(
             };
             tracing::warn!(
                 request_id = %call.request_id,
-                target = %target,
+                upstream = %target,
                 reason = %failure.reason,
-                message = %failure.message,
+                error = %failure.message,
                 "stream failed after content reached the client"
             );
             engine.cooldowns.on_failure(
@@ -484,7 +484,7 @@ async fn rescue(
             }
             Ok(Answer::Complete { .. }) => return None,
             Err(f) => {
-                tracing::info!(request_id = %call.request_id, target = %cand, reason = %f.reason, "rescue attempt failed");
+                tracing::info!(request_id = %call.request_id, upstream = %cand, reason = %f.reason, "rescue attempt failed");
                 engine
                     .cooldowns
                     .on_failure(p, a, m, f.reason, f.retry_after);
