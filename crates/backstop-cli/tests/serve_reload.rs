@@ -144,3 +144,27 @@ fn a_reload_that_drops_the_client_keys_of_an_exposed_gateway_is_rejected() {
     assert_eq!(gw.get("/v1/models", None), 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn human_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let dir = temp_dir("plain");
+    let state = dir.join("state");
+    let config = dir.join("backstop.json5");
+    let key = "sk-client-test-key-0002";
+    std::fs::write(
+        &config,
+        config_text(&state, r#"api_keys: ["$TEST_CLIENT_KEY"],"#, ""),
+    )
+    .unwrap();
+    let gw = Gateway::start(
+        &config,
+        &[("TEST_CLIENT_KEY", key), ("BACKSTOP_LOG_FORMAT", "human")],
+    );
+    let line = gw.wait_log("backstop listening on");
+    assert!(
+        !line.contains('\u{1b}'),
+        "escape codes in a piped log: {line:?}"
+    );
+    assert!(line.contains("INFO"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
