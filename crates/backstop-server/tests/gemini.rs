@@ -108,6 +108,17 @@ fn fake() -> FakeHandle {
 }
 
 /// A config whose default chain is `gm/gemini-2.5-flash` (on `gemini`), then `fallbacks`.
+/// The Gemini fake first, then `oa/gpt-4o` on the OpenAI fake `oa`.
+fn with_openai_fallback(gemini: &FakeHandle, oa: &FakeHandle) -> Value {
+    let extra = json!({"oa": {
+        "api": "openai",
+        "base_url": oa.openai_base_url(),
+        "auth": [{"profile": "main", "key": "sk-oa"}],
+        "models": ["gpt-4o"],
+    }});
+    config(gemini, extra, &["oa/gpt-4o"])
+}
+
 fn config(gemini: &FakeHandle, extra: Value, fallbacks: &[&str]) -> Value {
     let mut providers = json!({
         "gm": {
@@ -457,13 +468,7 @@ async fn gemini_rate_limit_fails_over_to_the_next_model() {
     let oa = fake();
     gm.push(Step::error(429));
     oa.push(Step::text("Served by OpenAI."));
-    let extra = json!({"oa": {
-        "api": "openai",
-        "base_url": oa.openai_base_url(),
-        "auth": [{"profile": "main", "key": "sk-oa"}],
-        "models": ["gpt-4o"],
-    }});
-    let gw = Gateway::start(config(&gm, extra, &["oa/gpt-4o"])).await;
+    let gw = Gateway::start(with_openai_fallback(&gm, &oa)).await;
     let a = gw
         .chat(&json!({
             "model": "default",
@@ -521,13 +526,7 @@ async fn gemini_stream_error_before_content_fails_over() {
     };
     gm.push_many([overloaded.clone(), overloaded]);
     oa.push(Step::text("Rescued."));
-    let extra = json!({"oa": {
-        "api": "openai",
-        "base_url": oa.openai_base_url(),
-        "auth": [{"profile": "main", "key": "sk-oa"}],
-        "models": ["gpt-4o"],
-    }});
-    let gw = Gateway::start(config(&gm, extra, &["oa/gpt-4o"])).await;
+    let gw = Gateway::start(with_openai_fallback(&gm, &oa)).await;
     let a = gw
         .chat(&json!({
             "model": "default",
@@ -587,13 +586,7 @@ async fn gemini_malformed_function_call_fails_over() {
         let oa = fake();
         gm.push_many([malformed_function_call(""), malformed_function_call("")]);
         oa.push(Step::text("Rescued."));
-        let extra = json!({"oa": {
-            "api": "openai",
-            "base_url": oa.openai_base_url(),
-            "auth": [{"profile": "main", "key": "sk-oa"}],
-            "models": ["gpt-4o"],
-        }});
-        let gw = Gateway::start(config(&gm, extra, &["oa/gpt-4o"])).await;
+        let gw = Gateway::start(with_openai_fallback(&gm, &oa)).await;
         let a = gw
             .messages(&json!({
                 "model": "default",
