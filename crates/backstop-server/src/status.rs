@@ -92,6 +92,7 @@ pub fn status_json(state: &AppState) -> Value {
         .providers
         .iter()
         .map(|p| {
+            let provider_models = models_of(config, &p.id);
             let profiles: Vec<Value> = p
                 .profiles
                 .iter()
@@ -115,13 +116,12 @@ pub fn status_json(state: &AppState) -> Value {
                             n.saturating_add(b.error_count)
                         });
                     if st == "ok" {
-                        let models = models_of(config, &p.id);
-                        let blocked: Vec<&BreakerSnapshot> = models
+                        let blocked: Vec<&BreakerSnapshot> = provider_models
                             .iter()
                             .filter_map(|m| breakers.get(&Scope::profile_model(&p.id, &a.name, m)))
                             .filter(|s| s.state != BreakerState::Closed)
                             .collect();
-                        if !blocked.is_empty() && blocked.len() == models.len() {
+                        if !blocked.is_empty() && blocked.len() == provider_models.len() {
                             // No model can use this key now: cooling (or half-open) like them.
                             let shown = blocked
                                 .iter()
@@ -146,7 +146,7 @@ pub fn status_json(state: &AppState) -> Value {
                     })
                 })
                 .collect();
-            let models: Vec<Value> = models_of(config, &p.id)
+            let models: Vec<Value> = provider_models
                 .into_iter()
                 .map(|m| {
                     let health = engine.health.view(&p.id, &m, now);

@@ -854,11 +854,13 @@ impl Engine {
     }
 
     /// The body this upstream gets for this call.
+    /// `unstreamed`: the answer is asked for unstreamed ([`unstreamed_upstream`]).
     fn upstream_body(
         &self,
         call: &Call,
         upstream: &Upstream,
         model: &str,
+        unstreamed: bool,
     ) -> Result<Bytes, Failure> {
         let same_format = upstream.api() == call.ingress && !call.translate;
         let choices = requested_choices(call);
@@ -879,7 +881,7 @@ impl Engine {
         // A non-streamed answer is read from an upstream stream, whose assembly keeps only
         // choice 0's text: several choices, or log probabilities, are asked for unstreamed
         // instead, so the provider's own body reaches the client.
-        let force_stream = !call.request.stream && !unstreamed_upstream(call);
+        let force_stream = !call.request.stream && !unstreamed;
         let stream_options = upstream.sends_stream_options();
         // The splice keeps the client's fields as they are; a client's own
         // `stream_options` for a server that rejects it goes through the `Value` path,
@@ -947,7 +949,8 @@ impl Engine {
         deadline: Instant,
     ) -> Result<Answer, Failure> {
         let started = Instant::now();
-        let body = self.upstream_body(call, upstream, &target.model.model)?;
+        let unstreamed = unstreamed_upstream(call);
+        let body = self.upstream_body(call, upstream, &target.model.model, unstreamed)?;
         let profile = upstream
             .config
             .profiles
@@ -964,7 +967,7 @@ impl Engine {
         // The response head, and then the first content, must arrive within time-to-first-token;
         // an unstreamed answer's head comes only once the whole answer is written, so
         // only the request's deadline bounds it (a long answer is not a silent upstream).
-        let head_deadline = if unstreamed_upstream(call) {
+        let head_deadline = if unstreamed {
             deadline
         } else {
             deadline.min(Instant::now() + Duration::from_millis(timeouts.first_token_ms))
@@ -1182,13 +1185,13 @@ fn requested_choices(call: &Call) -> u64 {
         .unwrap_or(1)
 }
 
-/// An OpenAI client asked for log probabilities (`logprobs: true`).
 /// The upstream is asked for a non-streamed answer: the client's own is not streamed and
 /// wants several choices or log probabilities, which the assembly of a stream keeps not.
 fn unstreamed_upstream(call: &Call) -> bool {
     !call.request.stream && (requested_choices(call) > 1 || wants_logprobs(call))
 }
 
+/// An OpenAI client asked for log probabilities (`logprobs: true`).
 fn wants_logprobs(call: &Call) -> bool {
     call.ingress == WireFormat::OpenAi
         && call.raw.get("logprobs") == Some(&serde_json::Value::Bool(true))
