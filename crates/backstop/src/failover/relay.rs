@@ -78,10 +78,18 @@ enum Writer {
 }
 
 impl Writer {
-    fn encoding(ingress: WireFormat, include_usage: bool) -> Self {
+    /// An encoder in the client's format; `translating`: the answer comes from another
+    /// format, so its id takes the client's format's shape.
+    fn encoding(ingress: WireFormat, include_usage: bool, translating: bool) -> Self {
         match ingress {
-            WireFormat::Anthropic => Writer::Anthropic(wire::anthropic::StreamEncoder::new()),
-            _ => Writer::OpenAi(wire::openai::StreamEncoder::new(include_usage)),
+            WireFormat::Anthropic => {
+                let enc = wire::anthropic::StreamEncoder::new();
+                Writer::Anthropic(if translating { enc.translating() } else { enc })
+            }
+            _ => {
+                let enc = wire::openai::StreamEncoder::new(include_usage);
+                Writer::OpenAi(if translating { enc.translating() } else { enc })
+            }
         }
     }
 
@@ -89,13 +97,7 @@ impl Writer {
         if ingress == upstream {
             return Writer::Passthrough(ingress);
         }
-        // Translated: the answer's id takes the client's format's shape.
-        match ingress {
-            WireFormat::Anthropic => {
-                Writer::Anthropic(wire::anthropic::StreamEncoder::translating())
-            }
-            _ => Writer::OpenAi(wire::openai::StreamEncoder::new(include_usage).translating()),
-        }
+        Self::encoding(ingress, include_usage, true)
     }
 
     fn encode(&mut self, events: &[StreamEvent], out: &mut Vec<u8>) {
@@ -117,7 +119,7 @@ impl Writer {
     /// bringing the new encoder to the state the client is in by replaying what it got.
     fn switch_to_encoding(&mut self, include_usage: bool, delivered: &Delivered) {
         if let Writer::Passthrough(ingress) = *self {
-            *self = Self::encoding(ingress, include_usage);
+            *self = Self::encoding(ingress, include_usage, false);
             let mut discard = Vec::new();
             self.encode(&delivered.log, &mut discard);
         }

@@ -1305,11 +1305,9 @@ impl StreamEncoder {
 
     /// An encoder for an answer translated from another format: `message_start`
     /// carries an id in Anthropic's shape ([`message_id`]).
-    pub fn translating() -> Self {
-        StreamEncoder {
-            translating: true,
-            ..Self::default()
-        }
+    pub fn translating(mut self) -> Self {
+        self.translating = true;
+        self
     }
 
     /// Appends the frames for `ev` to `out` (possibly none). Events after `Done` are ignored.

@@ -658,35 +658,25 @@ fn tool_args(arguments: &str) -> Value {
 // Responses.
 // ---------------------------------------------------------------------------
 
-/// Finish reasons that mean Gemini produced no usable answer (a broken or refused
-/// function call, a malformed response), with what Google's reference says they mean.
-/// They are failed attempts (`server_error`: retried, failed over), never an answer
-/// that merely ended: an empty `stop` would read to an agent as a finished turn.
-fn unusable_finish(reason: &str) -> Option<&'static str> {
-    Some(match reason {
+/// The failure a candidate's `finishReason` stands for when Gemini produced no usable
+/// answer (a broken or refused function call, a malformed response; the texts are what
+/// Google's reference says they mean). It is a failed attempt (an in-band error with no
+/// status: the classifier makes it a `server_error`, retried, failed over), never an
+/// answer that merely ended: an empty `stop` would read to an agent as a finished turn.
+fn unusable_in(candidate: Option<&Obj>) -> Option<UpstreamErrorBody> {
+    let reason = candidate?.get("finishReason")?.as_str()?;
+    let why = match reason {
         "MALFORMED_FUNCTION_CALL" => "the function call the model generated is invalid",
         "UNEXPECTED_TOOL_CALL" => "the model called a tool that was not available to it",
         "TOO_MANY_TOOL_CALLS" => "the model called too many tools consecutively",
         "MALFORMED_RESPONSE" => "the response the model generated was malformed",
         _ => return None,
-    })
-}
-
-/// The failure an unusable finish reason stands for (an in-band error: no status,
-/// so the classifier makes it a `server_error`).
-fn unusable_error(reason: &str, why: &str) -> UpstreamErrorBody {
-    UpstreamErrorBody {
-        kind: None,
+    };
+    Some(UpstreamErrorBody {
         code: Some(reason.to_string()),
         message: format!("Gemini gave no usable answer (finishReason {reason}: {why})"),
-        retry_after: None,
-    }
-}
-
-/// The candidate's `finishReason`, when it is one of [`unusable_finish`]'s.
-fn unusable_in(candidate: Option<&Obj>) -> Option<UpstreamErrorBody> {
-    let reason = candidate?.get("finishReason")?.as_str()?;
-    unusable_finish(reason).map(|why| unusable_error(reason, why))
+        ..UpstreamErrorBody::default()
+    })
 }
 
 /// Gemini's finish reason → neutral. `STOP` after function calls is `ToolCalls`.
