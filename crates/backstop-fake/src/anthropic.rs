@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::errors::ErrKind;
 use crate::ids::random_id;
-use crate::plan::{Content, Frame, FrameKind, Wire, sse_event};
+use crate::plan::{Content, Ctx, Frame, FrameKind, Wire, sse_event};
 
 pub(crate) struct Anthropic;
 
@@ -111,7 +111,7 @@ impl Wire for Anthropic {
         Bytes::from(body.to_string())
     }
 
-    fn stream_frames(&self, content: &Content, _include_usage: bool) -> Vec<Frame> {
+    fn stream_frames(&self, content: &Content, _ctx: &Ctx) -> Vec<Frame> {
         let mut frames = Vec::with_capacity(content.text_pieces.len() + 8);
         let start = json!({"type": "message_start", "message": {
             "id": message_id(),
@@ -273,7 +273,7 @@ impl Wire for Anthropic {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::plan::ToolContent;
+    use crate::plan::{Format, ToolContent};
     use crate::step::Usage;
 
     fn content(text: &str, tools: Vec<ToolContent>) -> Content {
@@ -331,7 +331,10 @@ mod tests {
 
     #[test]
     fn stream_event_order() {
-        let frames = Anthropic.stream_frames(&content("a b", vec![tool()]), false);
+        let frames = Anthropic.stream_frames(
+            &content("a b", vec![tool()]),
+            &Ctx::streaming(Format::Anthropic, false, true),
+        );
         let evs = events(&frames);
         let names: Vec<_> = evs.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -393,7 +396,10 @@ mod tests {
 
     #[test]
     fn tool_only_stream_has_no_text_block() {
-        let frames = Anthropic.stream_frames(&content("", vec![tool()]), false);
+        let frames = Anthropic.stream_frames(
+            &content("", vec![tool()]),
+            &Ctx::streaming(Format::Anthropic, false, true),
+        );
         let evs = events(&frames);
         assert_eq!(evs[1].0, "ping");
         assert_eq!(evs[2].1["content_block"]["type"], "tool_use");

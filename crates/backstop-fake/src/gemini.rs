@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::errors::ErrKind;
 use crate::ids::random_id;
-use crate::plan::{Content, Frame, FrameKind, Wire};
+use crate::plan::{Content, Ctx, Frame, FrameKind, Wire};
 
 pub(crate) struct Gemini;
 
@@ -137,7 +137,7 @@ impl Wire for Gemini {
         Bytes::from(body.to_string())
     }
 
-    fn stream_frames(&self, content: &Content, _include_usage: bool) -> Vec<Frame> {
+    fn stream_frames(&self, content: &Content, _ctx: &Ctx) -> Vec<Frame> {
         let id = response_id();
         let mut frames = Vec::with_capacity(content.text_pieces.len() + 2);
         for piece in &content.text_pieces {
@@ -259,7 +259,7 @@ impl Wire for Gemini {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::plan::ToolContent;
+    use crate::plan::{Format, ToolContent};
     use crate::step::Usage;
 
     fn content(text: &str, tools: Vec<ToolContent>) -> Content {
@@ -317,7 +317,10 @@ mod tests {
 
     #[test]
     fn stream_chunks() {
-        let frames = Gemini.stream_frames(&content("a b", vec![tool()]), false);
+        let frames = Gemini.stream_frames(
+            &content("a b", vec![tool()]),
+            &Ctx::streaming(Format::Gemini, false, true),
+        );
         let kinds: Vec<FrameKind> = frames.iter().map(|f| f.kind).collect();
         assert_eq!(
             kinds,

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::errors::ErrKind;
 use crate::ids::{random_hex, random_id, unix_now};
-use crate::plan::{Content, Frame, FrameKind, Wire, sse_data};
+use crate::plan::{Content, Ctx, Frame, FrameKind, Wire, sse_data};
 
 pub(crate) struct OpenAi;
 
@@ -54,46 +54,102 @@ struct Chunks {
     model: String,
     fingerprint: String,
     include_usage: bool,
-    /// A text-delta frame is `prefix + JSON string + suffix`: built once per
-    /// stream so each text chunk costs one string escape, not a JSON tree.
-    text_template: Option<(Vec<u8>, Vec<u8>)>,
+    /// Delta chunks end with `"obfuscation"`: random characters that vary their
+    /// size, as OpenAI sends unless `stream_options.include_obfuscation` is `false`.
+    obfuscate: bool,
+    /// A text-delta frame is `prefix + JSON string + middle + obfuscation + suffix`:
+    /// built once per stream so each text chunk costs one string escape, not a JSON
+    /// tree.
+    text_template: Option<TextTemplate>,
 }
 
-/// Stands in for the text in the text-delta template (serialized as `"\u0001"`).
+struct TextTemplate {
+    prefix: Vec<u8>,
+    /// From the text's closing quote to the obfuscation's opening quote (all of
+    /// the rest when there is no obfuscation).
+    middle: Vec<u8>,
+    suffix: Vec<u8>,
+}
+
+/// Stand in for the text and the obfuscation in the text-delta template.
 const SENTINEL: &str = "\u{1}";
+const PAD_SENTINEL: &str = "\u{2}";
+
+/// Random letters and digits, 1 to 16 of them (OpenAI's padding looks like this).
+fn obfuscation() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(fastrand::usize(1..=16))
+        .collect()
+}
+
+/// The only place `needle` occurs in `hay`.
+fn only(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let mut found = hay
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle);
+    match (found.next(), found.next()) {
+        (Some((at, _)), None) => Some(at),
+        _ => None,
+    }
+}
 
 impl Chunks {
-    fn new(model: &str, include_usage: bool) -> Chunks {
+    fn new(model: &str, include_usage: bool, obfuscate: bool) -> Chunks {
         let mut chunks = Chunks {
             id: random_id("chatcmpl-", 29),
             created: unix_now(),
             model: model.to_string(),
             fingerprint: random_hex("fp_", 10),
             include_usage,
+            obfuscate,
             text_template: None,
         };
-        let sample = chunks.delta(json!({"content": SENTINEL}), None);
-        let marker = br#""\u0001""#;
-        let mut found = sample
-            .windows(marker.len())
-            .enumerate()
-            .filter(|(_, w)| w == marker);
-        if let (Some((at, _)), None) = (found.next(), found.next()) {
-            let prefix = sample[..at].to_vec();
-            let suffix = sample[at + marker.len()..].to_vec();
-            chunks.text_template = Some((prefix, suffix));
-        }
+        let sample = chunks.delta_padded(json!({"content": SENTINEL}), None, PAD_SENTINEL);
+        let (text, pad) = (br#""\u0001""#, br#""\u0002""#);
+        let Some(at) = only(&sample, text) else {
+            return chunks;
+        };
+        let prefix = sample[..at].to_vec();
+        let rest = &sample[at + text.len()..];
+        let (middle, suffix) = if obfuscate {
+            let Some(p) = only(rest, pad) else {
+                return chunks;
+            };
+            (rest[..p].to_vec(), rest[p + pad.len()..].to_vec())
+        } else {
+            (rest.to_vec(), Vec::new())
+        };
+        chunks.text_template = Some(TextTemplate {
+            prefix,
+            middle,
+            suffix,
+        });
         chunks
     }
 
     fn text_delta(&self, text: &str) -> Vec<u8> {
         match &self.text_template {
-            Some((prefix, suffix)) => {
-                let mut out = Vec::with_capacity(prefix.len() + text.len() + suffix.len() + 8);
-                out.extend_from_slice(prefix);
+            Some(t) => {
+                let pad = if self.obfuscate {
+                    obfuscation()
+                } else {
+                    String::new()
+                };
+                let mut out = Vec::with_capacity(
+                    t.prefix.len() + text.len() + t.middle.len() + pad.len() + t.suffix.len() + 8,
+                );
+                out.extend_from_slice(&t.prefix);
                 // Serializing a string into a Vec cannot fail.
                 let _ = serde_json::to_writer(&mut out, text);
-                out.extend_from_slice(suffix);
+                out.extend_from_slice(&t.middle);
+                if self.obfuscate {
+                    // Letters and digits: nothing to escape.
+                    out.push(b'"');
+                    out.extend_from_slice(pad.as_bytes());
+                    out.push(b'"');
+                }
+                out.extend_from_slice(&t.suffix);
                 out
             }
             None => self.delta(json!({"content": text}), None),
@@ -117,10 +173,18 @@ impl Chunks {
     }
 
     fn delta(&self, delta: Value, finish_reason: Option<&str>) -> Vec<u8> {
-        sse_data(&self.chunk(
+        self.delta_padded(delta, finish_reason, &obfuscation())
+    }
+
+    fn delta_padded(&self, delta: Value, finish_reason: Option<&str>, pad: &str) -> Vec<u8> {
+        let mut chunk = self.chunk(
             json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}]),
             None,
-        ))
+        );
+        if self.obfuscate {
+            chunk["obfuscation"] = json!(pad);
+        }
+        sse_data(&chunk)
     }
 }
 
@@ -186,8 +250,9 @@ impl Wire for OpenAi {
         Bytes::from(body.to_string())
     }
 
-    fn stream_frames(&self, content: &Content, include_usage: bool) -> Vec<Frame> {
-        let c = Chunks::new(&content.model, include_usage);
+    fn stream_frames(&self, content: &Content, ctx: &Ctx) -> Vec<Frame> {
+        let include_usage = ctx.include_usage;
+        let c = Chunks::new(&content.model, include_usage, ctx.include_obfuscation);
         let mut frames = Vec::with_capacity(content.text_pieces.len() + 6);
         frames.push(Frame::new(
             FrameKind::Preamble,
@@ -343,7 +408,7 @@ impl Wire for OpenAi {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::plan::ToolContent;
+    use crate::plan::{Format, ToolContent};
     use crate::step::Usage;
 
     fn content(text: &str, tools: Vec<ToolContent>) -> Content {
@@ -415,7 +480,10 @@ mod tests {
 
     #[test]
     fn stream_without_usage() {
-        let frames = OpenAi.stream_frames(&content("a b", vec![]), false);
+        let frames = OpenAi.stream_frames(
+            &content("a b", vec![]),
+            &Ctx::streaming(Format::OpenAi, false, false),
+        );
         assert_eq!(&frames.last().unwrap().bytes[..], b"data: [DONE]\n\n");
         let chunks = frames_json(&frames);
         assert_eq!(chunks.len(), 4);
@@ -430,12 +498,20 @@ mod tests {
 
     #[test]
     fn text_template_matches_the_json_tree() {
-        for include_usage in [false, true] {
-            let c = Chunks::new("model \"quoted\" é", include_usage);
+        for (include_usage, obfuscate) in
+            [(false, false), (true, false), (false, true), (true, true)]
+        {
+            let c = Chunks::new("model \"quoted\" é", include_usage, obfuscate);
             assert!(c.text_template.is_some());
             for text in ["plain", "a \"q\" \\ \n\t 🌍", ""] {
                 let fast = c.text_delta(text);
-                let slow = c.delta(json!({"content": text}), None);
+                let chunk: Value =
+                    serde_json::from_slice(fast.strip_prefix(b"data: ").unwrap()).unwrap();
+                // The padding is random: the tree is built with the one that was drawn.
+                let pad = chunk.get("obfuscation").cloned();
+                assert_eq!(pad.is_some(), obfuscate);
+                let pad = pad.as_ref().and_then(Value::as_str).unwrap_or("");
+                let slow = c.delta_padded(json!({"content": text}), None, pad);
                 assert_eq!(
                     String::from_utf8(fast).unwrap(),
                     String::from_utf8(slow).unwrap()
@@ -445,8 +521,43 @@ mod tests {
     }
 
     #[test]
+    fn delta_chunks_carry_random_obfuscation_unless_switched_off() {
+        let frames = OpenAi.stream_frames(
+            &content("a b c", vec![]),
+            &Ctx::streaming(Format::OpenAi, true, true),
+        );
+        let chunks = frames_json(&frames);
+        let (deltas, usage) = chunks.split_at(chunks.len() - 1);
+        let pads: Vec<&str> = deltas
+            .iter()
+            .map(|c| c["obfuscation"].as_str().unwrap())
+            .collect();
+        assert!(
+            pads.iter().all(
+                |p| (1..=16).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric())
+            )
+        );
+        assert!(
+            usage[0].get("obfuscation").is_none(),
+            "the usage chunk has no delta"
+        );
+        let frames = OpenAi.stream_frames(
+            &content("a b c", vec![]),
+            &Ctx::streaming(Format::OpenAi, true, false),
+        );
+        assert!(
+            frames_json(&frames)
+                .iter()
+                .all(|c| c.get("obfuscation").is_none())
+        );
+    }
+
+    #[test]
     fn stream_with_usage_chunk() {
-        let frames = OpenAi.stream_frames(&content("a", vec![]), true);
+        let frames = OpenAi.stream_frames(
+            &content("a", vec![]),
+            &Ctx::streaming(Format::OpenAi, true, true),
+        );
         let chunks = frames_json(&frames);
         let last = chunks.last().unwrap();
         assert_eq!(last["choices"], json!([]));

@@ -75,7 +75,7 @@ pub(crate) trait Wire: Sync {
     /// A complete non-streaming response body.
     fn success_body(&self, content: &Content) -> Bytes;
     /// Every SSE frame of a complete stream, in order.
-    fn stream_frames(&self, content: &Content, include_usage: bool) -> Vec<Frame>;
+    fn stream_frames(&self, content: &Content, ctx: &Ctx) -> Vec<Frame>;
     /// A realistic error body.
     fn error_body(&self, kind: &ErrKind, status: u16, model: &str) -> Value;
     /// The payload of an in-band stream error (see `Step::StreamThenError`).
@@ -99,6 +99,8 @@ pub(crate) struct Ctx {
     pub stream: bool,
     /// OpenAI `stream_options.include_usage`.
     pub include_usage: bool,
+    /// OpenAI `stream_options.include_obfuscation` (on unless `false`).
+    pub include_obfuscation: bool,
     /// Estimated prompt tokens (body size / 4).
     pub input_tokens: u64,
 }
@@ -117,8 +119,20 @@ impl Ctx {
                 .pointer("/stream_options/include_usage")
                 .and_then(Value::as_bool)
                 == Some(true),
+            include_obfuscation: body
+                .pointer("/stream_options/include_obfuscation")
+                .and_then(Value::as_bool)
+                != Some(false),
             input_tokens: (body_len as u64 / 4).max(1),
         }
+    }
+
+    /// A streaming request's context with these stream options (for tests).
+    #[cfg(test)]
+    pub(crate) fn streaming(format: Format, include_usage: bool, include_obfuscation: bool) -> Ctx {
+        let body = serde_json::json!({"model": "m", "stream": true, "stream_options": {
+            "include_usage": include_usage, "include_obfuscation": include_obfuscation}});
+        Ctx::new(format, &body, 40)
     }
 
     /// Gemini names the model and whether to stream in the path, not the body.
@@ -329,7 +343,7 @@ fn reply_plan(wire: &dyn Wire, ctx: &Ctx, reply: &Reply, fault: Fault<'_>) -> Pl
     let first = Duration::from_millis(reply.first_token_delay_ms.unwrap_or(0));
     let between = Duration::from_millis(reply.chunk_delay_ms.unwrap_or(0));
     if ctx.stream {
-        let frames = wire.stream_frames(&content, ctx.include_usage);
+        let frames = wire.stream_frames(&content, ctx);
         Plan {
             status: 200,
             headers: wire.success_headers(true),
