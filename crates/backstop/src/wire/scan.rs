@@ -85,6 +85,11 @@ impl<'a> RawStr<'a> {
         }
     }
 
+    /// Whether the string is empty (`""`).
+    pub(crate) fn is_empty(self) -> bool {
+        self.raw.is_empty()
+    }
+
     /// Whether this is exactly `s`, written without escapes.
     pub(crate) fn is(self, s: &str) -> bool {
         !self.escaped && self.raw == s
@@ -338,6 +343,82 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A chunk already decoded, kept to recognise the next ones: streamed chunks repeat
+/// their id, model, index and nulls byte for byte and differ only in a few strings
+/// (the text, OpenAI's random `obfuscation` padding). A new chunk that equals the
+/// template outside those strings, and holds a valid JSON string in each of them, reads
+/// exactly as the template did with those strings put in: the cursor's walk of the
+/// equal bytes takes the same path, and a string's bytes decide nothing but its own
+/// validity. So its meaning comes from comparing bytes, not from walking them.
+#[derive(Debug, Default)]
+pub(crate) struct Template {
+    /// The decoded chunk, as written.
+    src: String,
+    /// Its variable strings (quotes included), in order and apart.
+    holes: Vec<std::ops::Range<usize>>,
+    /// Which hole holds the text the chunk carries.
+    text: usize,
+}
+
+impl Template {
+    /// Keep `src` (reusing this template's buffers) with its `holes`, `text` being
+    /// the text's hole. Nothing is kept when the holes are not quoted strings of `src`
+    /// in order (then [`Template::text_of`] matches nothing).
+    pub(crate) fn set(&mut self, src: &str, holes: &[std::ops::Range<usize>], text: usize) {
+        self.src.clear();
+        self.holes.clear();
+        let b = src.as_bytes();
+        let mut after = 0;
+        for h in holes {
+            let quoted = h.start >= after
+                && h.end >= h.start + 2
+                && b.get(h.start) == Some(&b'"')
+                && b.get(h.end - 1) == Some(&b'"');
+            if !quoted {
+                self.holes.clear();
+                return;
+            }
+            after = h.end;
+        }
+        if text >= holes.len() {
+            return;
+        }
+        self.src.push_str(src);
+        self.holes.extend_from_slice(holes);
+        self.text = text;
+    }
+
+    /// The text of `data` when it is this template with other strings in its holes:
+    /// every byte outside the holes equal, each hole a valid JSON string (escapes
+    /// checked as [`Cursor::string`] checks them). `None` otherwise.
+    pub(crate) fn text_of<'a>(&self, data: &'a str) -> Option<RawStr<'a>> {
+        if self.holes.is_empty() {
+            return None;
+        }
+        let (src, b) = (self.src.as_bytes(), data.as_bytes());
+        let (mut from, mut at) = (0, 0);
+        let mut text = None;
+        for (i, hole) in self.holes.iter().enumerate() {
+            let same = &src[from..hole.start];
+            if b.get(at..at + same.len())? != same || b.get(at + same.len()) != Some(&b'"') {
+                return None;
+            }
+            let mut c = Cursor {
+                src: data,
+                pos: at + same.len(),
+            };
+            let s = c.string()?;
+            if i == self.text {
+                text = Some(s);
+            }
+            at = c.pos;
+            from = hole.end;
+        }
+        (b.get(at..)? == &src[from..]).then_some(())?;
+        text
+    }
+}
+
 /// Marks each known key of one object as seen; a second sighting fails (serde's
 /// derived structs reject duplicate fields, so such a chunk goes to the general path).
 #[derive(Default)]
@@ -398,6 +479,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_template_matches_other_strings_in_its_holes_only() {
+        let src = r#"{"a":"x","t":"hello","n":null,"o":"pad"}"#;
+        let at = |s: &str| src.find(s).map(|i| i..i + s.len()).expect("in src");
+        let mut t = Template::default();
+        t.set(src, &[at(r#""x""#), at(r#""hello""#), at(r#""pad""#)], 1);
+        let text = |d: &str| t.text_of(d).and_then(RawStr::text).map(|c| c.into_owned());
+        assert_eq!(text(src).as_deref(), Some("hello"));
+        for (data, want) in [
+            (r#"{"a":"yy","t":"","n":null,"o":"p"}"#, Some("")),
+            (
+                r#"{"a":"x","t":"caf\u00e9 \"q\"\n","n":null,"o":"pad"}"#,
+                Some("café \"q\"\n"),
+            ),
+            (
+                r#"{"a":"x","t":"\u00e9","n":null,"o":"longer pad"}"#,
+                Some("é"),
+            ),
+            // A byte outside the holes differs.
+            (r#"{"a":"x","t":"hi","n":nul,"o":"pad"}"#, None),
+            (r#"{"a":"x","t":"hi","n":null,"o":"pad"} "#, None),
+            (r#"{"a":"x","t":"hi","n":null,"o":"pad"}}"#, None),
+            (r#"{"a":"x","t":"hi","n":null,"o":"pad""#, None),
+            (r#"{"a":"x","t":"hi","N":null,"o":"pad"}"#, None),
+            // A hole that is not a valid string, or not a string.
+            (
+                "{\"a\":\"x\",\"t\":\"h\u{1}i\",\"n\":null,\"o\":\"pad\"}",
+                None,
+            ),
+            (r#"{"a":"x","t":"h\qi","n":null,"o":"pad"}"#, None),
+            (r#"{"a":"x","t":"h\u12","n":null,"o":"pad"}"#, None),
+            (r#"{"a":"x","t":"hi,"n":null,"o":"pad"}"#, None),
+            (r#"{"a":"x","t":5,"n":null,"o":"pad"}"#, None),
+            (r#"{"a":"x","t": "hi","n":null,"o":"pad"}"#, None),
+            (r#"{"a":"x","t":"hi","n":null,"o":"pad"#, None),
+            ("", None),
+        ] {
+            assert_eq!(text(data).as_deref(), want, "{data}");
+        }
+        // Holes that are not quoted strings of the source keep nothing.
+        let mut t = Template::default();
+        t.set(src, &[at("hello")], 0);
+        assert!(t.text_of(src).is_none());
+        t.set(src, &[at(r#""hello""#), at(r#""x""#)], 0);
+        assert!(t.text_of(src).is_none());
+        t.set(src, &[at(r#""hello""#)], 1);
+        assert!(t.text_of(src).is_none());
     }
 
     #[test]

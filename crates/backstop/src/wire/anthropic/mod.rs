@@ -24,6 +24,7 @@
 //!   `input_tokens` excludes cache reads and writes. We add them on decode and
 //!   subtract them on encode.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,7 @@ use crate::chat::{
     StreamEvent, SystemBlock, Tool, ToolChoice, UpstreamErrorBody, Usage, WireError,
 };
 use crate::sse::{SseEvent, write_event};
+use crate::wire::scan::{Cursor, RawStr, Seen, Template};
 
 /// The `anthropic-version` header value we speak.
 pub const API_VERSION: &str = "2023-06-01";
@@ -1092,6 +1094,8 @@ pub struct StreamDecoder {
     /// Content block index → our tool index.
     tool_blocks: HashMap<u64, u32>,
     next_tool: u32,
+    /// The last text delta, to recognise the next ones by comparing bytes.
+    repeat: Template,
 }
 
 impl StreamDecoder {
@@ -1103,6 +1107,80 @@ impl StreamDecoder {
     /// may add new ones); malformed JSON is an error.
     pub fn push(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, WireError> {
         let data = ev.data.trim();
+        let text = match self.repeat.text_of(data) {
+            Some(raw) => raw.text(),
+            None => self.text_delta(data),
+        };
+        if let Some(text) = text {
+            return Ok(if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![StreamEvent::TextDelta {
+                    text: text.into_owned(),
+                }]
+            });
+        }
+        self.push_value(ev, data)
+    }
+
+    /// The text of a `content_block_delta` event carrying a `text_delta`, walked once
+    /// with the [`Cursor`] (and kept as the template for the next ones). `None` leaves
+    /// the event to the general decoder: another event type, a duplicate or escaped
+    /// key, a field of another type, anything the cursor does not accept. Both paths
+    /// give the same events (tests: `text_delta_fast_path_*`).
+    fn text_delta<'a>(&mut self, data: &'a str) -> Option<Cow<'a, str>> {
+        let mut c = Cursor::new(data);
+        let mut seen = Seen::default();
+        let (mut ty, mut index, mut delta_ty) = (None, None, None);
+        let mut text: Option<(RawStr<'a>, std::ops::Range<usize>)> = None;
+        c.object(|c, key| {
+            match key.plain()? {
+                "type" => {
+                    seen.first(0)?;
+                    ty = Some(c.string()?);
+                }
+                "index" => {
+                    seen.first(1)?;
+                    index = c.opt_u64()?;
+                }
+                "delta" => {
+                    seen.first(2)?;
+                    let mut seen = Seen::default();
+                    c.object(|c, key| {
+                        match key.plain()? {
+                            "type" => {
+                                seen.first(0)?;
+                                delta_ty = Some(c.string()?);
+                            }
+                            "text" => {
+                                seen.first(1)?;
+                                c.peek()?;
+                                let start = c.pos();
+                                let s = c.string()?;
+                                text = Some((s, start..c.pos()));
+                            }
+                            _ => c.skip()?,
+                        }
+                        Some(())
+                    })?;
+                }
+                _ => c.skip()?,
+            }
+            Some(())
+        })?;
+        c.end()?;
+        let is_text_delta = ty?.is("content_block_delta") && delta_ty?.is("text_delta");
+        if !is_text_delta || index.is_none() {
+            return None;
+        }
+        let (raw, at) = text?;
+        let value = raw.text()?;
+        self.repeat.set(data, &[at], 0);
+        Some(value)
+    }
+
+    /// The general decoder: any event, through a `Value`.
+    fn push_value(&mut self, ev: &SseEvent, data: &str) -> Result<Vec<StreamEvent>, WireError> {
         let name = ev.event.as_deref().unwrap_or("");
         let v: Value = if data.is_empty() {
             Value::Object(Map::new())

@@ -1325,3 +1325,92 @@ fn encoder_writes_errors() {
         }]
     );
 }
+
+fn delta_event(data: &str) -> SseEvent {
+    SseEvent {
+        event: Some("content_block_delta".into()),
+        data: data.to_string(),
+        raw: Bytes::new(),
+    }
+}
+
+fn text_delta(text_json: &str) -> String {
+    format!(
+        r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":{text_json}}}}}"#
+    )
+}
+
+/// Text deltas are walked by the cursor, and the ones after the first recognised by
+/// comparing bytes; event after event, the results are the general decoder's.
+#[test]
+fn text_delta_fast_path_matches_the_general_decoder() {
+    let events = [
+        r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[],"stop_reason":null,"usage":{"input_tokens":5,"output_tokens":1}}}"#.to_string(),
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#.to_string(),
+        text_delta(r#""Hello""#),
+        text_delta(r#""""#),
+        text_delta(r#"" w\u00f6rld \"q\"\n""#),
+        text_delta(r#""\ud800""#),
+        text_delta("null"),
+        text_delta("5"),
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","text":"b"}}"#.to_string(),
+        r#"{"type":"content_block_delta","index":null,"delta":{"type":"text_delta","text":"x"}}"#.to_string(),
+        r#"{"type":"content_block_delta","index":1.0,"delta":{"type":"text_delta","text":"x"}}"#.to_string(),
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta"}}"#.to_string(),
+        r#"{"type":"content_block\u005fdelta","index":0,"delta":{"type":"text_delta","text":"esc"}}"#.to_string(),
+        r#"{"delta":{"text":"first","type":"text_delta"},"index":2,"type":"content_block_delta","extra":[1,{"a":null}]}"#.to_string(),
+        r#"{"delta":{"text":"again","type":"text_delta"},"index":2,"type":"content_block_delta","extra":[1,{"a":null}]}"#.to_string(),
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#.to_string(),
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"s"}}"#.to_string(),
+        text_delta(r#""after""#),
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":7}}"#.to_string(),
+        r#"{"type":"message_stop"}"#.to_string(),
+        text_delta(r#""late""#),
+    ];
+    let (mut fast, mut general) = (StreamDecoder::new(), StreamDecoder::new());
+    let mut by_template = 0;
+    for data in &events {
+        by_template += usize::from(fast.repeat.text_of(data).is_some());
+        let got = fast.push(&delta_event(data)).map_err(|e| e.to_string());
+        let want = general
+            .push_value(&delta_event(data), data)
+            .map_err(|e| e.to_string());
+        assert_eq!(got, want, "{data}");
+    }
+    // "", the escaped text, the lone surrogate (its escape does not decode: the
+    // general decoder reads it), "again" (like "first", whose fields come in another
+    // order) and "late" (like "after").
+    assert_eq!(by_template, 5);
+}
+
+proptest! {
+    /// Once a text delta is the template, an event one edit away from the next one
+    /// decodes as the general decoder decodes it.
+    #[test]
+    fn text_delta_fast_path_matches_on_corrupted_events(
+        text in "[a-z \\\\\"\u{e9}]{0,12}",
+        at in any::<proptest::sample::Index>(),
+        edit in 0u8..3,
+        with in proptest::sample::select(vec![
+            '"', '\\', '{', '}', '[', ']', ',', ':', ' ', '0', '1', 'n', 'u', 'x', '\u{1}', '\u{e9}',
+        ]),
+    ) {
+        let first = text_delta(r#""first""#);
+        let next = text_delta(&serde_json::to_string(&text).unwrap());
+        let mut chars: Vec<char> = next.chars().collect();
+        let i = at.index(chars.len());
+        match edit {
+            0 => { chars.remove(i); }
+            1 => { let c = chars[i]; chars.insert(i, c); }
+            _ => chars[i] = with,
+        }
+        let data: String = chars.into_iter().collect();
+        let (mut fast, mut general) = (StreamDecoder::new(), StreamDecoder::new());
+        fast.push(&delta_event(&first)).unwrap();
+        general.push_value(&delta_event(&first), &first).unwrap();
+        prop_assert!(fast.repeat.text_of(&next).is_some());
+        let got = fast.push(&delta_event(&data)).map_err(|e| e.to_string());
+        let want = general.push_value(&delta_event(&data), data.trim()).map_err(|e| e.to_string());
+        prop_assert_eq!(got, want, "event {}", data);
+    }
+}

@@ -25,7 +25,8 @@ use crate::chat::{
     Role, StreamEvent, SystemBlock, Tool, ToolChoice, UpstreamErrorBody, Usage, WireError,
 };
 use crate::sse::{SseEvent, write_event};
-use crate::wire::scan::{Cursor, RawStr, Seen};
+use crate::wire::scan::{Cursor, RawStr, Seen, Template};
+use std::ops::Range;
 
 /// Stream id used when a stream to a client begins without a `Start` event.
 const SYNTHETIC_ID: &str = "chatcmpl-backstop";
@@ -1256,6 +1257,11 @@ struct UpstreamCall {
 pub struct StreamDecoder {
     started: bool,
     calls: Vec<UpstreamCall>,
+    /// The last chunk that carried only text, to recognise the next ones by comparing
+    /// bytes (see [`Template`]).
+    repeat: Template,
+    /// Spare buffer for the fast path's holes.
+    holes: Vec<Range<usize>>,
 }
 
 impl StreamDecoder {
@@ -1272,6 +1278,15 @@ impl StreamDecoder {
         }
         if data == "[DONE]" {
             return Ok(vec![StreamEvent::Done]);
+        }
+        if let Some(text) = self.repeat.text_of(data).and_then(RawStr::text) {
+            return Ok(if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![StreamEvent::TextDelta {
+                    text: text.into_owned(),
+                }]
+            });
         }
         if let Some(out) = self.push_fast(data) {
             return Ok(out);
@@ -1411,6 +1426,8 @@ impl StreamDecoder {
 #[derive(Default)]
 struct FastDelta<'a> {
     content: Option<RawStr<'a>>,
+    /// Where `content` is written (quotes included), when it is a string.
+    content_at: Option<Range<usize>>,
     refusal: Option<RawStr<'a>>,
     reasoning_content: Option<RawStr<'a>>,
     reasoning: Option<RawStr<'a>>,
@@ -1423,6 +1440,28 @@ impl StreamDecoder {
     /// escaped key, an error, a tool call, anything the cursor does not accept. Both
     /// paths give the same events (tests: `fast_stream_path_*`).
     fn push_fast(&mut self, data: &str) -> Option<Vec<StreamEvent>> {
+        let mut holes = Holes {
+            spans: std::mem::take(&mut self.holes),
+            ..Holes::default()
+        };
+        holes.spans.clear();
+        let out = self.walk_fast(data, &mut holes);
+        // A chunk whose only event (if any) is choice 0's text becomes the template.
+        let text_only = out.as_ref().is_some_and(|out| {
+            let events = out
+                .iter()
+                .filter(|e| !matches!(e, StreamEvent::Start { .. }));
+            holes.texts == 1 && events.count() == usize::from(holes.text_nonempty)
+        });
+        match holes.text {
+            Some(text) if text_only => self.repeat.set(data, &holes.spans, text),
+            _ => {}
+        }
+        self.holes = holes.spans;
+        out
+    }
+
+    fn walk_fast(&mut self, data: &str, holes: &mut Holes) -> Option<Vec<StreamEvent>> {
         let mut c = Cursor::new(data);
         let (mut id, mut model) = (None, None);
         let mut usage = None;
@@ -1454,12 +1493,19 @@ impl StreamDecoder {
                 "choices" => {
                     seen.first(5)?;
                     if !c.null() {
-                        c.array(|c| fast_choice(c, &mut out))?;
+                        c.array(|c| fast_choice(c, &mut out, holes))?;
                     }
                 }
                 "usage" => {
                     seen.first(6)?;
                     usage = fast_usage(c)?;
+                }
+                // An unknown field's string (`system_fingerprint`, `obfuscation`) is
+                // only checked, so it may differ from one chunk to the next.
+                _ if c.peek()? == b'"' => {
+                    let start = c.pos();
+                    c.string()?;
+                    holes.spans.push(start..c.pos());
                 }
                 _ => c.skip()?,
             }
@@ -1488,7 +1534,19 @@ impl StreamDecoder {
 
 /// One element of `choices`: its events go to `out` when it is choice 0. Its text is
 /// decoded (and so checked) whatever its index, as the general decoder's parse does.
-fn fast_choice(c: &mut Cursor<'_>, out: &mut Vec<StreamEvent>) -> Option<()> {
+/// The strings of a chunk that may change without changing its events but for the
+/// text: unknown fields' strings, and the text of choice 0.
+#[derive(Default)]
+struct Holes {
+    spans: Vec<Range<usize>>,
+    /// Which span is choice 0's `content`.
+    text: Option<usize>,
+    /// How many choice-0 `content` strings the chunk has.
+    texts: u32,
+    text_nonempty: bool,
+}
+
+fn fast_choice(c: &mut Cursor<'_>, out: &mut Vec<StreamEvent>, holes: &mut Holes) -> Option<()> {
     let mut seen = Seen::default();
     let mut index = None;
     let mut delta = FastDelta::default();
@@ -1520,6 +1578,12 @@ fn fast_choice(c: &mut Cursor<'_>, out: &mut Vec<StreamEvent>) -> Option<()> {
     if index.unwrap_or(0) != 0 {
         return Some(());
     }
+    if let (Some(at), Some(raw)) = (delta.content_at, delta.content) {
+        holes.text = Some(holes.spans.len());
+        holes.spans.push(at);
+        holes.texts += 1;
+        holes.text_nonempty = !raw.is_empty();
+    }
     if let Some(text) = reasoning_content.or(reasoning).filter(|s| !s.is_empty()) {
         out.push(StreamEvent::ThinkingDelta {
             text: text.into_owned(),
@@ -1547,7 +1611,14 @@ fn fast_delta<'a>(c: &mut Cursor<'a>) -> Option<FastDelta<'a>> {
     let mut d = FastDelta::default();
     c.object(|c, key| {
         let (bit, slot) = match key.plain()? {
-            "content" => (0, &mut d.content),
+            "content" => {
+                seen.first(0)?;
+                c.peek()?;
+                let start = c.pos();
+                d.content = c.opt_string()?;
+                d.content_at = d.content.map(|_| start..c.pos());
+                return Some(());
+            }
             "refusal" => (1, &mut d.refusal),
             "reasoning_content" => (2, &mut d.reasoning_content),
             "reasoning" => (3, &mut d.reasoning),

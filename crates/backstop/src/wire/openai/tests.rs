@@ -1615,3 +1615,83 @@ fn encode_response_bytes_match_the_value_encoding() {
         );
     }
 }
+
+/// A realistic text chunk (OpenAI's shape, with its random `obfuscation` padding).
+fn text_chunk(delta: &str, obfuscation: &str) -> String {
+    format!(
+        r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","service_tier":"default","system_fingerprint":"fp_1","choices":[{{"index":0,"delta":{{{delta}}},"logprobs":null,"finish_reason":null}}],"usage":null,"obfuscation":"{obfuscation}"}}"#
+    )
+}
+
+/// Text chunks like the one before are read by comparing bytes with it (the template);
+/// chunk after chunk, the events are the general decoder's.
+#[test]
+fn repeated_text_chunks_take_the_template() {
+    let chunks = [
+        (text_chunk(r#""role":"assistant","content":"","refusal":null"#, "ab"), false),
+        (text_chunk(r#""content":"Hello""#, "xyz1"), false),
+        (text_chunk(r#""content":" w\u00f6rld\n""#, "q"), true),
+        (text_chunk(r#""content":"""#, ""), true),
+        (text_chunk(r#""content":"\"quoted\"""#, "Zz9"), true),
+        (text_chunk(r#""content":null,"refusal":"no""#, "r"), false),
+        (text_chunk(r#""content":"again""#, "ob"), true),
+        (text_chunk(r#""content":"two","content":"keys""#, "ob"), false),
+        (
+            r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null}"#.to_string(),
+            false,
+        ),
+        (
+            r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":3}}"#.to_string(),
+            false,
+        ),
+        (text_chunk(r#""content":"late""#, "x"), true),
+        (text_chunk(r#""content":"bad \u12""#, "x"), false),
+        (text_chunk(r#""content":"ctl \u0001""#, "x\ty"), false),
+    ];
+    let (mut fast, mut general) = (StreamDecoder::new(), StreamDecoder::new());
+    for (chunk, by_template) in &chunks {
+        assert_eq!(
+            fast.repeat.text_of(chunk).is_some(),
+            *by_template,
+            "{chunk}"
+        );
+        let got = fast.push(&sse(chunk)).map_err(|e| e.to_string());
+        let want = general
+            .push_value(&sse(chunk), chunk)
+            .map_err(|e| e.to_string());
+        assert_eq!(got, want, "{chunk}");
+    }
+}
+
+proptest! {
+    /// Once a text chunk is the template, any chunk one edit away from the next text
+    /// chunk decodes as the general decoder decodes it: the template never accepts
+    /// what serde refuses, nor reads a changed field as the old one.
+    #[test]
+    fn template_matches_the_general_decoder_on_corrupted_chunks(
+        text in "[a-z \\\\\"\u{e9}]{0,12}",
+        at in any::<proptest::sample::Index>(),
+        edit in 0u8..3,
+        with in proptest::sample::select(vec![
+            '"', '\\', '{', '}', '[', ']', ',', ':', ' ', '0', '1', 'n', 'u', 'x', '\u{1}', '\u{e9}',
+        ]),
+    ) {
+        let first = text_chunk(r#""content":"first""#, "pad1");
+        let next = text_chunk(&format!(r#""content":{}"#, serde_json::to_string(&text).unwrap()), "p");
+        let mut chars: Vec<char> = next.chars().collect();
+        let i = at.index(chars.len());
+        match edit {
+            0 => { chars.remove(i); }
+            1 => { let c = chars[i]; chars.insert(i, c); }
+            _ => chars[i] = with,
+        }
+        let chunk: String = chars.into_iter().collect();
+        let (mut fast, mut general) = (StreamDecoder::new(), StreamDecoder::new());
+        fast.push(&sse(&first)).unwrap();
+        general.push_value(&sse(&first), &first).unwrap();
+        prop_assert!(fast.repeat.text_of(&next).is_some());
+        let got = fast.push(&sse(&chunk)).map_err(|e| e.to_string());
+        let want = general.push_value(&sse(&chunk), chunk.trim()).map_err(|e| e.to_string());
+        prop_assert_eq!(got, want, "chunk {}", chunk);
+    }
+}
