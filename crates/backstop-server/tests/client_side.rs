@@ -118,3 +118,37 @@ async fn a_client_gone_mid_stream_closes_the_upstream_at_once_and_cools_nothing(
         "a client that went away cooled down the provider"
     );
 }
+
+#[tokio::test]
+async fn a_compressed_body_is_415_in_the_clients_format() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    // A gzip stream (any bytes that are not JSON will do: the gateway must not read them as JSON).
+    let gz: &[u8] = &[0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03];
+    let got = send(
+        gw.request(reqwest::Method::POST, "/v1/chat/completions")
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(gz.to_vec()),
+    )
+    .await;
+    got.openai_error(415, "invalid_request_error", &["content-encoding", "gzip"]);
+    let got = send(
+        gw.request(reqwest::Method::POST, "/v1/messages")
+            .header("x-api-key", CLIENT_KEY)
+            .header("content-type", "application/json")
+            .header("content-encoding", "br")
+            .body(gz.to_vec()),
+    )
+    .await;
+    got.anthropic_error(415, "invalid_request_error", &["content-encoding", "br"]);
+    // `identity` is no encoding at all.
+    let got = send(
+        gw.openai(&openai_body("default", "hi", false))
+            .header("content-encoding", "identity"),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(fakes.all_requests().len(), 1);
+}
