@@ -130,6 +130,10 @@ async fn serve(
         route,
         session,
         translate: false,
+        anthropic_beta: match ingress {
+            WireFormat::Anthropic => parts.headers.get("anthropic-beta").cloned(),
+            _ => None,
+        },
     };
     match state.engine().execute(&call).await {
         Ok(success) => {

@@ -152,3 +152,48 @@ async fn a_compressed_body_is_415_in_the_clients_format() {
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(fakes.all_requests().len(), 1);
 }
+
+/// The Anthropic SDK's `client.beta.messages.create(..., betas=[…])` posts to
+/// `/v1/messages?beta=true` with an `anthropic-beta` header: an Anthropic upstream must
+/// get the header (it switches features on: a 1M context, new tool types …); an
+/// OpenAI-style upstream never sees it.
+#[tokio::test]
+async fn anthropic_beta_reaches_anthropic_upstreams_only() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    let beta = "context-1m-2025-08-07,interleaved-thinking-2025-05-14";
+    for stream in [false, true] {
+        let got = send(
+            gw.request(reqwest::Method::POST, "/v1/messages?beta=true")
+                .header("x-api-key", CLIENT_KEY)
+                .header("anthropic-version", "2023-06-01")
+                .header("anthropic-beta", beta)
+                .json(&anthropic_body("solo-claude", "hi", stream)),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        let seen = fakes.an.requests();
+        let last = seen.last().unwrap();
+        assert_eq!(
+            last.headers
+                .iter()
+                .find(|(k, _)| k == "anthropic-beta")
+                .map(|(_, v)| v.as_str()),
+            Some(beta),
+            "the Anthropic upstream did not get the client's anthropic-beta: {:?}",
+            last.headers
+        );
+    }
+    // Served by an OpenAI-style model: no Anthropic header goes there.
+    let got = send(
+        gw.request(reqwest::Method::POST, "/v1/messages?beta=true")
+            .header("x-api-key", CLIENT_KEY)
+            .header("anthropic-beta", beta)
+            .json(&anthropic_body("solo", "hi", false)),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let oa = fakes.oa.requests();
+    assert_eq!(oa.len(), 1);
+    assert!(!oa[0].headers.iter().any(|(k, _)| k == "anthropic-beta"));
+}
