@@ -77,6 +77,19 @@ async fn serve(
     {
         return Err(too_large());
     }
+    // Bodies are read as they come: a compressed one would only fail as "not valid JSON".
+    if let Some(enc) = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.as_bytes().trim_ascii())
+        && !(enc.is_empty() || enc.eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(ClientError::invalid(format!(
+            "content-encoding {} is not supported: send the request body uncompressed",
+            String::from_utf8_lossy(enc)
+        ))
+        .with_status(415));
+    }
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large())?;
@@ -117,6 +130,10 @@ async fn serve(
         route,
         session,
         translate: false,
+        anthropic_beta: match ingress {
+            WireFormat::Anthropic => parts.headers.get("anthropic-beta").cloned(),
+            _ => None,
+        },
     };
     match state.engine().execute(&call).await {
         Ok(success) => {

@@ -61,6 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         raw_bytes: None,
         session: None,
         translate: false,
+        anthropic_beta: None,
     };
 
     match engine.execute(&call).await {

@@ -182,6 +182,7 @@ async fn probe_one(
         },
         session: None,
         translate: true,
+        anthropic_beta: None,
     };
     let target = Target {
         model_index: 0,

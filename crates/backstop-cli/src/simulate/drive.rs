@@ -141,6 +141,7 @@ async fn one(
                 route,
                 session: None,
                 translate: false,
+                anthropic_beta: None,
             };
             Some((engine.execute(&call).await, call))
         }

@@ -49,6 +49,8 @@ pub struct Call {
     /// Always translate from `request`, even to a same-format upstream (rescue attempts
     /// send a request the client never wrote).
     pub translate: bool,
+    /// The client's `anthropic-beta` header, sent on to Anthropic upstreams (never to others).
+    pub anthropic_beta: Option<http::HeaderValue>,
 }
 
 /// An answer that reached the commit point.
@@ -974,7 +976,13 @@ impl Engine {
         };
         let response = match tokio::time::timeout_at(
             head_deadline,
-            upstream.send(profile, &target.model.model, body, true),
+            upstream.send_with_beta(
+                profile,
+                &target.model.model,
+                body,
+                true,
+                call.anthropic_beta.as_ref(),
+            ),
         )
         .await
         {

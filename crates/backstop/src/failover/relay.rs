@@ -290,7 +290,23 @@ pub fn relay(
                 );
                 return;
             }
-            let failure = match rest.next_item().await {
+            // Waiting on the upstream, watch the client too: one that went away stops the
+            // relay (and closes the upstream) now, not at the upstream's next event or
+            // stall, which would cool the target down and rescue for nobody.
+            let item = tokio::select! {
+                biased;
+                _ = tx.closed() => None,
+                item = rest.next_item() => Some(item),
+            };
+            let Some(item) = item else {
+                engine.cooldowns.on_abandon(
+                    &target.model.provider,
+                    &target.profile,
+                    &target.model.model,
+                );
+                return;
+            };
+            let failure = match item {
                 StreamItem::Event(raw, events) => {
                     match filter.as_mut().map(|f| f.apply(events.clone())) {
                         None => {
@@ -342,7 +358,12 @@ pub fn relay(
             }
             let cause = first_cause.get_or_insert(failure).clone();
             let rescued = if rescues < MAX_RESCUES && !delivered.tool_calls {
-                rescue(&engine, &call, &target, &delivered, &tried).await
+                // No rescue for a client that went away meanwhile.
+                tokio::select! {
+                    biased;
+                    _ = tx.closed() => return,
+                    next = rescue(&engine, &call, &target, &delivered, &tried) => next,
+                }
             } else {
                 None
             };

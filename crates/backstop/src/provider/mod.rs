@@ -309,6 +309,20 @@ impl Upstream {
         body: Bytes,
         stream: bool,
     ) -> Result<Response, TransportError> {
+        self.send_with_beta(profile, model, body, stream, None)
+            .await
+    }
+
+    /// [`Upstream::send`], with a client's `anthropic-beta` header, which goes only to an
+    /// Anthropic upstream.
+    pub async fn send_with_beta(
+        &self,
+        profile: &AuthProfile,
+        model: &str,
+        body: Bytes,
+        stream: bool,
+        anthropic_beta: Option<&HeaderValue>,
+    ) -> Result<Response, TransportError> {
         let uri = match &self.fixed_uri {
             Some(uri) => uri.clone(),
             None => self.endpoint(model, stream).parse::<Uri>().map_err(|e| {
@@ -334,6 +348,11 @@ impl Upstream {
             WireFormat::OpenAi => openai::authorize(h, profile)?,
             WireFormat::Anthropic => anthropic::authorize(h, profile)?,
             WireFormat::Gemini => gemini::authorize(h, profile)?,
+        }
+        if self.config.api == WireFormat::Anthropic
+            && let Some(beta) = anthropic_beta
+        {
+            h.insert("anthropic-beta", beta.clone());
         }
         for (name, value) in &self.extra_headers {
             h.insert(name, value.clone());
