@@ -996,9 +996,12 @@ impl Engine {
             Ok(Ok(r)) => r,
         };
         let status = response.status().as_u16();
+        let idle = Duration::from_millis(timeouts.idle_ms);
         if !(200..300).contains(&status) {
             let headers = response.headers().clone();
-            let body = read_body(response, deadline).await.unwrap_or_default();
+            let body = read_body(response, deadline, idle)
+                .await
+                .unwrap_or_default();
             return Err(classify::classify_status_with(
                 upstream.api(),
                 status,
@@ -1070,7 +1073,10 @@ impl Engine {
             .to_ascii_lowercase();
         if !content_type.starts_with("text/event-stream") {
             let status = response.status().as_u16();
-            let body = read_body(response, deadline).await.unwrap_or_default();
+            let idle = Duration::from_millis(self.config.timeouts.idle_ms);
+            let body = read_body(response, deadline, idle)
+                .await
+                .unwrap_or_default();
             // A server that ignores `stream: true` and answers whole is still an answer,
             // when the client did not ask for a stream.
             if hold_all && content_type.contains("json") {
@@ -1230,17 +1236,19 @@ fn encode_body(v: &serde_json::Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
-/// Read a whole body within the deadline, bounded in size.
+/// Read a whole body within the deadline, bounded in size; a body that stalls for
+/// `idle` between chunks is a stall like a stream's (§3.4), not a wait for the deadline.
 async fn read_body(
     mut response: crate::provider::Response,
     deadline: Instant,
+    idle: Duration,
 ) -> Result<Bytes, Failure> {
     let mut buf = Vec::new();
     loop {
-        match tokio::time::timeout_at(deadline, response.chunk()).await {
+        let until = deadline.min(Instant::now() + idle);
+        match tokio::time::timeout_at(until, response.chunk()).await {
             Err(_) => {
-                return Err(Failure::new(
-                    Reason::Timeout,
+                return Err(Failure::silence(
                     Phase::Body,
                     "upstream body did not arrive in time",
                 ));

@@ -110,7 +110,10 @@ impl Writer {
 
     fn event(&mut self, raw: &SseEvent, events: &[StreamEvent], out: &mut Vec<u8>) {
         match self {
-            Writer::Passthrough(_) => out.extend_from_slice(&raw.raw),
+            Writer::Passthrough(_) => {
+                out.extend_from_slice(&raw.raw);
+                complete_frame(&raw.raw, out);
+            }
             _ => self.encode(events, out),
         }
     }
@@ -147,6 +150,26 @@ impl Writer {
             Writer::OpenAi(e) => e.encode_error(err, out),
             Writer::Anthropic(e) => e.encode_error(err, out),
         }
+    }
+}
+
+/// The last event of an upstream that closed without the blank line after it arrives
+/// without its frame's end: forwarded as is, the client's SSE reader would never
+/// dispatch it (the Anthropic SDK then misses `message_stop`). Ends the frame.
+fn complete_frame(raw: &[u8], out: &mut Vec<u8>) {
+    fn strip_line_end(b: &[u8]) -> Option<&[u8]> {
+        b.strip_suffix(b"\r\n")
+            .or_else(|| b.strip_suffix(b"\n"))
+            .or_else(|| b.strip_suffix(b"\r"))
+    }
+    if raw.is_empty() || strip_line_end(raw).and_then(strip_line_end).is_some() {
+        return;
+    }
+    match raw.last() {
+        // A CR alone ends the line; an LF after it would only make it a CRLF.
+        Some(b'\r') => out.push(b'\r'),
+        Some(b'\n') => out.push(b'\n'),
+        _ => out.extend_from_slice(b"\n\n"),
     }
 }
 
@@ -524,6 +547,32 @@ mod tests {
 
     fn text(t: &str) -> StreamEvent {
         StreamEvent::TextDelta { text: t.into() }
+    }
+
+    #[test]
+    fn a_frame_cut_before_its_blank_line_is_completed() {
+        for (raw, added) in [
+            (&b"data: x\n\n"[..], &b""[..]),
+            (b"data: x\r\n\r\n", b""),
+            (b"data: x\r\r", b""),
+            (b"data: x\n\r\n", b""),
+            (b"data: x\r\n", b"\n"),
+            (b"data: x\n", b"\n"),
+            (b"data: x\r", b"\r"),
+            (b"data: x", b"\n\n"),
+        ] {
+            let mut out = Vec::new();
+            complete_frame(raw, &mut out);
+            assert_eq!(out, added, "{:?}", String::from_utf8_lossy(raw));
+            // What the client gets is one whole frame that a parser dispatches.
+            let mut p = crate::sse::SseParser::new();
+            let whole = [raw, &out].concat();
+            let mut events = p.push(&whole);
+            // A comment after it settles a trailing CR (it could have begun a CRLF).
+            events.extend(p.push(b":c\n"));
+            assert_eq!(events.len(), 1, "{:?}", String::from_utf8_lossy(&whole));
+            assert_eq!(events[0].data, "x");
+        }
     }
 
     #[test]

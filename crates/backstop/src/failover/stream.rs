@@ -56,8 +56,18 @@ pub struct UpstreamStream {
     pub finished: bool,
     /// The terminator was seen.
     pub done: bool,
+    /// Usage came with or after the finish reason: nothing but the terminator follows
+    /// (OpenAI's usage chunk is the last before `[DONE]`; Anthropic's `message_delta`
+    /// before `message_stop`; Gemini's last chunk has no terminator at all).
+    complete: bool,
     eof: bool,
 }
+
+/// How long a stream whose answer is complete (finish reason and usage seen) may take
+/// to send its terminator or close before it is finalised without it. Servers send the
+/// terminator at once; waiting briefly keeps the connection reusable, and not waiting
+/// `idle_ms` keeps an upstream that never sends it from holding the answer back.
+const TERMINATOR_GRACE: Duration = Duration::from_millis(200);
 
 impl UpstreamStream {
     pub fn new(
@@ -74,6 +84,7 @@ impl UpstreamStream {
             committed: false,
             finished: false,
             done: false,
+            complete: false,
             eof: false,
         }
     }
@@ -113,7 +124,18 @@ impl UpstreamStream {
                     ))
                 };
             }
-            match tokio::time::timeout(self.idle, self.response.chunk()).await {
+            let wait = if self.complete {
+                self.idle.min(TERMINATOR_GRACE)
+            } else {
+                self.idle
+            };
+            match tokio::time::timeout(wait, self.response.chunk()).await {
+                // The answer had its finish reason: an upstream that then sends nothing
+                // (no terminator, no close) has not failed it.
+                Err(_) if self.finished => {
+                    self.done = true;
+                    return StreamItem::End;
+                }
                 Err(_) => {
                     return StreamItem::Failed(Failure::silence(
                         self.phase(),
@@ -154,6 +176,7 @@ impl UpstreamStream {
                         }
                         StreamEvent::Finish { .. } => self.finished = true,
                         StreamEvent::Done => self.done = true,
+                        StreamEvent::Usage { .. } if self.finished => self.complete = true,
                         _ => {}
                     }
                 }

@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -125,6 +125,9 @@ impl Response {
 struct Connector {
     inner: HttpsConnector<HttpConnector>,
     timeout: Duration,
+    /// Connections opened so far (see [`Upstream::send`]: a request that failed while
+    /// none was opened went out on a pooled one).
+    opened: Arc<AtomicU64>,
 }
 
 type Connection = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
@@ -140,6 +143,7 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        self.opened.fetch_add(1, Ordering::Relaxed);
         let connect = self.inner.call(uri);
         let timeout = self.timeout;
         Box::pin(async move {
@@ -159,6 +163,8 @@ impl tower_service::Service<Uri> for Connector {
 pub struct Upstream {
     pub config: ProviderConfig,
     client: Client<Connector, Full<Bytes>>,
+    /// The connector's count of connections opened.
+    opened: Arc<AtomicU64>,
     /// The endpoint parsed once, when it does not depend on the model (OpenAI and
     /// Anthropic): parsing a URL on every request showed in profiles.
     fixed_uri: Option<Uri>,
@@ -196,7 +202,10 @@ const USER_AGENT_VALUE: HeaderValue =
 /// A pooled HTTP client: HTTP/2 through ALPN for `https`, HTTP/1.1 otherwise; no proxy,
 /// no redirects followed (hyper follows none), no retries of its own beyond a request
 /// that never left on a pooled connection found closed.
-fn client(timeouts: &Timeouts) -> Result<Client<Connector, Full<Bytes>>, String> {
+fn client(
+    timeouts: &Timeouts,
+    opened: Arc<AtomicU64>,
+) -> Result<Client<Connector, Full<Bytes>>, String> {
     install_crypto_provider();
     let connect = Duration::from_millis(timeouts.connect_ms);
     let mut http = HttpConnector::new();
@@ -214,6 +223,7 @@ fn client(timeouts: &Timeouts) -> Result<Client<Connector, Full<Bytes>>, String>
     let connector = Connector {
         inner: tls,
         timeout: connect,
+        opened,
     };
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -239,7 +249,9 @@ fn secret_header(value: &str) -> Result<HeaderValue, TransportError> {
 
 impl Upstream {
     pub fn new(config: ProviderConfig, timeouts: &Timeouts) -> Result<Self, String> {
-        let client = client(timeouts).map_err(|e| format!("providers.{}: {e}", config.id))?;
+        let opened = Arc::new(AtomicU64::new(0));
+        let client = client(timeouts, Arc::clone(&opened))
+            .map_err(|e| format!("providers.{}: {e}", config.id))?;
         let fixed_uri = match config.api {
             WireFormat::OpenAi => Some(openai::endpoint(&config.base_url)),
             WireFormat::Anthropic => Some(anthropic::endpoint(&config.base_url)),
@@ -262,6 +274,7 @@ impl Upstream {
         Ok(Upstream {
             config,
             client,
+            opened,
             fixed_uri,
             extra_headers,
             sends_stream_options,
@@ -302,6 +315,11 @@ impl Upstream {
     /// response head has arrived; the body is read by the caller. A redirect is not
     /// followed: a key must reach no host but its provider's `base_url`, so a 3xx is
     /// returned like any other status (a failure).
+    ///
+    /// A pooled keep-alive connection that the server closed while it sat idle fails the
+    /// request sent on it before any answer (the server's close and the request crossed):
+    /// that is no failure of the provider, so such a request is sent once more, on a new
+    /// connection.
     pub async fn send(
         &self,
         profile: &AuthProfile,
@@ -329,6 +347,34 @@ impl Upstream {
                 TransportError::Other(format!("the provider's URL is not valid: {e}"))
             })?,
         };
+        let opened = self.opened.load(Ordering::Relaxed);
+        let req = self.request(uri.clone(), profile, body.clone(), stream)?;
+        match self.client.request(req).await {
+            Ok(r) => Ok(Response(r)),
+            Err(e) => {
+                let err = TransportError::from_client(&e);
+                // No connection was opened meanwhile: the request went out on a pooled one.
+                let pooled = self.opened.load(Ordering::Relaxed) == opened;
+                if !(pooled && matches!(err, TransportError::Reset(_))) {
+                    return Err(err);
+                }
+                let req = self.request(uri, profile, body, stream)?;
+                self.client
+                    .request(req)
+                    .await
+                    .map(Response)
+                    .map_err(|e| TransportError::from_client(&e))
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        uri: Uri,
+        profile: &AuthProfile,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<Request<Full<Bytes>>, TransportError> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri;
@@ -357,11 +403,7 @@ impl Upstream {
         for (name, value) in &self.extra_headers {
             h.insert(name, value.clone());
         }
-        self.client
-            .request(req)
-            .await
-            .map(Response)
-            .map_err(|e| TransportError::from_client(&e))
+        Ok(req)
     }
 }
 
@@ -604,6 +646,38 @@ mod tests {
             TransportError::Reset(m) => assert!(!m.contains(KEY), "{m}"),
             other => panic!("not a reset: {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_by_the_server_is_no_failure() {
+        // The first connection answers one request, keeps alive, then closes when the
+        // next request arrives (its idle close crossed that request); the second answers.
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            read_request(&mut first).await;
+            first.write_all(ok).await.unwrap();
+            read_request(&mut first).await;
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            read_request(&mut second).await;
+            second.write_all(ok).await.unwrap();
+            second
+        });
+        let up = upstream(WireFormat::OpenAi, &format!("http://{addr}/v1"), 5_000);
+        for _ in 0..2 {
+            let mut resp = up
+                .send(&profile(), "m", Bytes::from_static(b"{}"), false)
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"ok"[..]));
+            assert_eq!(resp.chunk().await.unwrap(), None);
+        }
+        drop(server.await.unwrap());
+        assert_eq!(up.opened.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
