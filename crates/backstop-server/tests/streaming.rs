@@ -317,7 +317,12 @@ async fn a_healthy_stream_ends_properly_in_every_direction() {
 /// answers to the same request compare equal.
 fn normalise(text: &str) -> String {
     let mut out = text.to_string();
-    for key in ["\"id\":", "\"created\":", "\"system_fingerprint\":", "\"obfuscation\":"] {
+    for key in [
+        "\"id\":",
+        "\"created\":",
+        "\"system_fingerprint\":",
+        "\"obfuscation\":",
+    ] {
         let mut result = String::with_capacity(out.len());
         let mut rest = out.as_str();
         while let Some(at) = rest.find(key) {

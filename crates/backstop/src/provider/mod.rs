@@ -348,7 +348,7 @@ impl Upstream {
             })?,
         };
         let opened = self.opened.load(Ordering::Relaxed);
-        let req = self.request(uri.clone(), profile, body.clone(), stream)?;
+        let req = self.request(uri.clone(), profile, body.clone(), stream, anthropic_beta)?;
         match self.client.request(req).await {
             Ok(r) => Ok(Response(r)),
             Err(e) => {
@@ -358,7 +358,7 @@ impl Upstream {
                 if !(pooled && matches!(err, TransportError::Reset(_))) {
                     return Err(err);
                 }
-                let req = self.request(uri, profile, body, stream)?;
+                let req = self.request(uri, profile, body, stream, anthropic_beta)?;
                 self.client
                     .request(req)
                     .await
@@ -374,6 +374,7 @@ impl Upstream {
         profile: &AuthProfile,
         body: Bytes,
         stream: bool,
+        anthropic_beta: Option<&HeaderValue>,
     ) -> Result<Request<Full<Bytes>>, TransportError> {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
