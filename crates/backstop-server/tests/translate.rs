@@ -256,3 +256,43 @@ async fn an_unstreamed_upstream_answer_may_take_longer_than_first_token_ms() {
     );
     assert_eq!(fakes.oa.requests().len(), 1);
 }
+
+/// An Anthropic client's failed tool call (`tool_result` with `is_error: true`) reaches an
+/// OpenAI upstream marked as an error in the `tool` message's text, which has no flag for it.
+#[tokio::test]
+async fn a_tool_error_from_an_anthropic_client_stays_an_error_toward_openai() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    let body = json!({
+        "model": "solo", "max_tokens": 50,
+        "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": "look it up"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": true, "content": "connection refused"},
+            ]},
+        ],
+    });
+    let got = send(gw.anthropic(&body)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let sent = &fakes.oa.requests()[0].body;
+    let tool = &sent["messages"][2];
+    assert_eq!(tool["role"], "tool", "{sent}");
+    assert_eq!(tool["tool_call_id"], "toolu_1");
+    assert_eq!(tool["content"], "Error: connection refused");
+}
+
+/// Chat Completions takes at most 4 stop sequences (a longer list is a 400): an
+/// Anthropic client's longer `stop_sequences` reach an OpenAI upstream as the first 4.
+#[tokio::test]
+async fn more_stop_sequences_than_openai_takes_are_cut_to_four() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    let mut body = anthropic_body("solo", "count", false);
+    body["stop_sequences"] = json!(["a", "b", "c", "d", "e", "f"]);
+    let got = send(gw.anthropic(&body)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let sent = &fakes.oa.requests()[0].body;
+    assert_eq!(sent["stop"], json!(["a", "b", "c", "d"]), "{sent}");
+}

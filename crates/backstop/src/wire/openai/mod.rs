@@ -583,6 +583,9 @@ fn decode_response_format(v: &Value) -> Result<ResponseFormat, WireError> {
 // Requests: egress encoding
 // ---------------------------------------------------------------------------
 
+/// The most stop sequences Chat Completions accepts (`stop` has `maxItems: 4`).
+const MAX_STOP_SEQUENCES: usize = 4;
+
 /// Whether the model takes `max_completion_tokens` instead of `max_tokens`
 /// (OpenAI's reasoning models reject the older field).
 fn uses_max_completion_tokens(model: &str) -> bool {
@@ -670,7 +673,15 @@ pub fn encode_request(req: &Request, upstream_model: &str) -> Value {
         out.insert("top_p".into(), json!(p));
     }
     if !req.stop.is_empty() {
-        out.insert("stop".into(), json!(req.stop));
+        // OpenAI takes at most 4 (a longer list is a 400): the first 4 are sent.
+        if req.stop.len() > MAX_STOP_SEQUENCES {
+            tracing::warn!(
+                given = req.stop.len(),
+                "OpenAI takes at most {MAX_STOP_SEQUENCES} stop sequences: sending the first {MAX_STOP_SEQUENCES}"
+            );
+        }
+        let stop: Vec<&String> = req.stop.iter().take(MAX_STOP_SEQUENCES).collect();
+        out.insert("stop".into(), json!(stop));
     }
     if let Some(rf) = &req.response_format {
         let v = match rf {
@@ -716,6 +727,24 @@ fn joined_text(parts: &[Part]) -> String {
         .join("\n")
 }
 
+/// The text of a `tool` message: an error result (Anthropic `is_error`, which OpenAI's
+/// `tool` message cannot carry) is marked `Error: …` so the model still knows the call
+/// failed; a text that already says so is left as it is.
+fn tool_result_text(content: &[Part], is_error: bool) -> String {
+    let text = joined_text(content);
+    if !is_error
+        || text
+            .get(..5)
+            .is_some_and(|head| head.eq_ignore_ascii_case("error"))
+    {
+        return text;
+    }
+    if text.is_empty() {
+        return "Error".to_string();
+    }
+    format!("Error: {text}")
+}
+
 fn image_url_part(source: &ImageSource) -> Value {
     let url = match source {
         ImageSource::Url { url } => url.clone(),
@@ -730,15 +759,16 @@ fn encode_user(m: &Message, messages: &mut Vec<Value>) {
     let mut rest: Vec<&Part> = Vec::new();
     for p in &m.content {
         match p {
-            // Tool messages take text only; images in a result are dropped.
+            // Tool messages take text only; images in a result are dropped. A `tool`
+            // message has no error flag: a failed call's result says so in its text.
             Part::ToolResult {
                 tool_call_id,
                 content,
-                ..
+                is_error,
             } => messages.push(json!({
                 "role": "tool",
                 "tool_call_id": tool_call_id,
-                "content": joined_text(content),
+                "content": tool_result_text(content, *is_error),
             })),
             Part::Text { .. } | Part::Image { .. } => rest.push(p),
             Part::ToolCall { .. } | Part::Thinking { .. } => {}

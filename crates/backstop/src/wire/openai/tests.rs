@@ -267,7 +267,7 @@ fn tool_results_come_before_the_rest_of_a_user_turn() {
         json!([
             {"role": "assistant", "content": "Let me check.", "tool_calls": [
                 {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "line 1\nline 2"},
+            {"role": "tool", "tool_call_id": "c1", "content": "Error: line 1\nline 2"},
             {"role": "user", "content": "Here you go"},
         ])
     );
@@ -1614,4 +1614,36 @@ fn encode_response_bytes_match_the_value_encoding() {
             serde_json::to_string(&encode_response(&r)).unwrap()
         );
     }
+}
+
+#[test]
+fn an_error_result_says_so_once_in_its_tool_message() {
+    let err = |t: &str| Part::ToolResult {
+        tool_call_id: "c1".into(),
+        content: if t.is_empty() { vec![] } else { vec![text(t)] },
+        is_error: true,
+    };
+    for (given, sent) in [
+        ("boom", "Error: boom"),
+        ("", "Error"),
+        ("error: already said", "error: already said"),
+        ("ERROR 42", "ERROR 42"),
+    ] {
+        let req = Request {
+            messages: vec![user(vec![err(given)])],
+            ..Request::default()
+        };
+        assert_eq!(
+            encode_request(&req, "gpt-4o")["messages"][0]["content"],
+            sent
+        );
+    }
+    let req = Request {
+        messages: vec![user(vec![result("c1", "boom")])],
+        ..Request::default()
+    };
+    assert_eq!(
+        encode_request(&req, "gpt-4o")["messages"][0]["content"],
+        "boom"
+    );
 }
