@@ -257,7 +257,8 @@ fn decode_messages(messages: &[Value], req: &mut Request) -> Result<(), WireErro
                     .extend(texts.into_iter().map(|text| SystemBlock { text }));
             }
             "user" => {
-                let content = user_content(field(m, "content"), &content_path)?;
+                let content =
+                    user_content(field(m, "content"), &content_path, &mut req.untranslatable)?;
                 req.messages.push(Message {
                     role: Role::User,
                     content,
@@ -346,15 +347,23 @@ fn text_content(
     }
 }
 
-fn user_content(v: Option<&Value>, path: &str) -> Result<Vec<Part>, WireError> {
+fn user_content(
+    v: Option<&Value>,
+    path: &str,
+    untranslatable: &mut Option<chat::Untranslatable>,
+) -> Result<Vec<Part>, WireError> {
     match v {
         None => Err(WireError::at(path, "required")),
         Some(Value::String(s)) => Ok(vec![Part::Text { text: s.clone() }]),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, p)| user_part(p, &format!("{path}[{j}]")))
-            .collect(),
+        Some(Value::Array(parts)) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                if let Some(p) = user_part(p, &format!("{path}[{j}]"), untranslatable)? {
+                    out.push(p);
+                }
+            }
+            Ok(out)
+        }
         Some(_) => Err(WireError::at(
             path,
             "expected a string or an array of content parts",
@@ -362,12 +371,16 @@ fn user_content(v: Option<&Value>, path: &str) -> Result<Vec<Part>, WireError> {
     }
 }
 
-fn user_part(v: &Value, path: &str) -> Result<Part, WireError> {
+fn user_part(
+    v: &Value,
+    path: &str,
+    untranslatable: &mut Option<chat::Untranslatable>,
+) -> Result<Option<Part>, WireError> {
     let p = as_obj(v, path, "a content part object")?;
     match str_of(p, "type") {
-        Some("text") => Ok(Part::Text {
+        Some("text") => Ok(Some(Part::Text {
             text: req_str(p, "text", path)?,
-        }),
+        })),
         Some("image_url") => {
             let ipath = join(path, "image_url");
             let url = match field(p, "image_url") {
@@ -377,14 +390,20 @@ fn user_part(v: &Value, path: &str) -> Result<Part, WireError> {
                 Some(Value::Object(o)) => req_str(o, "url", &ipath)?,
                 Some(_) => return Err(WireError::at(ipath, "expected an object with a `url`")),
             };
-            Ok(Part::Image {
+            Ok(Some(Part::Image {
                 source: image_source(&url),
-            })
+            }))
         }
-        Some(other) => Err(WireError::at(
-            join(path, "type"),
-            format!("unsupported content part type {other:?}; expected \"text\" or \"image_url\""),
-        )),
+        // `file`, `input_audio`, …: only an OpenAI-compatible model (sent the client's
+        // body as is) can take them.
+        Some(other) => {
+            chat::Untranslatable::note(
+                untranslatable,
+                join(path, "type"),
+                format!("content part type {other:?} (translated: \"text\", \"image_url\")"),
+            );
+            Ok(None)
+        }
         None => Err(WireError::at(join(path, "type"), "required")),
     }
 }

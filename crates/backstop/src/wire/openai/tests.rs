@@ -406,13 +406,16 @@ fn path_precise_errors() {
         )
         .contains("legacy \"function\" role")
     );
-    assert_eq!(
-        err_of(
-            json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "x"}, {"type": "input_audio", "input_audio": {}}]}]})
-        ),
-        "messages[0].content[1].type: unsupported content part type \"input_audio\"; expected \"text\" or \"image_url\""
-    );
+    // A part only OpenAI has is no error: noted as untranslatable and left out.
+    let r = decode_request(
+        &json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "x"}, {"type": "input_audio", "input_audio": {}}]}]}),
+    )
+    .unwrap();
+    assert_eq!(r.messages[0].content, vec![text("x")]);
+    let u = r.untranslatable.unwrap();
+    assert_eq!(u.param, "messages[0].content[1].type");
+    assert!(u.what.contains("\"input_audio\""), "{}", u.what);
     assert_eq!(
         err_of(
             json!({"model": "m", "messages": [{"role": "user", "content": [
@@ -730,6 +733,7 @@ prop_compose! {
             user,
             metadata: metadata.map(|m| m.into_iter().map(|(k, v)| (k, Value::String(v))).collect()),
             reasoning: effort.map(|e| json!({"effort": e})),
+            untranslatable: None,
         }
     }
 }
