@@ -256,3 +256,127 @@ async fn an_unstreamed_upstream_answer_may_take_longer_than_first_token_ms() {
     );
     assert_eq!(fakes.oa.requests().len(), 1);
 }
+
+/// An Anthropic client's failed tool call (`tool_result` with `is_error: true`) reaches an
+/// OpenAI upstream marked as an error in the `tool` message's text, which has no flag for it.
+#[tokio::test]
+async fn a_tool_error_from_an_anthropic_client_stays_an_error_toward_openai() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    let body = json!({
+        "model": "solo", "max_tokens": 50,
+        "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": "look it up"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": true, "content": "connection refused"},
+            ]},
+        ],
+    });
+    let got = send(gw.anthropic(&body)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let sent = &fakes.oa.requests()[0].body;
+    let tool = &sent["messages"][2];
+    assert_eq!(tool["role"], "tool", "{sent}");
+    assert_eq!(tool["tool_call_id"], "toolu_1");
+    assert_eq!(tool["content"], "Error: connection refused");
+}
+
+/// Chat Completions takes at most 4 stop sequences (a longer list is a 400): an
+/// Anthropic client's longer `stop_sequences` reach an OpenAI upstream as the first 4.
+#[tokio::test]
+async fn more_stop_sequences_than_openai_takes_are_cut_to_four() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    let mut body = anthropic_body("solo", "count", false);
+    body["stop_sequences"] = json!(["a", "b", "c", "d", "e", "f"]);
+    let got = send(gw.anthropic(&body)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let sent = &fakes.oa.requests()[0].body;
+    assert_eq!(sent["stop"], json!(["a", "b", "c", "d"]), "{sent}");
+}
+
+/// A PDF `document` block and a server tool: Anthropic's own, with no equivalent in the
+/// other formats.
+fn anthropic_with_document(model: &str) -> serde_json::Value {
+    json!({
+        "model": model, "max_tokens": 50,
+        "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}],
+        "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQK"}},
+            {"type": "text", "text": "summarize"},
+        ]}],
+    })
+}
+
+/// Content only the client's own format has (README: "same-format traffic is forwarded
+/// with only `model` rewritten") reaches a model of that format as the client sent it,
+/// instead of being refused because it cannot be translated.
+#[tokio::test]
+async fn anthropic_only_content_reaches_an_anthropic_model_as_sent() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    let got = send(gw.anthropic(&anthropic_with_document("solo-claude"))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let sent = &fakes.an.requests()[0].body;
+    assert_eq!(
+        sent["messages"][0]["content"][0]["type"], "document",
+        "{sent}"
+    );
+    assert_eq!(sent["tools"][0]["type"], "web_search_20250305", "{sent}");
+}
+
+/// … and a model of another format is never sent it: skipped when the chain has a model
+/// of the client's format, a 400 naming the field when it has none.
+#[tokio::test]
+async fn untranslatable_content_skips_other_formats_or_is_refused_clearly() {
+    let fakes = Fakes::start();
+    let gw = Gateway::start(&fakes.standard_config()).await;
+    let got = send(gw.anthropic(&anthropic_with_document("solo"))).await;
+    got.anthropic_error(
+        400,
+        "invalid_request_error",
+        &[
+            "messages[0].content[0].type",
+            "\"document\"",
+            "oa/gpt-4o-mini",
+        ],
+    );
+    assert_eq!(got.header("x-backstop-attempts"), Some("0"));
+    assert_no_upstream_requests(&fakes);
+
+    // claude-first: an/claude-sonnet-4-5 → oa/gpt-4o. Claude fails; GPT is not sent a
+    // request it would answer without the document.
+    fakes.an.set_default(Step::Error(backstop_fake::ErrorStep {
+        status: 500,
+        ..Default::default()
+    }));
+    let got = send(gw.anthropic(&anthropic_with_document("claude-first"))).await;
+    assert_eq!(got.status / 100, 5, "{}", got.text());
+    assert!(
+        fakes.oa.requests().is_empty(),
+        "the OpenAI model was sent it"
+    );
+
+    // An OpenAI client's `file` part: served by an OpenAI model as sent, refused for Claude.
+    let body = |model: &str| {
+        json!({"model": model, "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}},
+            {"type": "text", "text": "summarize"},
+        ]}]})
+    };
+    let got = send(gw.openai(&body("solo"))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(
+        fakes.oa.requests()[0].body["messages"][0]["content"][0]["type"],
+        "file"
+    );
+    let got = send(gw.openai(&body("solo-claude"))).await;
+    got.openai_error(
+        400,
+        "invalid_request_error",
+        &["\"file\"", "an/claude-sonnet-4-5"],
+    );
+    assert_eq!(got.json()["error"]["param"], "messages[0].content[0].type");
+}

@@ -71,6 +71,30 @@ pub struct Request {
     pub metadata: Option<Map<String, Value>>,
     /// Reasoning/thinking request carried across when both sides support it (opaque).
     pub reasoning: Option<Value>,
+    /// The first thing in the client's request that no other format can carry (left out
+    /// of this request): only a model of the client's own format, which gets the client's
+    /// body as it is, can serve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untranslatable: Option<Untranslatable>,
+}
+
+/// Request content only the client's own format has: an Anthropic `document` block or
+/// server tool, an OpenAI `file` or `input_audio` part, …
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Untranslatable {
+    /// Its JSON path, e.g. `messages[0].content[1].type`.
+    pub param: String,
+    /// What it is, e.g. `content block type "document"`.
+    pub what: String,
+}
+
+impl Untranslatable {
+    /// Keep the first one seen.
+    pub(crate) fn note(slot: &mut Option<Untranslatable>, param: String, what: String) {
+        if slot.is_none() {
+            *slot = Some(Untranslatable { param, what });
+        }
+    }
 }
 
 /// One block of system instructions.

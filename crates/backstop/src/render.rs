@@ -53,7 +53,7 @@ pub fn chain_error(
     if let Some((param, message)) = &f.unservable {
         // No model of the chain can serve the request as asked: the client's to change.
         return ChainError {
-            error: ClientError::invalid(message.clone()).with_param(*param),
+            error: ClientError::invalid(message.clone()).with_param(param.clone()),
             passthrough: None,
             answered_by: None,
         };

@@ -167,7 +167,7 @@ pub struct ChainFailure {
     /// No model of the chain can serve the request (an OpenAI client's `n` > 1 or
     /// `logprobs` with only Anthropic and Gemini models): the request field
     /// (`param`) and why. Nothing was tried.
-    pub unservable: Option<(&'static str, String)>,
+    pub unservable: Option<(String, String)>,
 }
 
 /// Something in an OpenAI client's request that only an OpenAI-compatible upstream
@@ -414,7 +414,13 @@ impl Engine {
         };
         let mut plan = plan;
         if let Some(need) = OpenAiOnly::of(call) {
-            self.drop_unsuited(&mut plan, &mut run, &need);
+            self.drop_unsuited(
+                &mut plan,
+                &mut run,
+                WireFormat::OpenAi,
+                &need.what,
+                need.lacks,
+            );
             let api_of = |m: &ModelRef| self.upstreams.get(&m.provider).map(|u| u.api());
             if !route
                 .targets
@@ -437,7 +443,31 @@ impl Engine {
                     },
                 );
                 let mut failure = self.chain_failure(&plan, run, false, false);
-                failure.unservable = Some((need.param, message));
+                failure.unservable = Some((need.param.to_string(), message));
+                return Err(failure);
+            }
+        }
+        if let Some(u) = &call.request.untranslatable {
+            // Only a model of the client's own format, sent its body as is, can take it.
+            let what = format!("{} ({})", u.what, u.param);
+            self.drop_unsuited(&mut plan, &mut run, call.ingress, &what, "cannot take it");
+            let api_of = |m: &ModelRef| self.upstreams.get(&m.provider).map(|u| u.api());
+            if !route
+                .targets
+                .iter()
+                .any(|m| api_of(m) == Some(call.ingress))
+            {
+                let models: Vec<String> = route.targets.iter().map(ToString::to_string).collect();
+                let message = format!(
+                    "{}: {} cannot be translated for any model of the chain ({}): only a model \
+                     of the {} API can take it. Leave it out, or add such a model to the chain",
+                    u.param,
+                    u.what,
+                    models.join(", "),
+                    call.ingress,
+                );
+                let mut failure = self.chain_failure(&plan, run, false, false);
+                failure.unservable = Some((u.param.clone(), message));
                 return Err(failure);
             }
         }
@@ -516,12 +546,20 @@ impl Engine {
     /// Take the targets whose API cannot honour `need` out of the plan: skipped, like a
     /// model whose context window is too small, never counted as attempts; listed with
     /// the models that could not be tried when every target fails.
-    fn drop_unsuited(&self, plan: &mut AttemptPlan, run: &mut Run, need: &OpenAiOnly) {
+    fn drop_unsuited(
+        &self,
+        plan: &mut AttemptPlan,
+        run: &mut Run,
+        format: WireFormat,
+        what: &str,
+        lacks: &str,
+    ) {
         let mut unsuited: Vec<(ModelRef, WireFormat)> = Vec::new();
         plan.targets.retain(|t| {
             let api = self.upstreams.get(&t.model.provider).map(|u| u.api());
             match api {
-                Some(WireFormat::OpenAi) | None => true,
+                None => true,
+                Some(api) if api == format => true,
                 Some(api) => {
                     if !unsuited.iter().any(|(m, _)| m == &t.model) {
                         unsuited.push((t.model.clone(), api));
@@ -534,12 +572,14 @@ impl Engine {
         for (model, api) in unsuited {
             plan.unusable.push((
                 model,
-                format!(
-                    "skipped: cannot serve {} (the {api} API {})",
-                    need.what, need.lacks
-                ),
+                format!("skipped: cannot serve {what} (the {api} API {lacks})"),
             ));
         }
+    }
+
+    /// The wire format of a provider's API (`None`: not configured).
+    pub(crate) fn api_of(&self, provider: &str) -> Option<WireFormat> {
+        self.upstreams.get(provider).map(|u| u.api())
     }
 
     /// Take one unit of retry budget (a retry, failover or rescue attempt).

@@ -466,6 +466,11 @@ async fn rescue(
         .iter()
         .skip(pos.map_or(0, |p| p + 1))
         .filter(|t| !tried.iter().any(|x| same(x, t)))
+        // Content only the client's format has: only a model of that format can go on.
+        .filter(|t| {
+            call.request.untranslatable.is_none()
+                || engine.api_of(&t.model.provider) == Some(call.ingress)
+        })
         .cloned()
         .collect();
     candidates.push(failed.clone());
@@ -479,7 +484,9 @@ async fn rescue(
         if !is_failed && matches!(engine.cooldowns.admit(p, a, m), Admission::Denied { .. }) {
             continue;
         }
+        // A prefill is a translated request, which would leave the untranslatable out.
         let prefill = modes.contains(&RescueMode::Prefill)
+            && call.request.untranslatable.is_none()
             && !is_failed
             && !delivered.text.is_empty()
             && crate::models::accepts_prefill(&engine.config, p, m);

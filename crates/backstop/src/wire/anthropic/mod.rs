@@ -17,6 +17,11 @@
 //!   Anthropic's wire. Empty text (or `null`) becomes `{}`; text cut off mid-object
 //!   (a truncated stream) is closed and parsed if that yields an object; anything
 //!   else is sent as `{"_raw": "<text>"}` so nothing the model produced is lost.
+//! - Content blocks other than text, image, tool_use, tool_result and thinking
+//!   (`document`, …) and tools that are not custom tools (`web_search_…`,
+//!   `text_editor_…`) are left out of the neutral request and noted in
+//!   [`chat::Request::untranslatable`]: only an Anthropic model, sent the client's
+//!   body as is, serves such a request.
 //! - Thinking without a signature cannot be sent back to Anthropic and is dropped;
 //!   `redacted_thinking` from clients is dropped too. Empty text blocks are dropped
 //!   (Anthropic rejects them), and a message left with no blocks disappears.
@@ -32,7 +37,8 @@ use serde_json::{Map, Value, json};
 
 use crate::chat::{
     self, ClientError, ErrorKind, FinishReason, ImageSource, Message, Part, ResponseFormat, Role,
-    StreamEvent, SystemBlock, Tool, ToolChoice, UpstreamErrorBody, Usage, WireError,
+    StreamEvent, SystemBlock, Tool, ToolChoice, Untranslatable, UpstreamErrorBody, Usage,
+    WireError,
 };
 use crate::sse::{SseEvent, write_event};
 use crate::wire::scan::{Cursor, RawStr, Seen, Template};
@@ -327,6 +333,7 @@ pub fn decode_request(body: &Value) -> Result<chat::Request, WireError> {
         }
     };
 
+    let mut untranslatable = None;
     let messages = match req(obj, "messages", "")? {
         Value::Array(ms) if ms.is_empty() => {
             return Err(WireError::at(
@@ -337,18 +344,22 @@ pub fn decode_request(body: &Value) -> Result<chat::Request, WireError> {
         Value::Array(ms) => ms
             .iter()
             .enumerate()
-            .map(|(i, m)| decode_message(m, &index("messages", i)))
+            .map(|(i, m)| decode_message(m, &index("messages", i), &mut untranslatable))
             .collect::<Result<Vec<_>, _>>()?,
         v => return Err(expected("messages", "an array of messages", v)),
     };
 
     let tools = match opt(obj, "tools") {
         None => Vec::new(),
-        Some(Value::Array(ts)) => ts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| decode_tool(t, &index("tools", i)))
-            .collect::<Result<_, _>>()?,
+        Some(Value::Array(ts)) => {
+            let mut tools = Vec::with_capacity(ts.len());
+            for (i, t) in ts.iter().enumerate() {
+                if let Some(t) = decode_tool(t, &index("tools", i), &mut untranslatable)? {
+                    tools.push(t);
+                }
+            }
+            tools
+        }
         Some(v) => return Err(expected("tools", "an array of tools", v)),
     };
 
@@ -399,6 +410,7 @@ pub fn decode_request(body: &Value) -> Result<chat::Request, WireError> {
         user,
         metadata: None,
         reasoning: opt(obj, "thinking").cloned(),
+        untranslatable,
     })
 }
 
@@ -416,7 +428,11 @@ fn decode_system_block(v: &Value, path: &str) -> Result<SystemBlock, WireError> 
     })
 }
 
-fn decode_message(v: &Value, path: &str) -> Result<Message, WireError> {
+fn decode_message(
+    v: &Value,
+    path: &str,
+    untranslatable: &mut Option<Untranslatable>,
+) -> Result<Message, WireError> {
     let obj = as_object(v, path)?;
     let role = match req_str(obj, "role", path)? {
         "user" => Role::User,
@@ -441,7 +457,7 @@ fn decode_message(v: &Value, path: &str) -> Result<Message, WireError> {
         Value::Array(blocks) => {
             let mut parts = Vec::with_capacity(blocks.len());
             for (i, b) in blocks.iter().enumerate() {
-                if let Some(p) = decode_block(b, &index(&content_path, i), role)? {
+                if let Some(p) = decode_block(b, &index(&content_path, i), role, untranslatable)? {
                     parts.push(p);
                 }
             }
@@ -462,7 +478,12 @@ fn decode_message(v: &Value, path: &str) -> Result<Message, WireError> {
     })
 }
 
-fn decode_block(v: &Value, path: &str, role: Role) -> Result<Option<Part>, WireError> {
+fn decode_block(
+    v: &Value,
+    path: &str,
+    role: Role,
+    untranslatable: &mut Option<Untranslatable>,
+) -> Result<Option<Part>, WireError> {
     let obj = as_object(v, path)?;
     let ty = req_str(obj, "type", path)?;
     let part = match ty {
@@ -501,11 +522,16 @@ fn decode_block(v: &Value, path: &str, role: Role) -> Result<Option<Part>, WireE
                 None => Vec::new(),
                 Some(Value::String(s)) if s.is_empty() => Vec::new(),
                 Some(Value::String(s)) => vec![Part::Text { text: s.clone() }],
-                Some(Value::Array(blocks)) => blocks
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| decode_tool_result_block(b, &index(&content_path, i)))
-                    .collect::<Result<_, _>>()?,
+                Some(Value::Array(blocks)) => {
+                    let mut parts = Vec::with_capacity(blocks.len());
+                    for (i, b) in blocks.iter().enumerate() {
+                        let at = index(&content_path, i);
+                        if let Some(p) = decode_tool_result_block(b, &at, untranslatable)? {
+                            parts.push(p);
+                        }
+                    }
+                    parts
+                }
                 Some(v) => {
                     return Err(expected(
                         &content_path,
@@ -528,33 +554,41 @@ fn decode_block(v: &Value, path: &str, role: Role) -> Result<Option<Part>, WireE
         },
         // Encrypted reasoning only Anthropic can read; no other provider can take it.
         "redacted_thinking" => return Ok(None),
+        // `document`, `search_result`, `container_upload`, server tool blocks, …: Anthropic's
+        // own, which only an Anthropic model (sent the client's body as is) can take.
         other => {
-            return Err(WireError::at(
+            Untranslatable::note(
+                untranslatable,
                 field(path, "type"),
-                format!(
-                    "unsupported content block type \"{other}\"; supported: {SUPPORTED_BLOCKS}"
-                ),
-            ));
+                format!("content block type \"{other}\" (translated: {SUPPORTED_BLOCKS})"),
+            );
+            return Ok(None);
         }
     };
     Ok(Some(part))
 }
 
-fn decode_tool_result_block(v: &Value, path: &str) -> Result<Part, WireError> {
+fn decode_tool_result_block(
+    v: &Value,
+    path: &str,
+    untranslatable: &mut Option<Untranslatable>,
+) -> Result<Option<Part>, WireError> {
     let obj = as_object(v, path)?;
     match req_str(obj, "type", path)? {
-        "text" => Ok(Part::Text {
+        "text" => Ok(Some(Part::Text {
             text: req_str(obj, "text", path)?.to_string(),
-        }),
-        "image" => Ok(Part::Image {
+        })),
+        "image" => Ok(Some(Part::Image {
             source: decode_image_source(req(obj, "source", path)?, &field(path, "source"))?,
-        }),
-        other => Err(WireError::at(
-            field(path, "type"),
-            format!(
-                "unsupported tool_result content block type \"{other}\"; supported: text, image"
-            ),
-        )),
+        })),
+        other => {
+            Untranslatable::note(
+                untranslatable,
+                field(path, "type"),
+                format!("tool_result content block type \"{other}\" (translated: text, image)"),
+            );
+            Ok(None)
+        }
     }
 }
 
@@ -575,18 +609,26 @@ fn decode_image_source(v: &Value, path: &str) -> Result<ImageSource, WireError> 
     }
 }
 
-fn decode_tool(v: &Value, path: &str) -> Result<Tool, WireError> {
+fn decode_tool(
+    v: &Value,
+    path: &str,
+    untranslatable: &mut Option<Untranslatable>,
+) -> Result<Option<Tool>, WireError> {
     let obj = as_object(v, path)?;
     if let Some(ty) = opt_str(obj, "type", path)?
         && ty != "custom"
     {
-        return Err(WireError::at(
+        // A server tool (`web_search_…`) or an Anthropic-defined one (`bash_…`,
+        // `text_editor_…`): only Anthropic knows its schema.
+        Untranslatable::note(
+            untranslatable,
             field(path, "type"),
             format!(
-                "tool type \"{ty}\" (an Anthropic server tool) is not supported by Backstop; \
-                 only custom tools with name, description and input_schema can be translated"
+                "tool type \"{ty}\" (an Anthropic-defined tool; only custom tools with \
+                 name, description and input_schema are translated)"
             ),
-        ));
+        );
+        return Ok(None);
     }
     let schema = req(obj, "input_schema", path)?;
     if !schema.is_object() {
@@ -596,11 +638,11 @@ fn decode_tool(v: &Value, path: &str) -> Result<Tool, WireError> {
             schema,
         ));
     }
-    Ok(Tool {
+    Ok(Some(Tool {
         name: req_str(obj, "name", path)?.to_string(),
         description: opt_str(obj, "description", path)?.map(str::to_string),
         parameters: schema.clone(),
-    })
+    }))
 }
 
 fn decode_tool_choice(v: &Value, path: &str) -> Result<(ToolChoice, Option<bool>), WireError> {

@@ -272,12 +272,22 @@ fn errors_name_the_path() {
     assert_eq!(e.path.as_deref(), Some("messages[0].role"));
     assert!(e.message.contains("top-level `system`"), "{}", e.message);
 
-    let e = err_of(base(json!([{"role": "user", "content": [
+    // Anthropic's own content and tools are not errors: noted as untranslatable (only
+    // an Anthropic model, sent the client's body, can take them) and left out.
+    let r = decode_request(&base(json!([{"role": "user", "content": [
         {"type": "text", "text": "read this"},
         {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0"}}
-    ]}])));
-    assert_eq!(e.path.as_deref(), Some("messages[0].content[1].type"));
-    assert!(e.message.contains("\"document\""), "{}", e.message);
+    ]}])))
+    .unwrap();
+    let u = r.untranslatable.unwrap();
+    assert_eq!(u.param, "messages[0].content[1].type");
+    assert!(u.what.contains("\"document\""), "{}", u.what);
+    assert_eq!(
+        r.messages[0].content,
+        vec![Part::Text {
+            text: "read this".into()
+        }]
+    );
 
     let e = err_of(base(
         json!([{"role": "user", "content": [{"type": "text"}]}]),
@@ -287,12 +297,13 @@ fn errors_name_the_path() {
     let e = err_of(base(json!([{"role": "user", "content": 42}])));
     assert_eq!(e.path.as_deref(), Some("messages[0].content"));
 
-    let e = err_of(base(json!([{"role": "user", "content": [
+    let r = decode_request(&base(json!([{"role": "user", "content": [
         {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "document"}]}
-    ]}])));
+    ]}])))
+    .unwrap();
     assert_eq!(
-        e.path.as_deref(),
-        Some("messages[0].content[0].content[0].type")
+        r.untranslatable.unwrap().param,
+        "messages[0].content[0].content[0].type"
     );
 
     let e = err_of(base(json!([{"role": "user", "content": [
@@ -302,9 +313,11 @@ fn errors_name_the_path() {
 
     let mut b = base(json!([{"role": "user", "content": "x"}]));
     b["tools"] = json!([{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}]);
-    let e = err_of(b);
-    assert_eq!(e.path.as_deref(), Some("tools[0].type"));
-    assert!(e.message.contains("web_search_20250305"), "{}", e.message);
+    let r = decode_request(&b).unwrap();
+    assert!(r.tools.is_empty());
+    let u = r.untranslatable.unwrap();
+    assert_eq!(u.param, "tools[0].type");
+    assert!(u.what.contains("web_search_20250305"), "{}", u.what);
 
     let mut b = base(json!([{"role": "user", "content": "x"}]));
     b["tool_choice"] = json!({"type": "required"});
@@ -397,6 +410,7 @@ fn encodes_full_request() {
         user: Some("u-1".into()),
         metadata: Some(Map::from_iter([("k".to_string(), json!("v"))])),
         reasoning: Some(json!({"type": "enabled", "budget_tokens": 1024})),
+        untranslatable: None,
     };
     let body = encode_request(&req, "claude-opus-4-5", 4096);
     assert_eq!(
@@ -763,6 +777,7 @@ fn request() -> impl Strategy<Value = Request> {
                 user,
                 metadata: None,
                 reasoning,
+                untranslatable: None,
             },
         )
 }

@@ -258,7 +258,8 @@ fn decode_messages(messages: &[Value], req: &mut Request) -> Result<(), WireErro
                     .extend(texts.into_iter().map(|text| SystemBlock { text }));
             }
             "user" => {
-                let content = user_content(field(m, "content"), &content_path)?;
+                let content =
+                    user_content(field(m, "content"), &content_path, &mut req.untranslatable)?;
                 req.messages.push(Message {
                     role: Role::User,
                     content,
@@ -347,15 +348,23 @@ fn text_content(
     }
 }
 
-fn user_content(v: Option<&Value>, path: &str) -> Result<Vec<Part>, WireError> {
+fn user_content(
+    v: Option<&Value>,
+    path: &str,
+    untranslatable: &mut Option<chat::Untranslatable>,
+) -> Result<Vec<Part>, WireError> {
     match v {
         None => Err(WireError::at(path, "required")),
         Some(Value::String(s)) => Ok(vec![Part::Text { text: s.clone() }]),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, p)| user_part(p, &format!("{path}[{j}]")))
-            .collect(),
+        Some(Value::Array(parts)) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                if let Some(p) = user_part(p, &format!("{path}[{j}]"), untranslatable)? {
+                    out.push(p);
+                }
+            }
+            Ok(out)
+        }
         Some(_) => Err(WireError::at(
             path,
             "expected a string or an array of content parts",
@@ -363,12 +372,16 @@ fn user_content(v: Option<&Value>, path: &str) -> Result<Vec<Part>, WireError> {
     }
 }
 
-fn user_part(v: &Value, path: &str) -> Result<Part, WireError> {
+fn user_part(
+    v: &Value,
+    path: &str,
+    untranslatable: &mut Option<chat::Untranslatable>,
+) -> Result<Option<Part>, WireError> {
     let p = as_obj(v, path, "a content part object")?;
     match str_of(p, "type") {
-        Some("text") => Ok(Part::Text {
+        Some("text") => Ok(Some(Part::Text {
             text: req_str(p, "text", path)?,
-        }),
+        })),
         Some("image_url") => {
             let ipath = join(path, "image_url");
             let url = match field(p, "image_url") {
@@ -378,14 +391,20 @@ fn user_part(v: &Value, path: &str) -> Result<Part, WireError> {
                 Some(Value::Object(o)) => req_str(o, "url", &ipath)?,
                 Some(_) => return Err(WireError::at(ipath, "expected an object with a `url`")),
             };
-            Ok(Part::Image {
+            Ok(Some(Part::Image {
                 source: image_source(&url),
-            })
+            }))
         }
-        Some(other) => Err(WireError::at(
-            join(path, "type"),
-            format!("unsupported content part type {other:?}; expected \"text\" or \"image_url\""),
-        )),
+        // `file`, `input_audio`, …: only an OpenAI-compatible model (sent the client's
+        // body as is) can take them.
+        Some(other) => {
+            chat::Untranslatable::note(
+                untranslatable,
+                join(path, "type"),
+                format!("content part type {other:?} (translated: \"text\", \"image_url\")"),
+            );
+            Ok(None)
+        }
         None => Err(WireError::at(join(path, "type"), "required")),
     }
 }
@@ -584,6 +603,9 @@ fn decode_response_format(v: &Value) -> Result<ResponseFormat, WireError> {
 // Requests: egress encoding
 // ---------------------------------------------------------------------------
 
+/// The most stop sequences Chat Completions accepts (`stop` has `maxItems: 4`).
+const MAX_STOP_SEQUENCES: usize = 4;
+
 /// Whether the model takes `max_completion_tokens` instead of `max_tokens`
 /// (OpenAI's reasoning models reject the older field).
 fn uses_max_completion_tokens(model: &str) -> bool {
@@ -671,7 +693,15 @@ pub fn encode_request(req: &Request, upstream_model: &str) -> Value {
         out.insert("top_p".into(), json!(p));
     }
     if !req.stop.is_empty() {
-        out.insert("stop".into(), json!(req.stop));
+        // OpenAI takes at most 4 (a longer list is a 400): the first 4 are sent.
+        if req.stop.len() > MAX_STOP_SEQUENCES {
+            tracing::warn!(
+                given = req.stop.len(),
+                "OpenAI takes at most {MAX_STOP_SEQUENCES} stop sequences: sending the first {MAX_STOP_SEQUENCES}"
+            );
+        }
+        let stop: Vec<&String> = req.stop.iter().take(MAX_STOP_SEQUENCES).collect();
+        out.insert("stop".into(), json!(stop));
     }
     if let Some(rf) = &req.response_format {
         let v = match rf {
@@ -717,6 +747,24 @@ fn joined_text(parts: &[Part]) -> String {
         .join("\n")
 }
 
+/// The text of a `tool` message: an error result (Anthropic `is_error`, which OpenAI's
+/// `tool` message cannot carry) is marked `Error: …` so the model still knows the call
+/// failed; a text that already says so is left as it is.
+fn tool_result_text(content: &[Part], is_error: bool) -> String {
+    let text = joined_text(content);
+    if !is_error
+        || text
+            .get(..5)
+            .is_some_and(|head| head.eq_ignore_ascii_case("error"))
+    {
+        return text;
+    }
+    if text.is_empty() {
+        return "Error".to_string();
+    }
+    format!("Error: {text}")
+}
+
 fn image_url_part(source: &ImageSource) -> Value {
     let url = match source {
         ImageSource::Url { url } => url.clone(),
@@ -731,15 +779,16 @@ fn encode_user(m: &Message, messages: &mut Vec<Value>) {
     let mut rest: Vec<&Part> = Vec::new();
     for p in &m.content {
         match p {
-            // Tool messages take text only; images in a result are dropped.
+            // Tool messages take text only; images in a result are dropped. A `tool`
+            // message has no error flag: a failed call's result says so in its text.
             Part::ToolResult {
                 tool_call_id,
                 content,
-                ..
+                is_error,
             } => messages.push(json!({
                 "role": "tool",
                 "tool_call_id": tool_call_id,
-                "content": joined_text(content),
+                "content": tool_result_text(content, *is_error),
             })),
             Part::Text { .. } | Part::Image { .. } => rest.push(p),
             Part::ToolCall { .. } | Part::Thinking { .. } => {}

@@ -267,7 +267,7 @@ fn tool_results_come_before_the_rest_of_a_user_turn() {
         json!([
             {"role": "assistant", "content": "Let me check.", "tool_calls": [
                 {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "line 1\nline 2"},
+            {"role": "tool", "tool_call_id": "c1", "content": "Error: line 1\nline 2"},
             {"role": "user", "content": "Here you go"},
         ])
     );
@@ -406,13 +406,16 @@ fn path_precise_errors() {
         )
         .contains("legacy \"function\" role")
     );
-    assert_eq!(
-        err_of(
-            json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "x"}, {"type": "input_audio", "input_audio": {}}]}]})
-        ),
-        "messages[0].content[1].type: unsupported content part type \"input_audio\"; expected \"text\" or \"image_url\""
-    );
+    // A part only OpenAI has is no error: noted as untranslatable and left out.
+    let r = decode_request(
+        &json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "x"}, {"type": "input_audio", "input_audio": {}}]}]}),
+    )
+    .unwrap();
+    assert_eq!(r.messages[0].content, vec![text("x")]);
+    let u = r.untranslatable.unwrap();
+    assert_eq!(u.param, "messages[0].content[1].type");
+    assert!(u.what.contains("\"input_audio\""), "{}", u.what);
     assert_eq!(
         err_of(
             json!({"model": "m", "messages": [{"role": "user", "content": [
@@ -730,6 +733,7 @@ prop_compose! {
             user,
             metadata: metadata.map(|m| m.into_iter().map(|(k, v)| (k, Value::String(v))).collect()),
             reasoning: effort.map(|e| json!({"effort": e})),
+            untranslatable: None,
         }
     }
 }
@@ -1694,4 +1698,36 @@ proptest! {
         let want = general.push_value(&sse(&chunk), chunk.trim()).map_err(|e| e.to_string());
         prop_assert_eq!(got, want, "chunk {}", chunk);
     }
+}
+
+#[test]
+fn an_error_result_says_so_once_in_its_tool_message() {
+    let err = |t: &str| Part::ToolResult {
+        tool_call_id: "c1".into(),
+        content: if t.is_empty() { vec![] } else { vec![text(t)] },
+        is_error: true,
+    };
+    for (given, sent) in [
+        ("boom", "Error: boom"),
+        ("", "Error"),
+        ("error: already said", "error: already said"),
+        ("ERROR 42", "ERROR 42"),
+    ] {
+        let req = Request {
+            messages: vec![user(vec![err(given)])],
+            ..Request::default()
+        };
+        assert_eq!(
+            encode_request(&req, "gpt-4o")["messages"][0]["content"],
+            sent
+        );
+    }
+    let req = Request {
+        messages: vec![user(vec![result("c1", "boom")])],
+        ..Request::default()
+    };
+    assert_eq!(
+        encode_request(&req, "gpt-4o")["messages"][0]["content"],
+        "boom"
+    );
 }
