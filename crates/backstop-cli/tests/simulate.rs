@@ -87,8 +87,11 @@ fn outage_backstop_keeps_answering_while_a_direct_client_fails() {
     assert_eq!(f(&r["availability"]["backstop"]["ratio"]), 1.0, "{r:#}");
     let direct = f(&r["availability"]["direct"]["ratio"]);
     assert!((0.6..0.7).contains(&direct), "direct client saw {direct}");
-    // Two keys × retry.max_attempts 2, then the fallback: never more than 5 attempts.
-    assert!(u(&r["attempts"]["max"]) <= 5, "{:#}", r["attempts"]);
+    // Two keys × retry.max_attempts 2, then the fallback: never more than 5 attempts,
+    // but for resets on pooled connections: a request that meets one is sent once more
+    // on a new connection (an idle close crossing it looks the same), and the provider
+    // sees both. So at most 2 × 2 × 2 + 1.
+    assert!(u(&r["attempts"]["max"]) <= 9, "{:#}", r["attempts"]);
     assert!(
         u(&r["attempts"]["max"]) >= 3,
         "the outage was noticed: {:#}",

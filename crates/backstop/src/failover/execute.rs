@@ -1022,6 +1022,7 @@ impl Engine {
                 body,
                 true,
                 call.anthropic_beta.as_ref(),
+                || self.spend_retry(),
             ),
         )
         .await

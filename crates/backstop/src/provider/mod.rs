@@ -327,12 +327,14 @@ impl Upstream {
         body: Bytes,
         stream: bool,
     ) -> Result<Response, TransportError> {
-        self.send_with_beta(profile, model, body, stream, None)
+        self.send_with_beta(profile, model, body, stream, None, || true)
             .await
     }
 
     /// [`Upstream::send`], with a client's `anthropic-beta` header, which goes only to an
-    /// Anthropic upstream.
+    /// Anthropic upstream; `may_resend` is asked before a request that met a closed
+    /// pooled connection is sent once more (the engine spends retry budget on it: a
+    /// provider that resets every request must not see each one twice unbounded).
     pub async fn send_with_beta(
         &self,
         profile: &AuthProfile,
@@ -340,6 +342,7 @@ impl Upstream {
         body: Bytes,
         stream: bool,
         anthropic_beta: Option<&HeaderValue>,
+        may_resend: impl FnOnce() -> bool,
     ) -> Result<Response, TransportError> {
         let uri = match &self.fixed_uri {
             Some(uri) => uri.clone(),
@@ -355,7 +358,7 @@ impl Upstream {
                 let err = TransportError::from_client(&e);
                 // No connection was opened meanwhile: the request went out on a pooled one.
                 let pooled = self.opened.load(Ordering::Relaxed) == opened;
-                if !(pooled && matches!(err, TransportError::Reset(_))) {
+                if !(pooled && matches!(err, TransportError::Reset(_)) && may_resend()) {
                     return Err(err);
                 }
                 let req = self.request(uri, profile, body, stream, anthropic_beta)?;
@@ -679,6 +682,46 @@ mod tests {
         }
         drop(server.await.unwrap());
         assert_eq!(up.opened.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn the_resend_on_a_new_connection_asks_first() {
+        // As above, but the caller has no retry budget left: the reset is the answer.
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            read_request(&mut first).await;
+            first.write_all(ok).await.unwrap();
+            read_request(&mut first).await;
+            drop(first);
+        });
+        let up = upstream(WireFormat::OpenAi, &format!("http://{addr}/v1"), 5_000);
+        let mut resp = up
+            .send(&profile(), "m", Bytes::from_static(b"{}"), false)
+            .await
+            .unwrap();
+        assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"ok"[..]));
+        assert_eq!(resp.chunk().await.unwrap(), None);
+        let mut asked = 0;
+        let second = up
+            .send_with_beta(
+                &profile(),
+                "m",
+                Bytes::from_static(b"{}"),
+                false,
+                None,
+                || {
+                    asked += 1;
+                    false
+                },
+            )
+            .await;
+        assert!(matches!(second, Err(TransportError::Reset(_))));
+        assert_eq!(asked, 1);
+        server.await.unwrap();
+        assert_eq!(up.opened.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
