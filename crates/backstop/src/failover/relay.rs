@@ -315,11 +315,16 @@ pub fn relay(
             }
             // Waiting on the upstream, watch the client too: one that went away stops the
             // relay (and closes the upstream) now, not at the upstream's next event or
-            // stall, which would cool the target down and rescue for nobody.
-            let item = tokio::select! {
-                biased;
-                _ = tx.closed() => None,
-                item = rest.next_item() => Some(item),
+            // stall, which would cool the target down and rescue for nobody. (Events of a
+            // read already made need no watch: a gone client is seen at the next send.)
+            let item = if rest.has_ready() {
+                Some(rest.next_item().await)
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = tx.closed() => None,
+                    item = rest.next_item() => Some(item),
+                }
             };
             let Some(item) = item else {
                 engine.cooldowns.on_abandon(
