@@ -652,58 +652,61 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_pooled_connection_closed_by_the_server_is_no_failure() {
-        // The first connection answers one request, keeps alive, then closes when the
-        // next request arrives (its idle close crossed that request); the second answers.
-        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// A server whose first connection answers one request, keeps alive, then closes
+    /// when the next request arrives (its idle close crossed that request); a second
+    /// connection, if one comes, answers.
+    async fn closes_a_pooled_connection() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut first, _) = listener.accept().await.unwrap();
             read_request(&mut first).await;
-            first.write_all(ok).await.unwrap();
+            first.write_all(OK).await.unwrap();
             read_request(&mut first).await;
             drop(first);
-            let (mut second, _) = listener.accept().await.unwrap();
-            read_request(&mut second).await;
-            second.write_all(ok).await.unwrap();
-            second
+            if let Ok(Ok((mut second, _))) =
+                tokio::time::timeout(Duration::from_secs(2), listener.accept()).await
+            {
+                read_request(&mut second).await;
+                second.write_all(OK).await.unwrap();
+                // Held open until the client has read the answer.
+                let _ = second.read(&mut [0u8; 1]).await;
+            }
         });
+        (addr, server)
+    }
+
+    async fn answers_ok(mut resp: Response) {
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"ok"[..]));
+        assert_eq!(resp.chunk().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_closed_by_the_server_is_no_failure() {
+        let (addr, server) = closes_a_pooled_connection().await;
         let up = upstream(WireFormat::OpenAi, &format!("http://{addr}/v1"), 5_000);
         for _ in 0..2 {
-            let mut resp = up
+            let resp = up
                 .send(&profile(), "m", Bytes::from_static(b"{}"), false)
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"ok"[..]));
-            assert_eq!(resp.chunk().await.unwrap(), None);
+                .await;
+            answers_ok(resp.unwrap()).await;
         }
-        drop(server.await.unwrap());
-        assert_eq!(up.opened.load(Ordering::Relaxed), 2);
+        drop(up);
+        server.await.unwrap();
     }
 
     #[tokio::test]
     async fn the_resend_on_a_new_connection_asks_first() {
         // As above, but the caller has no retry budget left: the reset is the answer.
-        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut first, _) = listener.accept().await.unwrap();
-            read_request(&mut first).await;
-            first.write_all(ok).await.unwrap();
-            read_request(&mut first).await;
-            drop(first);
-        });
+        let (addr, server) = closes_a_pooled_connection().await;
         let up = upstream(WireFormat::OpenAi, &format!("http://{addr}/v1"), 5_000);
-        let mut resp = up
+        let first = up
             .send(&profile(), "m", Bytes::from_static(b"{}"), false)
-            .await
-            .unwrap();
-        assert_eq!(resp.chunk().await.unwrap().as_deref(), Some(&b"ok"[..]));
-        assert_eq!(resp.chunk().await.unwrap(), None);
+            .await;
+        answers_ok(first.unwrap()).await;
         let mut asked = 0;
         let second = up
             .send_with_beta(
@@ -720,8 +723,9 @@ mod tests {
             .await;
         assert!(matches!(second, Err(TransportError::Reset(_))));
         assert_eq!(asked, 1);
-        server.await.unwrap();
         assert_eq!(up.opened.load(Ordering::Relaxed), 1);
+        drop(up);
+        server.await.unwrap();
     }
 
     #[tokio::test]

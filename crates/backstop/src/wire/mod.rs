@@ -125,6 +125,30 @@ pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Test support: `text` with one edit at `at` (0: the character removed, 1: doubled,
+/// else replaced by `with`), for the proptests that check the fast decoders on
+/// corrupted chunks.
+#[cfg(test)]
+pub(crate) fn one_edit(text: &str, at: proptest::sample::Index, edit: u8, with: char) -> String {
+    let mut chars: Vec<char> = text.chars().collect();
+    let i = at.index(chars.len());
+    match edit {
+        0 => {
+            chars.remove(i);
+        }
+        1 => chars.insert(i, chars[i]),
+        _ => chars[i] = with,
+    }
+    chars.into_iter().collect()
+}
+
+/// Test support: the characters [`one_edit`] puts in, the ones that matter to JSON.
+#[cfg(test)]
+pub(crate) const EDIT_CHARS: [char; 19] = [
+    '"', '\\', '{', '}', '[', ']', ',', ':', ' ', '0', '1', '-', '.', 'e', 'n', 'u', 'x', '\u{1}',
+    '\u{e9}',
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1406,20 +1406,11 @@ proptest! {
         text in "[a-z \\\\\"\u{e9}]{0,12}",
         at in any::<proptest::sample::Index>(),
         edit in 0u8..3,
-        with in proptest::sample::select(vec![
-            '"', '\\', '{', '}', '[', ']', ',', ':', ' ', '0', '1', 'n', 'u', 'x', '\u{1}', '\u{e9}',
-        ]),
+        with in proptest::sample::select(crate::wire::EDIT_CHARS.to_vec()),
     ) {
         let first = text_delta(r#""first""#);
         let next = text_delta(&serde_json::to_string(&text).unwrap());
-        let mut chars: Vec<char> = next.chars().collect();
-        let i = at.index(chars.len());
-        match edit {
-            0 => { chars.remove(i); }
-            1 => { let c = chars[i]; chars.insert(i, c); }
-            _ => chars[i] = with,
-        }
-        let data: String = chars.into_iter().collect();
+        let data = crate::wire::one_edit(&next, at, edit, with);
         let (mut fast, mut general) = (StreamDecoder::new(), StreamDecoder::new());
         fast.push(&delta_event(&first)).unwrap();
         general.push_value(&delta_event(&first), &first).unwrap();

@@ -1528,18 +1528,9 @@ proptest! {
         base in 0..MUTATION_BASES.len(),
         at in any::<proptest::sample::Index>(),
         edit in 0u8..3,
-        with in proptest::sample::select(vec![
-            '"', '\\', '{', '}', '[', ']', ',', ':', ' ', '0', '1', '-', '.', 'e', 'n', 'u', 'x', '\u{1}', '\u{e9}',
-        ]),
+        with in proptest::sample::select(crate::wire::EDIT_CHARS.to_vec()),
     ) {
-        let mut chars: Vec<char> = MUTATION_BASES[base].chars().collect();
-        let i = at.index(chars.len());
-        match edit {
-            0 => { chars.remove(i); }
-            1 => { let c = chars[i]; chars.insert(i, c); }
-            _ => chars[i] = with,
-        }
-        let chunk: String = chars.into_iter().collect();
+        let chunk = crate::wire::one_edit(MUTATION_BASES[base], at, edit, with);
         let ev = SseEvent { event: None, data: chunk.clone(), raw: bytes::Bytes::new() };
         let fast = StreamDecoder::new().push(&ev).map_err(|e| e.to_string());
         let general = StreamDecoder::new().push_value(&ev, chunk.trim()).map_err(|e| e.to_string());
@@ -1676,20 +1667,11 @@ proptest! {
         text in "[a-z \\\\\"\u{e9}]{0,12}",
         at in any::<proptest::sample::Index>(),
         edit in 0u8..3,
-        with in proptest::sample::select(vec![
-            '"', '\\', '{', '}', '[', ']', ',', ':', ' ', '0', '1', 'n', 'u', 'x', '\u{1}', '\u{e9}',
-        ]),
+        with in proptest::sample::select(crate::wire::EDIT_CHARS.to_vec()),
     ) {
         let first = text_chunk(r#""content":"first""#, "pad1");
         let next = text_chunk(&format!(r#""content":{}"#, serde_json::to_string(&text).unwrap()), "p");
-        let mut chars: Vec<char> = next.chars().collect();
-        let i = at.index(chars.len());
-        match edit {
-            0 => { chars.remove(i); }
-            1 => { let c = chars[i]; chars.insert(i, c); }
-            _ => chars[i] = with,
-        }
-        let chunk: String = chars.into_iter().collect();
+        let chunk = crate::wire::one_edit(&next, at, edit, with);
         let (mut fast, mut general) = (StreamDecoder::new(), StreamDecoder::new());
         fast.push(&sse(&first)).unwrap();
         general.push_value(&sse(&first), &first).unwrap();
