@@ -280,6 +280,25 @@ fn check(path: Option<PathBuf>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The gateway's runtime: one thread per core; on a single core (a container limited to
+/// one CPU, or a process pinned to one) the single-threaded scheduler, which does the
+/// same work without the multi-threaded one's wake-ups and synchronisation.
+fn runtime_for_cores() -> Result<tokio::runtime::Runtime> {
+    runtime_for(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+}
+
+fn runtime_for(cores: usize) -> Result<tokio::runtime::Runtime> {
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn serve(
     path: Option<PathBuf>,
     listen: Option<SocketAddr>,
@@ -291,10 +310,7 @@ fn serve(
     }
     let addr = listen.unwrap_or(config.server.listen);
     backstop_server::check_exposure(&config, addr, allow_unauthenticated)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime_for_cores()?;
     runtime.block_on(async move {
         let listener = backstop_server::bind(addr).await?;
         let local = listener.local_addr()?;
@@ -355,5 +371,18 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runtime_for;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_core_gets_the_single_threaded_runtime() {
+        let flavor = |cores| runtime_for(cores).unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(2), RuntimeFlavor::MultiThread);
     }
 }
