@@ -1429,3 +1429,25 @@ proptest! {
         prop_assert_eq!(got, want, "event {}", data);
     }
 }
+
+#[test]
+fn foreign_tool_ids_take_anthropics_pattern_and_stay_paired() {
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    };
+    assert_eq!(
+        tool_use_id("toolu_01A09q90qw90lq917835lq9"),
+        "toolu_01A09q90qw90lq917835lq9"
+    );
+    assert_eq!(tool_use_id("call_abc-1"), "call_abc-1");
+    let a = tool_use_id("call:abc.1");
+    let b = tool_use_id("call.abc:1");
+    assert!(valid(&a) && valid(&b), "{a} {b}");
+    assert!(a.starts_with("call_abc_1_"), "{a}");
+    assert_ne!(a, b);
+    assert_eq!(tool_use_id("call:abc.1"), a);
+    assert!(valid(&tool_use_id("")));
+    assert!(valid(&tool_use_id("functions.get_weather:0")));
+}
