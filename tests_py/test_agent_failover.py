@@ -313,6 +313,24 @@ def test_parallel_tool_calls_anthropic_client_served_by_openai(anthropic_client,
     assert [m["tool_call_id"] for m in msgs[3:]] == ["call_W1", "call_T2"]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_openai_agent_gets_json_arguments_for_a_call_without_input(openai_client, fake, stream):
+    """Anthropic streams a call without parameters as `input: {}` and no JSON text;
+    the OpenAI agent must get `{}` (what OpenAI sends), not an empty string that its
+    `json.loads` refuses."""
+    fake.script(
+        {"type": "error", "status": 429, "kind": "rate_limit"},
+        {"type": "reply", "tool_calls": [{"id": "toolu_NoArgs", "name": "get_time", "arguments": ""}]},
+    )
+    messages = [{"role": "user", "content": "What time is it?"}]
+    msg, finish, _ = run_openai_turn(openai_client, messages, stream)
+    assert finish == "tool_calls"
+    assert fake.requests()[-1]["path"] == "/v1/messages"
+    (call,) = msg.tool_calls
+    assert (call.id, call.function.name) == ("toolu_NoArgs", "get_time")
+    assert json.loads(call.function.arguments) == {}
+
+
 # ---------------------------------------------------------------------------
 # 3. Tool-call ids one provider made, in history sent to another
 

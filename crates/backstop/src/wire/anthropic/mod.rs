@@ -25,6 +25,7 @@
 //! - Tool-call ids from other providers that Anthropic would refuse (it takes only
 //!   `[a-zA-Z0-9_-]`) are rewritten deterministically (`tool_use_id`), both in
 //!   requests to Anthropic and in answers to Anthropic clients.
+//! - A streamed tool call that ends with no JSON text (no parameters) gets `{}`.
 //! - Thinking without a signature cannot be sent back to Anthropic and is dropped;
 //!   `redacted_thinking` from clients is dropped too. Empty text blocks are dropped
 //!   (Anthropic rejects them), and a message left with no blocks disappears.
@@ -1159,6 +1160,9 @@ pub struct StreamDecoder {
     /// Content block index → our tool index.
     tool_blocks: HashMap<u64, u32>,
     next_tool: u32,
+    /// Tools whose input has had some JSON text; one that ends with none (a tool
+    /// without parameters: `input: {}` and only empty `partial_json`) gets `{}`.
+    tools_with_input: Vec<u32>,
     /// The last text delta, to recognise the next ones by comparing bytes.
     repeat: Template,
 }
@@ -1315,6 +1319,7 @@ impl StreamDecoder {
                         if let Some(input) = block.get("input").and_then(Value::as_object)
                             && !input.is_empty()
                         {
+                            self.tools_with_input.push(tool);
                             out.push(StreamEvent::ToolCallDelta {
                                 index: tool,
                                 arguments: Value::Object(input.clone()).to_string(),
@@ -1352,6 +1357,7 @@ impl StreamDecoder {
                                     ),
                                 )
                             })?;
+                            self.tools_with_input.push(*tool);
                             out.push(StreamEvent::ToolCallDelta {
                                 index: *tool,
                                 arguments: json.into(),
@@ -1360,6 +1366,20 @@ impl StreamDecoder {
                     }
                     // signature_delta, citations_delta, …: nothing to translate.
                     _ => {}
+                }
+            }
+            "content_block_stop" => {
+                // Arguments are JSON text elsewhere (`{}` at least: OpenAI's own for a
+                // call without parameters); never leave a finished call with none.
+                if let Ok(block_index) = block_index(obj)
+                    && let Some(&tool) = self.tool_blocks.get(&block_index)
+                    && !self.tools_with_input.contains(&tool)
+                {
+                    self.tools_with_input.push(tool);
+                    out.push(StreamEvent::ToolCallDelta {
+                        index: tool,
+                        arguments: "{}".into(),
+                    });
                 }
             }
             "message_delta" => {

@@ -1451,3 +1451,26 @@ fn foreign_tool_ids_take_anthropics_pattern_and_stay_paired() {
     assert!(valid(&tool_use_id("")));
     assert!(valid(&tool_use_id("functions.get_weather:0")));
 }
+
+#[test]
+fn a_tool_call_without_input_decodes_to_empty_object_arguments() {
+    let sse = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"now\",\"input\":{}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"at\",\"input\":{}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":1}\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n";
+    let mut dec = StreamDecoder::new();
+    let events: Vec<StreamEvent> = parse_sse(sse)
+        .iter()
+        .flat_map(|ev| dec.push(ev).unwrap())
+        .collect();
+    let args: Vec<(u32, &str)> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolCallDelta { index, arguments } => Some((*index, arguments.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(args, vec![(0, "{}"), (1, "{\"a\":1}")]);
+}
