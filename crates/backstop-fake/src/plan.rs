@@ -245,7 +245,10 @@ enum Fault<'a> {
 pub(crate) fn plan(step: &Step, ctx: &Ctx, body: &Value) -> Plan {
     let wire = ctx.format.wire();
     match step {
-        Step::Reply(reply) => reply_plan(wire, ctx, reply, Fault::None),
+        Step::Reply(reply) => {
+            let fault = reply.cut_after_chunks.map_or(Fault::None, Fault::Cut);
+            reply_plan(wire, ctx, reply, fault)
+        }
         Step::Echo => {
             let reply = Reply {
                 text: format!("echo: {}", last_user_text(body)),

@@ -80,6 +80,10 @@ pub struct Reply {
     /// Delay before the first content (streaming: after the headers and the
     /// role/message_start preamble; non-streaming: before the response).
     pub first_token_delay_ms: Option<u64>,
+    /// Streaming: send this many content chunks (text pieces and tool-call
+    /// fragments alike), then cut the connection mid-body, as `stream_then_cut`
+    /// does for text — e.g. in the middle of a tool call's arguments.
+    pub cut_after_chunks: Option<usize>,
 }
 
 /// A tool call in a scripted reply.

@@ -22,6 +22,10 @@
 //!   `text_editor_…`) are left out of the neutral request and noted in
 //!   [`chat::Request::untranslatable`]: only an Anthropic model, sent the client's
 //!   body as is, serves such a request.
+//! - Tool-call ids from other providers that Anthropic would refuse (it takes only
+//!   `[a-zA-Z0-9_-]`) are rewritten deterministically (`tool_use_id`), both in
+//!   requests to Anthropic and in answers to Anthropic clients.
+//! - A streamed tool call that ends with no JSON text (no parameters) gets `{}`.
 //! - Thinking without a signature cannot be sent back to Anthropic and is dropped;
 //!   `redacted_thinking` from clients is dropped too. Empty text blocks are dropped
 //!   (Anthropic rejects them), and a message left with no blocks disappears.
@@ -835,7 +839,7 @@ fn encode_part(p: &Part) -> Option<Value> {
             arguments,
         } => Some(json!({
             "type": "tool_use",
-            "id": id,
+            "id": tool_use_id(id),
             "name": name,
             "input": tool_input(arguments),
         })),
@@ -846,7 +850,7 @@ fn encode_part(p: &Part) -> Option<Value> {
         } => {
             let mut m = Map::new();
             m.insert("type".into(), "tool_result".into());
-            m.insert("tool_use_id".into(), tool_call_id.clone().into());
+            m.insert("tool_use_id".into(), tool_use_id(tool_call_id).into());
             let inner: Vec<Value> = content
                 .iter()
                 .filter(|p| matches!(p, Part::Text { .. } | Part::Image { .. }))
@@ -911,6 +915,26 @@ fn tool_input(arguments: &str) -> Value {
         }
     }
     json!({ "_raw": arguments })
+}
+
+/// A tool-call id in the shape Anthropic accepts (`^[a-zA-Z0-9_-]+$`; it answers 400
+/// "tool_use.id: String should match pattern" otherwise). Ids from other providers
+/// can hold other characters (Kimi's `functions.get_weather:0`): each one is
+/// replaced by `_` and a hash of the whole original id is appended, so that the
+/// mapping is the same for a `tool_use` and its `tool_result` (in every turn) and
+/// two ids that differ only in such characters stay distinct. Valid ids are kept.
+fn tool_use_id(id: &str) -> Cow<'_, str> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !id.is_empty() && id.chars().all(valid) {
+        return Cow::Borrowed(id);
+    }
+    // FNV-1a: stable across processes and versions (unlike std's hasher).
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let mut out: String = id.chars().map(|c| if valid(c) { c } else { '_' }).collect();
+    out.push_str(&format!("_{hash:016x}"));
+    Cow::Owned(out)
 }
 
 /// Closes the open strings, arrays and objects of JSON text that was cut off,
@@ -1060,7 +1084,7 @@ pub fn encode_response(resp: &chat::Response) -> Value {
                 arguments,
             } => Some(json!({
                 "type": "tool_use",
-                "id": id,
+                "id": tool_use_id(id),
                 "name": name,
                 "input": tool_input(arguments),
             })),
@@ -1136,6 +1160,9 @@ pub struct StreamDecoder {
     /// Content block index → our tool index.
     tool_blocks: HashMap<u64, u32>,
     next_tool: u32,
+    /// Tools whose input has had some JSON text; one that ends with none (a tool
+    /// without parameters: `input: {}` and only empty `partial_json`) gets `{}`.
+    tools_with_input: Vec<u32>,
     /// The last text delta, to recognise the next ones by comparing bytes.
     repeat: Template,
 }
@@ -1292,6 +1319,7 @@ impl StreamDecoder {
                         if let Some(input) = block.get("input").and_then(Value::as_object)
                             && !input.is_empty()
                         {
+                            self.tools_with_input.push(tool);
                             out.push(StreamEvent::ToolCallDelta {
                                 index: tool,
                                 arguments: Value::Object(input.clone()).to_string(),
@@ -1329,6 +1357,7 @@ impl StreamDecoder {
                                     ),
                                 )
                             })?;
+                            self.tools_with_input.push(*tool);
                             out.push(StreamEvent::ToolCallDelta {
                                 index: *tool,
                                 arguments: json.into(),
@@ -1337,6 +1366,20 @@ impl StreamDecoder {
                     }
                     // signature_delta, citations_delta, …: nothing to translate.
                     _ => {}
+                }
+            }
+            "content_block_stop" => {
+                // Arguments are JSON text elsewhere (`{}` at least: OpenAI's own for a
+                // call without parameters); never leave a finished call with none.
+                if let Ok(block_index) = block_index(obj)
+                    && let Some(&tool) = self.tool_blocks.get(&block_index)
+                    && !self.tools_with_input.contains(&tool)
+                {
+                    self.tools_with_input.push(tool);
+                    out.push(StreamEvent::ToolCallDelta {
+                        index: tool,
+                        arguments: "{}".into(),
+                    });
                 }
             }
             "message_delta" => {
@@ -1499,7 +1542,7 @@ impl StreamEncoder {
                     out,
                     "content_block_start",
                     &json!({"type": "content_block_start", "index": block,
-                            "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+                            "content_block": {"type": "tool_use", "id": tool_use_id(id), "name": name, "input": {}}}),
                 );
             }
             StreamEvent::ToolCallDelta { index, arguments } => {

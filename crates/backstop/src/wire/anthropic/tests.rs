@@ -1420,3 +1420,48 @@ proptest! {
         prop_assert_eq!(got, want, "event {}", data);
     }
 }
+
+#[test]
+fn foreign_tool_ids_take_anthropics_pattern_and_stay_paired() {
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+    };
+    assert_eq!(
+        tool_use_id("toolu_01A09q90qw90lq917835lq9"),
+        "toolu_01A09q90qw90lq917835lq9"
+    );
+    assert_eq!(tool_use_id("call_abc-1"), "call_abc-1");
+    let a = tool_use_id("call:abc.1");
+    let b = tool_use_id("call.abc:1");
+    assert!(valid(&a) && valid(&b), "{a} {b}");
+    assert!(a.starts_with("call_abc_1_"), "{a}");
+    assert_ne!(a, b);
+    assert_eq!(tool_use_id("call:abc.1"), a);
+    assert!(valid(&tool_use_id("")));
+    assert!(valid(&tool_use_id("functions.get_weather:0")));
+}
+
+#[test]
+fn a_tool_call_without_input_decodes_to_empty_object_arguments() {
+    let sse = "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"now\",\"input\":{}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"at\",\"input\":{}}}\n\n\
+event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":1}\"}}\n\n\
+event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n";
+    let mut dec = StreamDecoder::new();
+    let events: Vec<StreamEvent> = parse_sse(sse)
+        .iter()
+        .flat_map(|ev| dec.push(ev).unwrap())
+        .collect();
+    let args: Vec<(u32, &str)> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolCallDelta { index, arguments } => Some((*index, arguments.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(args, vec![(0, "{}"), (1, "{\"a\":1}")]);
+}
