@@ -51,21 +51,22 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// The client key a request carries: `Authorization: Bearer …`, or `x-api-key` on `/v1/messages`.
-fn presented_key(req: &Request) -> Option<&[u8]> {
-    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+/// The client keys a request carries: `Authorization: Bearer …`, and `x-api-key` on
+/// `/v1/messages` (the Anthropic SDK sends both when it has an api key and an auth
+/// token; either one being right is enough).
+fn presented_keys(req: &Request) -> [Option<&[u8]>; 2] {
+    let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| {
         let v = v.as_bytes();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
-            return Some(v[7..].trim_ascii());
-        }
-    }
-    if req.uri().path().starts_with("/v1/messages") {
-        return req
-            .headers()
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| v[7..].trim_ascii())
+    });
+    let x_api_key = if req.uri().path().starts_with("/v1/messages") {
+        req.headers()
             .get("x-api-key")
-            .map(|v| v.as_bytes().trim_ascii());
-    }
-    None
+            .map(|v| v.as_bytes().trim_ascii())
+    } else {
+        None
+    };
+    [bearer, x_api_key]
 }
 
 /// When `server.api_keys` is set, every route but `/health` and `/ready` needs one of them.
@@ -80,7 +81,8 @@ pub async fn authenticate(
         return next.run(req).await;
     }
     let format = format_for_path(path);
-    let Some(candidate) = presented_key(&req) else {
+    let candidates = presented_keys(&req);
+    if candidates.iter().all(Option::is_none) {
         let msg = match format {
             WireFormat::Anthropic => {
                 "missing API key: send it in the x-api-key header or as Authorization: Bearer <key>"
@@ -88,11 +90,13 @@ pub async fn authenticate(
             _ => "missing API key: send it as Authorization: Bearer <key>",
         };
         return error_response(format, &ClientError::new(ErrorKind::Authentication, msg));
-    };
+    }
     // Compare against every key, in constant time each, without stopping early.
     let mut ok = false;
-    for k in keys {
-        ok |= k.ct_eq(candidate);
+    for candidate in candidates.into_iter().flatten() {
+        for k in keys {
+            ok |= k.ct_eq(candidate);
+        }
     }
     if !ok {
         return error_response(

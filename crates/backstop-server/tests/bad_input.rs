@@ -308,6 +308,29 @@ async fn x_api_key_is_accepted_on_messages_only() {
     let got = send(gw.anthropic(&anthropic_body("default", "hi", false))).await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(send(gw.get("/v1/models")).await.status, 200);
+    // The Anthropic SDK sends both headers when given an api key and an auth token:
+    // either one being right is enough, whichever it is.
+    for (bearer, x_api_key) in [
+        ("sk-wrong-key-0123456789abcdef", CLIENT_KEY),
+        (CLIENT_KEY, "sk-wrong-key-0123456789abcdef"),
+    ] {
+        let got = send(
+            gw.request(Method::POST, "/v1/messages")
+                .bearer_auth(bearer)
+                .header("x-api-key", x_api_key)
+                .json(&anthropic_body("default", "hi", false)),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+    let got = send(
+        gw.request(Method::POST, "/v1/messages")
+            .bearer_auth("sk-wrong-key-0123456789abcdef")
+            .header("x-api-key", "sk-also-wrong-0123456789abcdef")
+            .json(&anthropic_body("default", "hi", false)),
+    )
+    .await;
+    got.anthropic_error(401, "authentication_error", &["invalid API key"]);
 }
 
 #[tokio::test]
