@@ -221,7 +221,7 @@ async fn a_missing_client_key_is_401_on_both_routes() {
             .json(&openai_body("default", "hi", false)),
     )
     .await;
-    got.openai_error(401, "authentication_error", &["missing API key", "Bearer"]);
+    got.openai_error(401, "invalid_request_error", &["missing API key", "Bearer"]);
     let got = send(
         gw.request(Method::POST, "/v1/messages")
             .json(&anthropic_body("default", "hi", false)),
@@ -234,7 +234,7 @@ async fn a_missing_client_key_is_401_on_both_routes() {
     );
     // Other routes need a key too.
     let got = send(gw.request(Method::GET, "/v1/models")).await;
-    got.openai_error(401, "authentication_error", &["missing API key"]);
+    got.openai_error(401, "invalid_request_error", &["missing API key"]);
     assert_no_upstream_requests(&fakes);
 }
 
@@ -248,7 +248,7 @@ async fn a_bad_client_key_is_401_on_both_routes() {
             .json(&body),
     )
     .await;
-    let msg = got.openai_error(401, "authentication_error", &["invalid API key"]);
+    let msg = got.openai_error(401, "invalid_request_error", &["invalid API key"]);
     assert!(!msg.contains("sk-wrong"), "the key is echoed: {msg}");
     assert_eq!(got.json()["error"]["code"], "invalid_api_key");
     let abody = anthropic_body("default", "hi", false);
@@ -273,7 +273,7 @@ async fn a_bad_client_key_is_401_on_both_routes() {
             .json(&body),
     )
     .await;
-    got.openai_error(401, "authentication_error", &["invalid API key"]);
+    got.openai_error(401, "invalid_request_error", &["invalid API key"]);
     assert_no_upstream_requests(&fakes);
 }
 
@@ -287,13 +287,13 @@ async fn x_api_key_is_accepted_on_messages_only() {
             .json(&openai_body("default", "hi", false)),
     )
     .await;
-    got.openai_error(401, "authentication_error", &["missing API key"]);
+    got.openai_error(401, "invalid_request_error", &["missing API key"]);
     let got = send(
         gw.request(Method::GET, "/v1/models")
             .header("x-api-key", CLIENT_KEY),
     )
     .await;
-    got.openai_error(401, "authentication_error", &["missing API key"]);
+    got.openai_error(401, "invalid_request_error", &["missing API key"]);
     assert_no_upstream_requests(&fakes);
     // Bearer works everywhere, x-api-key on /v1/messages.
     let got = send(gw.openai(&openai_body("default", "hi", false))).await;

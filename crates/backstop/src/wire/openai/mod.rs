@@ -1187,10 +1187,12 @@ fn joined_text_concat(parts: &[Part]) -> String {
 /// error guide and SDK exception classes; SDKs dispatch on the HTTP status).
 fn error_type(kind: ErrorKind) -> &'static str {
     match kind {
-        ErrorKind::InvalidRequest | ErrorKind::NotFound | ErrorKind::RequestTooLarge => {
-            "invalid_request_error"
-        }
-        ErrorKind::Authentication => "authentication_error",
+        // OpenAI types a bad or missing key `invalid_request_error` (code `invalid_api_key`
+        // for a bad one); the SDKs raise AuthenticationError from the 401 status.
+        ErrorKind::InvalidRequest
+        | ErrorKind::NotFound
+        | ErrorKind::RequestTooLarge
+        | ErrorKind::Authentication => "invalid_request_error",
         ErrorKind::Permission => "permission_error",
         // OpenAI's own 429s say which limit: `requests` (RPM) or `tokens` (TPM), with code
         // `rate_limit_exceeded`; a chain whose every target is rate limited is out of requests.

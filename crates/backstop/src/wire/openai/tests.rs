@@ -961,7 +961,7 @@ fn encodes_errors() {
                          "param": null, "code": "model_not_found"}})
     );
     for (kind, ty) in [
-        (ErrorKind::Authentication, "authentication_error"),
+        (ErrorKind::Authentication, "invalid_request_error"),
         (ErrorKind::Permission, "permission_error"),
         (ErrorKind::RequestTooLarge, "invalid_request_error"),
         (ErrorKind::RateLimit, "requests"),
