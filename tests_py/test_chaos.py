@@ -29,7 +29,6 @@ import pathlib
 import random
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -276,11 +275,11 @@ def two_fakes():
 
 
 @pytest.fixture
-def chaos_gateway(two_fakes):
+def chaos_gateway(two_fakes, tmp_path):
     P, F = two_fakes
     P.reset()
     F.reset()
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="backstop-chaos-"))
+    tmp = tmp_path
     cfg = tmp / "backstop.json5"
     write_config(cfg, P.url, F.url, tmp / "state")
     proc, url = _start([BACKSTOP_BIN, "serve", "--config", str(cfg)], env=ENV)
@@ -370,6 +369,8 @@ def test_flapping_primary_under_concurrent_load(chaos_gateway):
             problems.append(f"{tag}: primary answered after the fallback was tried: {seen}")
         if (r["fallback"] is not None) != (r["model"] == fallback):
             problems.append(f"{tag}: x-backstop-fallback {r['fallback']!r} with model {r['model']}")
+        if r["fallback"] is not None and r["fallback"] not in REASONS | {"degraded"}:
+            problems.append(f"{tag}: x-backstop-fallback {r['fallback']!r} is not a reason")
         if r["attempts"] is None or not r["attempts"].isdigit():
             problems.append(f"{tag}: x-backstop-attempts {r['attempts']!r}")
             continue
@@ -390,7 +391,8 @@ def test_flapping_primary_under_concurrent_load(chaos_gateway):
         f"\nchaos seed={SEED}: {total} requests in {run_secs:.1f}s, answered by",
         dict(Counter(r["model"] for r in results)), "attempts", dict(Counter(r["attempts"] for r in results)),
         f"primary steps consumed {len(P.requests())}/{len(steps)}, excess {excess}, status polls {poller.polls}",
-        f"max latency {max(r['elapsed'] for r in results):.2f}s",
+        f"max latency {max(r['elapsed'] for r in results):.2f}s", "fallback reasons",
+        dict(Counter(r["fallback"] for r in results)),
     )
     assert not problems, f"{len(problems)} of {total} requests broke an invariant:\n" + "\n".join(problems[:40])
 
@@ -451,14 +453,43 @@ def test_flapping_primary_under_concurrent_load(chaos_gateway):
             assert (pin, body.get("model_override_source")) == (user_pin, "user"), body
         else:
             assert pin == CHAINS[chain][1], (s, body)
+            assert CHAINS[chain][1] in (body.get("fallback_notice") or ""), (s, body)
     assert P.requests()[tried:] == [], "a disabled primary was tried"
 
 
-def test_sigterm_under_load_keeps_cooldowns(two_fakes):
+def test_retry_budget_caps_a_storm_on_a_lone_target(chaos_gateway):
+    """§3.4: a chain with nowhere else to go, its only target failing every request:
+    retries stay within 20 % of the requests plus the 10/s floor (100 over the budget's
+    10 s window), and every client gets a well-formed error listing the attempt."""
+    url, P, _F, _cfg = chaos_gateway
+    P.default({"type": "error", "status": 503, "kind": "unavailable"})
+    total = 400
+
+    def one(i):
+        return http("POST", url + "/v1/chat/completions",
+                    {"model": "default", "messages": [{"role": "user", "content": f"storm {i}"}]},
+                    headers={"x-backstop-fallbacks": ""})
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(one, range(total)))
+    secs = time.monotonic() - started
+    assert secs < 10, secs
+    bad = [(st, b) for st, b in answers
+           if st != 503 or "poa/gpt-4o (main)" not in ((b or {}).get("error") or {}).get("message", "")]
+    assert not bad, bad[:5]
+    seen = len(P.requests())
+    assert total <= seen <= total * 1.2 + 100, (seen, total)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_stop_under_load_keeps_cooldowns(two_fakes, sig, tmp_path):
+    """§4: cooldowns survive a restart, also one that interrupts the load; a crash at any
+    instant leaves readable files (atomic writes)."""
     P, F = two_fakes
     P.reset()
     F.reset()
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="backstop-chaos-term-"))
+    tmp = tmp_path
     state = tmp / "state"
     cfg = tmp / "backstop.json5"
     write_config(cfg, P.url, F.url, state, fast_ladders=False)
@@ -480,34 +511,57 @@ def test_sigterm_under_load_keeps_cooldowns(two_fakes):
         assert {"poa:main/gpt-4o", "pan:main"} <= set(before), body
 
         stop = threading.Event()
+        unreadable = []
 
         def load(i):
+            n = 0
             while not stop.is_set():
+                n += 1
                 try:
+                    # Every request on a new session: the session store is written all along.
                     http("POST", url + "/v1/chat/completions",
                          {"model": list(CHAINS)[i % 2], "stream": i % 3 == 0,
-                          "messages": [{"role": "user", "content": f"load {i}"}]}, timeout=5)
+                          "messages": [{"role": "user", "content": f"load {i}"}]}, timeout=5,
+                         headers={"x-backstop-session": f"load-{i}-{n}"})
                 except Exception:  # noqa: BLE001 - the gateway goes away under them
                     pass
 
+        def watch():
+            while not stop.is_set():
+                for f in state.glob("*.json"):
+                    try:
+                        json.loads(f.read_text())
+                    except FileNotFoundError:
+                        pass
+                    except ValueError as e:
+                        unreadable.append(f"{f.name}: {e}")
+
         workers = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(8)]
+        workers.append(threading.Thread(target=watch, daemon=True))
         for w in workers:
             w.start()
-        time.sleep(0.7)
-        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        proc.send_signal(sig)
         try:
             code = proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
-            pytest.fail("the gateway did not exit within 15 s of SIGTERM under load")
+            pytest.fail(f"the gateway did not exit within 15 s of {sig.name} under load")
         stop.set()
         for w in workers:
             w.join(timeout=10)
-        assert code == 0, f"exit code {code} after SIGTERM"
+        if sig == signal.SIGTERM:
+            assert code == 0, f"exit code {code} after SIGTERM"
+        assert not unreadable, unreadable[:5]
     finally:
         if proc.poll() is None:
             _stop(proc)
 
+    for f in state.glob("*.json"):
+        json.loads(f.read_text())
+    if sig == signal.SIGTERM:
+        # Sessions are written within a second in the background, and flushed on shutdown.
+        assert (state / "sessions.json").exists(), sorted(p.name for p in state.iterdir())
     doc = json.loads((state / "auth-state.json").read_text())
     stats = doc["usageStats"]
     now_ms = time.time() * 1000
