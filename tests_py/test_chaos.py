@@ -482,6 +482,41 @@ def test_retry_budget_caps_a_storm_on_a_lone_target(chaos_gateway):
     assert total <= seen <= total * 1.2 + 100, (seen, total)
 
 
+def test_half_open_primary_gets_exactly_one_probe_from_a_burst(chaos_gateway):
+    """§3.3: when a cooldown expires exactly one request probes the scope; a burst of
+    concurrent requests meanwhile goes to the fallback, and nobody sees an error."""
+    url, P, F, _cfg = chaos_gateway
+    P.script({"type": "error", "status": 503, "kind": "unavailable"},
+             {"type": "error", "status": 503, "kind": "unavailable"})
+    status, body = http("POST", url + "/v1/chat/completions",
+                        {"model": "default", "messages": [{"role": "user", "content": "trip"}]})
+    assert status == 200, body
+    _, body = http("GET", url + "/v1/cooldowns")
+    until = max(c["until_ms"] for c in body["cooldowns"] if c["scope"].startswith("poa:"))
+    # The ladder of this config is 50 ms → 400 ms: wait out the cooldown (real time, short).
+    while time.time() * 1000 < until + 20:
+        time.sleep(0.02)
+    P.reset()
+    F.reset()
+    # The probe is slow (but within first_token_ms), so the burst arrives while it runs.
+    P.default({"type": "reply", "text": "probe ok", "first_token_delay_ms": 300})
+
+    def one(i):
+        req = urllib.request.Request(
+            url + "/v1/chat/completions", method="POST",
+            data=json.dumps({"model": "default", "messages": [{"role": "user", "content": f"burst {i}"}]}).encode(),
+            headers={"authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.headers["x-backstop-model"]
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(one, range(20)))
+    assert all(st == 200 for st, _ in answers), answers
+    assert len(P.requests()) == 1, f"{len(P.requests())} probes of a half-open primary"
+    assert sum(m == "poa/gpt-4o" for _, m in answers) == 1, answers
+    assert len(F.requests()) == 19
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_stop_under_load_keeps_cooldowns(two_fakes, sig, tmp_path):
     """§4: cooldowns survive a restart, also one that interrupts the load; a crash at any
