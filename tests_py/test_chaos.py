@@ -418,6 +418,18 @@ def test_flapping_primary_under_concurrent_load(chaos_gateway):
             assert body["profile_override"] == "main", body
             assert body.get("profile_override_source") in ("auto", "user"), body
 
+    # §5/§8 metrics agree with what the clients saw, under concurrency.
+    req = urllib.request.Request(url + "/metrics", headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        metrics = r.read().decode()
+
+    def metric_sum(name):
+        return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(name + "{"))
+
+    assert metric_sum("backstop_requests_total") == total, metrics
+    assert metric_sum("backstop_attempts_total") == sum(int(r["attempts"]) for r in results), metrics
+    assert metric_sum("backstop_failovers_total") == sum(r["fallback"] is not None for r in results), metrics
+
     # The user's pin survived every concurrent engine write and rollback.
     status, body = http("GET", f"{url}/v1/sessions/{USER_SESSION}")
     assert (f"{body.get('provider_override')}/{body.get('model_override')}", body.get("model_override_source")) == (
