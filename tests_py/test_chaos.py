@@ -529,6 +529,36 @@ def test_half_open_primary_gets_exactly_one_probe_from_a_burst(chaos_gateway):
     assert len(F.requests()) == 19
 
 
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_no_stream_runs_past_the_request_deadline(chaos_gateway, sdk):
+    """§3.4: the primary hangs, the fallback streams steadily but too long: the client's
+    stream ends by `timeouts.request_ms` with an error in its SDK, never later."""
+    import anthropic
+    import openai
+
+    url, P, F, _cfg = chaos_gateway
+    P.default({"type": "hang"})
+    words = " ".join(f"w{i}" for i in range(40))
+    F.default({"type": "reply", "text": words, "chunk_delay_ms": 150})  # 6 s in all
+    started = time.monotonic()
+    text = ""
+    with pytest.raises((openai.APIError, anthropic.APIError)):
+        if sdk == "openai":
+            client = openai.OpenAI(base_url=url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+            for chunk in client.chat.completions.create(
+                    model="default", messages=[{"role": "user", "content": "long"}], stream=True):
+                text += "".join(c.delta.content or "" for c in chunk.choices)
+        else:
+            client = anthropic.Anthropic(base_url=url, api_key=CLIENT_KEY, max_retries=0)
+            for event in client.messages.create(
+                    model="default", max_tokens=64, messages=[{"role": "user", "content": "long"}], stream=True):
+                if event.type == "content_block_delta":
+                    text += event.delta.text
+    elapsed = time.monotonic() - started
+    assert elapsed * 1000 < REQUEST_MS + 1000, elapsed
+    assert text.startswith("w0 w1") and text != words, text
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_stop_under_load_keeps_cooldowns(two_fakes, sig, tmp_path):
     """§4: cooldowns survive a restart, also one that interrupts the load; a crash at any
