@@ -376,3 +376,37 @@ async fn anthropic_stream_without_message_stop_is_finalised() {
     assert!(s.stopped, "finalised with message_stop: {}", r.body);
     assert_eq!(upstream.requests().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_still_running_at_the_request_deadline_ends_with_an_in_band_error() {
+    // PRODUCT §3.4: one request-wide deadline bounds every attempt — a committed stream
+    // too, however steadily it sends (each chunk well within idle_ms).
+    let upstream = fake();
+    let words: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
+    upstream.set_default(Step::Reply(FakeReply {
+        text: words.join(" "),
+        chunk_delay_ms: Some(100),
+        ..FakeReply::default()
+    }));
+    let gw = Gateway::start(config(
+        json!({"openai": openai_provider(&upstream, &["a"], json!(["gpt-4o"]))}),
+        "openai/gpt-4o",
+        &[],
+        json!({"timeouts": {"connect_ms": 500, "first_token_ms": 500, "idle_ms": 1000, "request_ms": 1200}}),
+    ))
+    .await;
+
+    let r = gw.chat(&openai_request("default", true)).await;
+
+    assert!(r.elapsed < Duration::from_millis(2500), "{:?}", r.elapsed);
+    let s = parse_openai_stream(&r.body);
+    assert!(s.text.starts_with("w0 w1"), "{}", s.text);
+    assert!(!s.done, "a cut answer must not end with [DONE]");
+    let error = s.error.expect("an in-band error");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("request deadline"), "{error}");
+    // A long answer is not the target's fault: it does not cool down, and no rescue ran.
+    assert_eq!(upstream.requests().len(), 1);
+    let cooldowns = gw.get("/v1/cooldowns", &[]).await.json();
+    assert_eq!(cooldowns["cooldowns"], json!([]), "{cooldowns}");
+}

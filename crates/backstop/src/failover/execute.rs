@@ -1152,6 +1152,7 @@ impl Engine {
         })?;
         let idle = Duration::from_millis(self.config.timeouts.idle_ms);
         let mut rest = Box::new(UpstreamStream::new(response, decoder, idle));
+        rest.set_deadline(deadline);
         let mut head = Vec::new();
         // With `stream.commit: "complete"` the whole stream is held back, so any failure
         // before its end still fails over invisibly.

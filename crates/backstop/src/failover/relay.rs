@@ -373,24 +373,38 @@ pub fn relay(
                 error = %failure.message,
                 "stream failed after content reached the client"
             );
-            engine.cooldowns.on_failure(
-                &target.model.provider,
-                &target.profile,
-                &target.model.model,
-                failure.reason,
-                failure.retry_after,
-            );
+            // The request's deadline ended an answer that was still coming: the target is
+            // not at fault, and there is no time left to rescue it.
+            let past_deadline = rest.past_deadline();
+            if past_deadline {
+                engine.cooldowns.on_abandon(
+                    &target.model.provider,
+                    &target.profile,
+                    &target.model.model,
+                );
+            } else {
+                engine.cooldowns.on_failure(
+                    &target.model.provider,
+                    &target.profile,
+                    &target.model.model,
+                    failure.reason,
+                    failure.retry_after,
+                );
+            }
             // What arrived before the failure reaches the client before any rescue runs.
             if !out.is_empty() {
                 let _ = tx.send(Bytes::from(std::mem::take(&mut out))).await;
             }
             let cause = first_cause.get_or_insert(failure).clone();
-            let rescued = if rescues < MAX_RESCUES && !delivered.tool_calls {
+            let deadline = rest.deadline().unwrap_or_else(|| {
+                Instant::now() + Duration::from_millis(engine.config.timeouts.request_ms)
+            });
+            let rescued = if rescues < MAX_RESCUES && !delivered.tool_calls && !past_deadline {
                 // No rescue for a client that went away meanwhile.
                 tokio::select! {
                     biased;
                     _ = tx.closed() => return,
-                    next = rescue(&engine, &call, &target, &delivered, &tried) => next,
+                    next = rescue(&engine, &call, &target, &delivered, &tried, deadline) => next,
                 }
             } else {
                 None
@@ -456,6 +470,7 @@ async fn rescue(
     failed: &Target,
     delivered: &Delivered,
     tried: &[Target],
+    deadline: Instant,
 ) -> Option<(Target, Filter, RescueStream)> {
     let modes = &engine.config.stream.rescue;
     if modes.is_empty() {
@@ -534,7 +549,7 @@ async fn rescue(
                 },
             )
         };
-        let deadline = Instant::now() + Duration::from_millis(engine.config.timeouts.request_ms);
+        // Within the request's one deadline (PRODUCT §3.4), not a fresh one.
         match engine.attempt_target(&attempt_call, &cand, deadline).await {
             Ok(Answer::Stream { head, rest }) => {
                 engine.cooldowns.on_success(p, a, m);

@@ -7,6 +7,7 @@ use crate::sse::{SseEvent, SseParser};
 use crate::wire;
 use std::collections::VecDeque;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// A stream decoder for whichever format the upstream speaks.
 pub enum UpstreamDecoder {
@@ -50,6 +51,9 @@ pub struct UpstreamStream {
     decoder: UpstreamDecoder,
     queue: VecDeque<SseEvent>,
     idle: Duration,
+    /// The request's deadline (`timeouts.request_ms`, PRODUCT §3.4): a stream still
+    /// running then fails, however steadily it sends.
+    deadline: Option<Instant>,
     /// Whether content already reached the client (changes how failures are phased).
     pub committed: bool,
     /// A finish reason was seen.
@@ -81,12 +85,28 @@ impl UpstreamStream {
             decoder,
             queue: VecDeque::new(),
             idle,
+            deadline: None,
             committed: false,
             finished: false,
             done: false,
             complete: false,
             eof: false,
         }
+    }
+
+    /// Bound the stream by the request's deadline.
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
+    }
+
+    /// The request's deadline, when set.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the request's deadline has passed.
+    pub fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     fn phase(&self) -> Phase {
@@ -129,12 +149,20 @@ impl UpstreamStream {
             } else {
                 self.idle
             };
-            match tokio::time::timeout(wait, self.response.chunk()).await {
+            let now = Instant::now();
+            let until = self.deadline.map_or(now + wait, |d| d.min(now + wait));
+            match tokio::time::timeout_at(until, self.response.chunk()).await {
                 // The answer had its finish reason: an upstream that then sends nothing
                 // (no terminator, no close) has not failed it.
                 Err(_) if self.finished => {
                     self.done = true;
                     return StreamItem::End;
+                }
+                Err(_) if self.past_deadline() => {
+                    return StreamItem::Failed(Failure::silence(
+                        self.phase(),
+                        "the stream did not finish before the request deadline (timeouts.request_ms)",
+                    ));
                 }
                 Err(_) => {
                     return StreamItem::Failed(Failure::silence(
