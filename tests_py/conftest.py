@@ -175,3 +175,18 @@ def anthropic_client(gateway, fake):
     import anthropic
 
     return anthropic.Anthropic(base_url=gateway, api_key=CLIENT_KEY, max_retries=0)
+
+
+# A tool in OpenAI's shape, shared by the SDK tests.
+OPENAI_WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}

@@ -15,23 +15,12 @@ import anthropic
 import openai
 import pytest
 
-from conftest import CLIENT_KEY
+from conftest import CLIENT_KEY, OPENAI_WEATHER_TOOL
 
 ANTHROPIC_TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 OPENAI_TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather for a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    },
+    OPENAI_WEATHER_TOOL,
     {
         "type": "function",
         "function": {

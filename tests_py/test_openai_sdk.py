@@ -5,20 +5,7 @@ import json
 import openai
 import pytest
 
-from conftest import CLIENT_KEY, UPSTREAM_ANTHROPIC_KEY, UPSTREAM_OPENAI_KEY
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
+from conftest import CLIENT_KEY, OPENAI_WEATHER_TOOL as WEATHER_TOOL, UPSTREAM_ANTHROPIC_KEY, UPSTREAM_OPENAI_KEY
 
 
 def header(fake_request, name):
