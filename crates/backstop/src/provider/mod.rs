@@ -125,13 +125,80 @@ impl Response {
 struct Connector {
     inner: HttpsConnector<HttpConnector>,
     timeout: Duration,
-    /// Connections opened so far (see [`Upstream::send`]: a request that failed while
-    /// none was opened went out on a pooled one).
+    /// Connections opened so far (the tests count them).
     opened: Arc<AtomicU64>,
 }
 
-type Connection = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type Stream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream connection that knows when it was opened, and says so in its
+/// `Connected` info (which hyper-util attaches to a request's error): a request that
+/// failed on a connection opened before it was sent went out on a pooled one.
+struct Connection {
+    inner: Stream,
+    opened: OpenedAt,
+}
+
+/// When a connection was opened (its `Connected` extra).
+#[derive(Clone, Copy)]
+struct OpenedAt(tokio::time::Instant);
+
+impl hyper_util::client::legacy::connect::Connection for Connection {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        self.inner.connected().extra(self.opened)
+    }
+}
+
+impl hyper::rt::Read for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether the request behind `e` went out on a connection opened before `sent`.
+fn on_pooled_connection(e: &hyper_util::client::legacy::Error, sent: tokio::time::Instant) -> bool {
+    let Some(info) = e.connect_info() else {
+        return false;
+    };
+    let mut ext = http::Extensions::new();
+    info.get_extras(&mut ext);
+    ext.get::<OpenedAt>().is_some_and(|o| o.0 < sent)
+}
 
 impl tower_service::Service<Uri> for Connector {
     type Response = Connection;
@@ -148,7 +215,10 @@ impl tower_service::Service<Uri> for Connector {
         let timeout = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, connect).await {
-                Ok(r) => r,
+                Ok(r) => r.map(|inner| Connection {
+                    inner,
+                    opened: OpenedAt(tokio::time::Instant::now()),
+                }),
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no connection within {} ms", timeout.as_millis()),
@@ -163,7 +233,8 @@ impl tower_service::Service<Uri> for Connector {
 pub struct Upstream {
     pub config: ProviderConfig,
     client: Client<Connector, Full<Bytes>>,
-    /// The connector's count of connections opened.
+    /// The connector's count of connections opened (read by the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     opened: Arc<AtomicU64>,
     /// The endpoint parsed once, when it does not depend on the model (OpenAI and
     /// Anthropic): parsing a URL on every request showed in profiles.
@@ -350,14 +421,13 @@ impl Upstream {
                 TransportError::Other(format!("the provider's URL is not valid: {e}"))
             })?,
         };
-        let opened = self.opened.load(Ordering::Relaxed);
+        let sent = tokio::time::Instant::now();
         let req = self.request(uri.clone(), profile, body.clone(), stream, anthropic_beta)?;
         match self.client.request(req).await {
             Ok(r) => Ok(Response(r)),
             Err(e) => {
                 let err = TransportError::from_client(&e);
-                // No connection was opened meanwhile: the request went out on a pooled one.
-                let pooled = self.opened.load(Ordering::Relaxed) == opened;
+                let pooled = on_pooled_connection(&e, sent);
                 if !(pooled && matches!(err, TransportError::Reset(_)) && may_resend()) {
                     return Err(err);
                 }
