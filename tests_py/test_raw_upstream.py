@@ -631,8 +631,41 @@ def test_pooled_connection_closed_as_the_next_request_arrives_is_no_failure(raw,
     raw.script(ok, idle_close)
     raw.default = ok
     oai.chat.completions.create(model=model, messages=MSG)
+    # Let the answered connection go back to the gateway's pool, so the next request
+    # takes it (sent at once, it may race a new connection, which is not this case).
+    time.sleep(0.05)
     r = oai.chat.completions.with_raw_response.create(model=model, messages=MSG)
     assert r.parse().choices[0].message.content == "fine"
     assert r.headers["x-backstop-model"] == "oa/gpt-4o"
     assert r.headers["x-backstop-attempts"] == "1"
     assert len(raw.requests) == 3  # the answered one, the one cut, its resend
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_connection_is_reused_when_the_body_end_comes_after_done(raw, oai, stream):
+    """The upstream writes `data: [DONE]` and, a moment later, the chunked body's end.
+    Backstop reads that end before letting go of the answer, so the keep-alive
+    connection goes back to its pool instead of being closed (a new connection, and
+    for https a TLS handshake, for every request otherwise)."""
+    frames = [sse(d) for d in openai_events("kept")]
+
+    async def done_then_end(req, conn):
+        await conn.send(stream_head() + chunk(b"".join(frames)))
+        await conn.pause(0.005)
+        await conn.send(b"0\r\n\r\n")
+        return True
+
+    raw.default = done_then_end
+    for _ in range(5):
+        if stream:
+            text = "".join(
+                c.choices[0].delta.content or ""
+                for c in oai.chat.completions.create(model="solo-oa", messages=MSG, stream=True)
+                if c.choices
+            )
+        else:
+            text = oai.chat.completions.create(model="solo-oa", messages=MSG).choices[0].message.content
+        assert text == "kept"
+        time.sleep(0.05)  # the connection's return to the pool is asynchronous
+    # One connection for all five (none when an earlier test's is still in the pool).
+    assert raw.connections <= 1, raw.connections

@@ -1066,7 +1066,8 @@ impl Engine {
         }
         match answer {
             Answer::Complete { .. } => Ok(answer),
-            Answer::Stream { head, .. } => {
+            Answer::Stream { head, rest } => {
+                rest.release();
                 let response = super::stream::assemble(head.iter().flat_map(|(_, evs)| evs))
                     .map_err(|e| {
                         Failure::new(

@@ -450,6 +450,9 @@ pub fn relay(
         if !out.is_empty() {
             let _ = tx.send(Bytes::from(out)).await;
         }
+        // The client's answer is complete; the upstream connection is given back.
+        drop(tx);
+        rest.release();
     });
     rx
 }

@@ -73,6 +73,10 @@ pub struct UpstreamStream {
 /// `idle_ms` keeps an upstream that never sends it from holding the answer back.
 const TERMINATOR_GRACE: Duration = Duration::from_millis(200);
 
+/// How long [`UpstreamStream::release`] waits for the end of a body whose terminator
+/// has been read.
+const RELEASE_GRACE: Duration = Duration::from_millis(500);
+
 impl UpstreamStream {
     pub fn new(
         response: crate::provider::Response,
@@ -92,6 +96,28 @@ impl UpstreamStream {
             complete: false,
             eof: false,
         }
+    }
+
+    /// Once the terminator has been read: read the body's end, so that an HTTP/1
+    /// upstream connection goes back to the pool (dropped before its end, hyper closes
+    /// it, and the next request pays a new connection, a TLS handshake for https). The
+    /// end is usually buffered already and is read here at once; when it is still on its
+    /// way, a short task waits for it (at most [`RELEASE_GRACE`]).
+    pub fn release(mut self: Box<Self>) {
+        if self.eof || !self.done {
+            return;
+        }
+        loop {
+            match futures_util::FutureExt::now_or_never(self.response.chunk()) {
+                Some(Ok(Some(_))) => {}
+                Some(_) => return,
+                None => break,
+            }
+        }
+        tokio::spawn(async move {
+            let drain = async { while let Ok(Some(_)) = self.response.chunk().await {} };
+            let _ = tokio::time::timeout(RELEASE_GRACE, drain).await;
+        });
     }
 
     /// Bound the stream by the request's deadline.
