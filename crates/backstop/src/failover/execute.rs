@@ -414,62 +414,45 @@ impl Engine {
         };
         let mut plan = plan;
         if let Some(need) = OpenAiOnly::of(call) {
-            self.drop_unsuited(
-                &mut plan,
-                &mut run,
-                WireFormat::OpenAi,
-                &need.what,
-                need.lacks,
-            );
-            let api_of = |m: &ModelRef| self.upstreams.get(&m.provider).map(|u| u.api());
-            if !route
-                .targets
-                .iter()
-                .any(|m| api_of(m) == Some(WireFormat::OpenAi))
-            {
-                // Nothing in the chain can serve it: a client error, before any attempt.
-                let models: Vec<String> = route.targets.iter().map(ToString::to_string).collect();
-                let message = format!(
-                    "{} cannot be served by any model of the chain ({}): only an \
-                     OpenAI-compatible model can; the Anthropic and Gemini APIs {}. Send {}, \
+            let send = if need.param == "n" {
+                "n=1"
+            } else {
+                "no logprobs"
+            };
+            let message = |models: &str| {
+                format!(
+                    "{} cannot be served by any model of the chain ({models}): only an \
+                     OpenAI-compatible model can; the Anthropic and Gemini APIs {}. Send {send}, \
                      or add an OpenAI-compatible model to the chain",
-                    need.what,
-                    models.join(", "),
-                    need.lacks,
-                    if need.param == "n" {
-                        "n=1"
-                    } else {
-                        "no logprobs"
-                    },
-                );
-                let mut failure = self.chain_failure(&plan, run, false, false);
-                failure.unservable = Some((need.param.to_string(), message));
-                return Err(failure);
-            }
+                    need.what, need.lacks,
+                )
+            };
+            run = self.keep_only_format(
+                (&mut plan, run),
+                route,
+                WireFormat::OpenAi,
+                (&need.what, need.lacks),
+                (need.param, message),
+            )?;
         }
         if let Some(u) = &call.request.untranslatable {
             // Only a model of the client's own format, sent its body as is, can take it.
             let what = format!("{} ({})", u.what, u.param);
-            self.drop_unsuited(&mut plan, &mut run, call.ingress, &what, "cannot take it");
-            let api_of = |m: &ModelRef| self.upstreams.get(&m.provider).map(|u| u.api());
-            if !route
-                .targets
-                .iter()
-                .any(|m| api_of(m) == Some(call.ingress))
-            {
-                let models: Vec<String> = route.targets.iter().map(ToString::to_string).collect();
-                let message = format!(
-                    "{}: {} cannot be translated for any model of the chain ({}): only a model \
-                     of the {} API can take it. Leave it out, or add such a model to the chain",
-                    u.param,
-                    u.what,
-                    models.join(", "),
-                    call.ingress,
-                );
-                let mut failure = self.chain_failure(&plan, run, false, false);
-                failure.unservable = Some((u.param.clone(), message));
-                return Err(failure);
-            }
+            let message = |models: &str| {
+                format!(
+                    "{}: {} cannot be translated for any model of the chain ({models}): only a \
+                     model of the {} API can take it. Leave it out, or add such a model to the \
+                     chain",
+                    u.param, u.what, call.ingress,
+                )
+            };
+            run = self.keep_only_format(
+                (&mut plan, run),
+                route,
+                call.ingress,
+                (&what, "cannot take it"),
+                (&u.param, message),
+            )?;
         }
         let first_model = call.route.targets.first().cloned();
         let mut skip_model: Option<usize> = None;
@@ -543,6 +526,31 @@ impl Engine {
         Err(self.chain_failure(&plan, run, false, budget_spent))
     }
 
+    /// A request only models of `format` can serve: the others leave the plan
+    /// ([`Engine::drop_unsuited`]); when the chain has none, a client error naming
+    /// `param` (its message built from the chain's models), before any attempt.
+    fn keep_only_format(
+        &self,
+        (plan, mut run): (&mut AttemptPlan, Run),
+        route: &Route,
+        format: WireFormat,
+        (what, lacks): (&str, &str),
+        (param, message): (&str, impl FnOnce(&str) -> String),
+    ) -> Result<Run, ChainFailure> {
+        self.drop_unsuited(plan, &mut run, format, what, lacks);
+        if route
+            .targets
+            .iter()
+            .any(|m| self.api_of(&m.provider) == Some(format))
+        {
+            return Ok(run);
+        }
+        let models: Vec<String> = route.targets.iter().map(ToString::to_string).collect();
+        let mut failure = self.chain_failure(plan, run, false, false);
+        failure.unservable = Some((param.to_string(), message(&models.join(", "))));
+        Err(failure)
+    }
+
     /// Take the targets whose API cannot honour `need` out of the plan: skipped, like a
     /// model whose context window is too small, never counted as attempts; listed with
     /// the models that could not be tried when every target fails.
@@ -555,9 +563,8 @@ impl Engine {
         lacks: &str,
     ) {
         let mut unsuited: Vec<(ModelRef, WireFormat)> = Vec::new();
-        plan.targets.retain(|t| {
-            let api = self.upstreams.get(&t.model.provider).map(|u| u.api());
-            match api {
+        plan.targets
+            .retain(|t| match self.api_of(&t.model.provider) {
                 None => true,
                 Some(api) if api == format => true,
                 Some(api) => {
@@ -567,8 +574,7 @@ impl Engine {
                     run.skipped.push((t.clone(), Reason::BadRequest));
                     false
                 }
-            }
-        });
+            });
         for (model, api) in unsuited {
             plan.unusable.push((
                 model,
@@ -1107,6 +1113,7 @@ impl Engine {
         deadline: Instant,
         hold_all: bool,
     ) -> Result<Answer, Failure> {
+        let idle = Duration::from_millis(self.config.timeouts.idle_ms);
         let content_type = response
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -1115,7 +1122,6 @@ impl Engine {
             .to_ascii_lowercase();
         if !content_type.starts_with("text/event-stream") {
             let status = response.status().as_u16();
-            let idle = Duration::from_millis(self.config.timeouts.idle_ms);
             let body = read_body(response, deadline, idle)
                 .await
                 .unwrap_or_default();
@@ -1151,9 +1157,7 @@ impl Engine {
                 "unsupported wire format",
             )
         })?;
-        let idle = Duration::from_millis(self.config.timeouts.idle_ms);
-        let mut rest = Box::new(UpstreamStream::new(response, decoder, idle));
-        rest.set_deadline(deadline);
+        let mut rest = Box::new(UpstreamStream::new(response, decoder, idle, deadline));
         let mut head = Vec::new();
         // With `stream.commit: "complete"` the whole stream is held back, so any failure
         // before its end still fails over invisibly.

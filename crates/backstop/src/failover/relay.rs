@@ -24,7 +24,6 @@ use crate::state::Admission;
 use crate::wire;
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -306,11 +305,7 @@ pub fn relay(
                     .await
                     .is_err()
             {
-                engine.cooldowns.on_abandon(
-                    &target.model.provider,
-                    &target.profile,
-                    &target.model.model,
-                );
+                abandon(&engine, &target);
                 return;
             }
             // Waiting on the upstream, watch the client too: one that went away stops the
@@ -327,11 +322,7 @@ pub fn relay(
                 }
             };
             let Some(item) = item else {
-                engine.cooldowns.on_abandon(
-                    &target.model.provider,
-                    &target.profile,
-                    &target.model.model,
-                );
+                abandon(&engine, &target);
                 return;
             };
             let failure = match item {
@@ -377,11 +368,7 @@ pub fn relay(
             // not at fault, and there is no time left to rescue it.
             let past_deadline = rest.past_deadline();
             if past_deadline {
-                engine.cooldowns.on_abandon(
-                    &target.model.provider,
-                    &target.profile,
-                    &target.model.model,
-                );
+                abandon(&engine, &target);
             } else {
                 engine.cooldowns.on_failure(
                     &target.model.provider,
@@ -396,9 +383,7 @@ pub fn relay(
                 let _ = tx.send(Bytes::from(std::mem::take(&mut out))).await;
             }
             let cause = first_cause.get_or_insert(failure).clone();
-            let deadline = rest.deadline().unwrap_or_else(|| {
-                Instant::now() + Duration::from_millis(engine.config.timeouts.request_ms)
-            });
+            let deadline = rest.deadline();
             let rescued = if rescues < MAX_RESCUES && !delivered.tool_calls && !past_deadline {
                 // No rescue for a client that went away meanwhile.
                 tokio::select! {
@@ -455,6 +440,14 @@ pub fn relay(
         rest.release();
     });
     rx
+}
+
+/// The target's attempt ends through no fault of its own (the client left, the request's
+/// deadline passed): a half-open probe it held is freed, nothing is cooled.
+fn abandon(engine: &Engine, target: &Target) {
+    engine
+        .cooldowns
+        .on_abandon(&target.model.provider, &target.profile, &target.model.model);
 }
 
 fn next_filter_mode(f: &Filter) -> RescueMode {

@@ -53,7 +53,7 @@ pub struct UpstreamStream {
     idle: Duration,
     /// The request's deadline (`timeouts.request_ms`, PRODUCT §3.4): a stream still
     /// running then fails, however steadily it sends.
-    deadline: Option<Instant>,
+    deadline: Instant,
     /// Whether content already reached the client (changes how failures are phased).
     pub committed: bool,
     /// A finish reason was seen.
@@ -82,6 +82,7 @@ impl UpstreamStream {
         response: crate::provider::Response,
         decoder: UpstreamDecoder,
         idle: Duration,
+        deadline: Instant,
     ) -> Self {
         UpstreamStream {
             response,
@@ -89,7 +90,7 @@ impl UpstreamStream {
             decoder,
             queue: VecDeque::new(),
             idle,
-            deadline: None,
+            deadline,
             committed: false,
             finished: false,
             done: false,
@@ -100,7 +101,7 @@ impl UpstreamStream {
 
     /// Once the terminator has been read: read the body's end, so that an HTTP/1
     /// upstream connection goes back to the pool (dropped before its end, hyper closes
-    /// it, and the next request pays a new connection, a TLS handshake for https). The
+    /// it, and the next request pays a new connection; HTTP/2 streams end on their own). The
     /// end is usually buffered already and is read here at once; when it is still on its
     /// way, a short task waits for it (at most [`RELEASE_GRACE`]).
     pub fn release(mut self: Box<Self>) {
@@ -120,19 +121,14 @@ impl UpstreamStream {
         });
     }
 
-    /// Bound the stream by the request's deadline.
-    pub fn set_deadline(&mut self, deadline: Instant) {
-        self.deadline = Some(deadline);
-    }
-
-    /// The request's deadline, when set.
-    pub fn deadline(&self) -> Option<Instant> {
+    /// The request's deadline.
+    pub fn deadline(&self) -> Instant {
         self.deadline
     }
 
     /// Whether the request's deadline has passed.
     pub fn past_deadline(&self) -> bool {
-        self.deadline.is_some_and(|d| Instant::now() >= d)
+        Instant::now() >= self.deadline
     }
 
     fn phase(&self) -> Phase {
@@ -175,8 +171,7 @@ impl UpstreamStream {
             } else {
                 self.idle
             };
-            let now = Instant::now();
-            let until = self.deadline.map_or(now + wait, |d| d.min(now + wait));
+            let until = self.deadline.min(Instant::now() + wait);
             match tokio::time::timeout_at(until, self.response.chunk()).await {
                 // The answer had its finish reason: an upstream that then sends nothing
                 // (no terminator, no close) has not failed it.
