@@ -125,6 +125,17 @@ pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The events of a chunk that carries only `text` (none for empty text, as the
+/// decoders give none).
+pub(crate) fn text_events(text: std::borrow::Cow<'_, str>) -> Vec<crate::chat::StreamEvent> {
+    if text.is_empty() {
+        return Vec::new();
+    }
+    vec![crate::chat::StreamEvent::TextDelta {
+        text: text.into_owned(),
+    }]
+}
+
 /// Test support: `text` with one edit at `at` (0: the character removed, 1: doubled,
 /// else replaced by `with`), for the proptests that check the fast decoders on
 /// corrupted chunks.

@@ -196,6 +196,14 @@ impl<'a> Cursor<'a> {
         Some(RawStr { raw, escaped })
     }
 
+    /// A string, with where it is written (quotes included): a [`Template`]'s hole.
+    pub(crate) fn spanned_string(&mut self) -> Option<(RawStr<'a>, std::ops::Range<usize>)> {
+        self.peek()?;
+        let start = self.pos;
+        let s = self.string()?;
+        Some((s, start..self.pos))
+    }
+
     /// A string, or `null` (`None` inside).
     pub(crate) fn opt_string(&mut self) -> Option<Option<RawStr<'a>>> {
         if self.null() {

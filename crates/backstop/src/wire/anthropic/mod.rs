@@ -1181,13 +1181,7 @@ impl StreamDecoder {
             None => self.text_delta(data),
         };
         if let Some(text) = text {
-            return Ok(if text.is_empty() {
-                Vec::new()
-            } else {
-                vec![StreamEvent::TextDelta {
-                    text: text.into_owned(),
-                }]
-            });
+            return Ok(crate::wire::text_events(text));
         }
         self.push_value(ev, data)
     }
@@ -1223,10 +1217,7 @@ impl StreamDecoder {
                             }
                             "text" => {
                                 seen.first(1)?;
-                                c.peek()?;
-                                let start = c.pos();
-                                let s = c.string()?;
-                                text = Some((s, start..c.pos()));
+                                text = Some(c.spanned_string()?);
                             }
                             _ => c.skip()?,
                         }

@@ -1331,13 +1331,7 @@ impl StreamDecoder {
             return Ok(vec![StreamEvent::Done]);
         }
         if let Some(text) = self.repeat.text_of(data).and_then(RawStr::text) {
-            return Ok(if text.is_empty() {
-                Vec::new()
-            } else {
-                vec![StreamEvent::TextDelta {
-                    text: text.into_owned(),
-                }]
-            });
+            return Ok(crate::wire::text_events(text));
         }
         if let Some(out) = self.push_fast(data) {
             return Ok(out);
@@ -1553,11 +1547,7 @@ impl StreamDecoder {
                 }
                 // An unknown field's string (`system_fingerprint`, `obfuscation`) is
                 // only checked, so it may differ from one chunk to the next.
-                _ if c.peek()? == b'"' => {
-                    let start = c.pos();
-                    c.string()?;
-                    holes.spans.push(start..c.pos());
-                }
+                _ if c.peek()? == b'"' => holes.spans.push(c.spanned_string()?.1),
                 _ => c.skip()?,
             }
             Some(())
@@ -1664,10 +1654,10 @@ fn fast_delta<'a>(c: &mut Cursor<'a>) -> Option<FastDelta<'a>> {
         let (bit, slot) = match key.plain()? {
             "content" => {
                 seen.first(0)?;
-                c.peek()?;
-                let start = c.pos();
-                d.content = c.opt_string()?;
-                d.content_at = d.content.map(|_| start..c.pos());
+                if !c.null() {
+                    let (s, at) = c.spanned_string()?;
+                    (d.content, d.content_at) = (Some(s), Some(at));
+                }
                 return Some(());
             }
             "refusal" => (1, &mut d.refusal),
