@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -125,8 +125,6 @@ impl Response {
 struct Connector {
     inner: HttpsConnector<HttpConnector>,
     timeout: Duration,
-    /// Connections opened so far (the tests count them).
-    opened: Arc<AtomicU64>,
 }
 
 type Stream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
@@ -210,7 +208,6 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        self.opened.fetch_add(1, Ordering::Relaxed);
         let connect = self.inner.call(uri);
         let timeout = self.timeout;
         Box::pin(async move {
@@ -233,9 +230,6 @@ impl tower_service::Service<Uri> for Connector {
 pub struct Upstream {
     pub config: ProviderConfig,
     client: Client<Connector, Full<Bytes>>,
-    /// The connector's count of connections opened (read by the tests).
-    #[cfg_attr(not(test), allow(dead_code))]
-    opened: Arc<AtomicU64>,
     /// The endpoint parsed once, when it does not depend on the model (OpenAI and
     /// Anthropic): parsing a URL on every request showed in profiles.
     fixed_uri: Option<Uri>,
@@ -273,10 +267,7 @@ const USER_AGENT_VALUE: HeaderValue =
 /// A pooled HTTP client: HTTP/2 through ALPN for `https`, HTTP/1.1 otherwise; no proxy,
 /// no redirects followed (hyper follows none), no retries of its own beyond a request
 /// that never left on a pooled connection found closed.
-fn client(
-    timeouts: &Timeouts,
-    opened: Arc<AtomicU64>,
-) -> Result<Client<Connector, Full<Bytes>>, String> {
+fn client(timeouts: &Timeouts) -> Result<Client<Connector, Full<Bytes>>, String> {
     install_crypto_provider();
     let connect = Duration::from_millis(timeouts.connect_ms);
     let mut http = HttpConnector::new();
@@ -294,7 +285,6 @@ fn client(
     let connector = Connector {
         inner: tls,
         timeout: connect,
-        opened,
     };
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -320,9 +310,7 @@ fn secret_header(value: &str) -> Result<HeaderValue, TransportError> {
 
 impl Upstream {
     pub fn new(config: ProviderConfig, timeouts: &Timeouts) -> Result<Self, String> {
-        let opened = Arc::new(AtomicU64::new(0));
-        let client = client(timeouts, Arc::clone(&opened))
-            .map_err(|e| format!("providers.{}: {e}", config.id))?;
+        let client = client(timeouts).map_err(|e| format!("providers.{}: {e}", config.id))?;
         let fixed_uri = match config.api {
             WireFormat::OpenAi => Some(openai::endpoint(&config.base_url)),
             WireFormat::Anthropic => Some(anthropic::endpoint(&config.base_url)),
@@ -345,7 +333,6 @@ impl Upstream {
         Ok(Upstream {
             config,
             client,
-            opened,
             fixed_uri,
             extra_headers,
             sends_stream_options,
@@ -727,7 +714,8 @@ mod tests {
     /// A server whose first connection answers one request, keeps alive, then closes
     /// when the next request arrives (its idle close crossed that request); a second
     /// connection, if one comes, answers.
-    async fn closes_a_pooled_connection() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    /// The server task ends with whether that second connection came.
+    async fn closes_a_pooled_connection() -> (std::net::SocketAddr, tokio::task::JoinHandle<bool>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -743,7 +731,9 @@ mod tests {
                 second.write_all(OK).await.unwrap();
                 // Held open until the client has read the answer.
                 let _ = second.read(&mut [0u8; 1]).await;
+                return true;
             }
+            false
         });
         (addr, server)
     }
@@ -765,7 +755,10 @@ mod tests {
             answers_ok(resp.unwrap()).await;
         }
         drop(up);
-        server.await.unwrap();
+        assert!(
+            server.await.unwrap(),
+            "the resend opened a second connection"
+        );
     }
 
     #[tokio::test]
@@ -793,9 +786,8 @@ mod tests {
             .await;
         assert!(matches!(second, Err(TransportError::Reset(_))));
         assert_eq!(asked, 1);
-        assert_eq!(up.opened.load(Ordering::Relaxed), 1);
         drop(up);
-        server.await.unwrap();
+        assert!(!server.await.unwrap(), "no second connection was opened");
     }
 
     #[tokio::test]
