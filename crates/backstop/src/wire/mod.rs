@@ -125,6 +125,19 @@ pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The stop sequences an API that takes at most `max` is sent: the first `max`, with a
+/// warning, rather than a request it would refuse (other models of the chain may take
+/// them all).
+pub(crate) fn capped_stop<'a>(stop: &'a [String], max: usize, api: &str) -> &'a [String] {
+    if stop.len() > max {
+        tracing::warn!(
+            given = stop.len(),
+            "{api} takes at most {max} stop sequences: sending the first {max}"
+        );
+    }
+    &stop[..stop.len().min(max)]
+}
+
 /// The events of a chunk that carries only `text` (none for empty text, as the
 /// decoders give none).
 pub(crate) fn text_events(text: std::borrow::Cow<'_, str>) -> Vec<crate::chat::StreamEvent> {

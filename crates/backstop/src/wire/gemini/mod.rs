@@ -200,13 +200,7 @@ fn generation_config(req: &chat::Request) -> Obj {
         c.insert("topK".into(), k.into());
     }
     if !req.stop.is_empty() {
-        if req.stop.len() > MAX_STOP_SEQUENCES {
-            tracing::warn!(
-                given = req.stop.len(),
-                "Gemini takes at most {MAX_STOP_SEQUENCES} stop sequences: sending the first {MAX_STOP_SEQUENCES}"
-            );
-        }
-        let stop: Vec<&String> = req.stop.iter().take(MAX_STOP_SEQUENCES).collect();
+        let stop = super::capped_stop(&req.stop, MAX_STOP_SEQUENCES, "Gemini");
         c.insert("stopSequences".into(), json!(stop));
     }
     match &req.response_format {

@@ -694,13 +694,7 @@ pub fn encode_request(req: &Request, upstream_model: &str) -> Value {
     }
     if !req.stop.is_empty() {
         // OpenAI takes at most 4 (a longer list is a 400): the first 4 are sent.
-        if req.stop.len() > MAX_STOP_SEQUENCES {
-            tracing::warn!(
-                given = req.stop.len(),
-                "OpenAI takes at most {MAX_STOP_SEQUENCES} stop sequences: sending the first {MAX_STOP_SEQUENCES}"
-            );
-        }
-        let stop: Vec<&String> = req.stop.iter().take(MAX_STOP_SEQUENCES).collect();
+        let stop = super::capped_stop(&req.stop, MAX_STOP_SEQUENCES, "OpenAI");
         out.insert("stop".into(), json!(stop));
     }
     if let Some(rf) = &req.response_format {
