@@ -41,6 +41,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 /// mimalloc instead of glibc's malloc: cheaper small allocations on the request path.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
