@@ -102,6 +102,15 @@ impl Response {
         self.0.headers()
     }
 
+    /// Drop the response's head (headers, extensions) once it has been read, keeping the
+    /// body. hyper parses header values as slices of the connection's read buffer, so a
+    /// head kept for a stream's whole life keeps that buffer alive and makes the
+    /// connection allocate another one for the body (8 KB a stream).
+    pub fn forget_head(&mut self) {
+        *self.0.headers_mut() = HeaderMap::new();
+        self.0.extensions_mut().clear();
+    }
+
     /// The next piece of the body; `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, TransportError> {
         loop {
