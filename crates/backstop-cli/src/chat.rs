@@ -210,7 +210,7 @@ impl Chat {
                 if event.data == "[DONE]" {
                     break 'read;
                 }
-                let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
+                let Ok(v) = serde_json::from_str::<Value>(&event.data_text()) else {
                     continue;
                 };
                 if v.get("error").is_some() {

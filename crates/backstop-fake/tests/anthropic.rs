@@ -323,7 +323,7 @@ async fn stream_then_error_sends_an_error_event() {
     );
     let last = events.last().unwrap();
     assert_eq!(last.event.as_deref(), Some("error"));
-    let data: Value = serde_json::from_str(&last.data).unwrap();
+    let data: Value = serde_json::from_slice(&last.data).unwrap();
     assert_eq!(
         data,
         json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
@@ -336,7 +336,7 @@ async fn stream_then_error_sends_an_error_event() {
             .await
             .unwrap(),
     );
-    let data: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    let data: Value = serde_json::from_slice(&events.last().unwrap().data).unwrap();
     assert_eq!(data["error"]["type"], "rate_limit_error");
     assert_eq!(anthropic_text(&json_events(&events)), "x");
 }

@@ -398,7 +398,7 @@ async fn stream_then_error_sends_an_error_chunk_without_done() {
             .await
             .unwrap(),
     );
-    let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    let last: Value = serde_json::from_slice(&events.last().unwrap().data).unwrap();
     assert_eq!(last["error"]["type"], "server_error");
     assert!(last["error"]["message"].is_string());
     assert!(events.iter().all(|e| e.data != "[DONE]"));
@@ -409,7 +409,7 @@ async fn stream_then_error_sends_an_error_chunk_without_done() {
             .await
             .unwrap(),
     );
-    let last: Value = serde_json::from_str(&events.last().unwrap().data).unwrap();
+    let last: Value = serde_json::from_slice(&events.last().unwrap().data).unwrap();
     assert_eq!(last["error"]["message"], "boom");
 }
 

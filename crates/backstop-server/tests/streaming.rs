@@ -104,7 +104,7 @@ fn assert_in_band_error(case: Case, got: &Got, needles: &[&str]) -> String {
     );
     let events = got.events();
     let last = events.last().unwrap();
-    let data: Value = serde_json::from_str(&last.data)
+    let data: Value = serde_json::from_slice(&last.data)
         .unwrap_or_else(|_| panic!("last event is no JSON: {what}"));
     let message = match case.client {
         Client::OpenAi => {
@@ -119,7 +119,7 @@ fn assert_in_band_error(case: Case, got: &Got, needles: &[&str]) -> String {
             assert!(err["type"].is_string(), "{what}");
             let errors = events
                 .iter()
-                .filter(|e| e.data.contains("\"error\""))
+                .filter(|e| e.data_text().contains("\"error\""))
                 .count();
             assert_eq!(errors, 1, "{what}");
             err["message"].as_str().unwrap().to_string()
@@ -204,7 +204,7 @@ async fn a_malformed_chunk_never_reaches_the_client() {
         // Every event the client got is valid JSON (or OpenAI's terminator, which must not be here).
         for e in got.events() {
             assert!(
-                serde_json::from_str::<Value>(&e.data).is_ok(),
+                serde_json::from_slice::<Value>(&e.data).is_ok(),
                 "{case:?}: {:?}",
                 e.data
             );
@@ -261,7 +261,7 @@ async fn a_stream_without_its_terminator_is_finalised() {
             Client::Anthropic => {
                 assert_eq!(last.event.as_deref(), Some("message_stop"), "{what}");
                 assert_eq!(
-                    serde_json::from_str::<Value>(&last.data).unwrap()["type"],
+                    serde_json::from_slice::<Value>(&last.data).unwrap()["type"],
                     "message_stop"
                 );
                 let names: Vec<_> = events.iter().filter_map(|e| e.event.clone()).collect();

@@ -1,18 +1,34 @@
 //! Server-Sent Events: an incremental parser for upstream streams and a writer
 //! for client streams.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::borrow::Cow;
+use std::ops::Range;
 
 /// One dispatched SSE event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SseEvent {
     /// The `event:` field, when present (Anthropic names every event; OpenAI none).
     pub event: Option<String>,
-    /// The `data:` lines joined with `\n` (per the SSE spec).
-    pub data: String,
+    /// The `data:` lines joined with `\n` (per the SSE spec), as received: bytes not
+    /// yet decoded as UTF-8 (see [`SseEvent::data_text`]). An event with one `data:`
+    /// line (nearly all) shares them with `raw`, copying nothing.
+    pub data: Bytes,
     /// The event's bytes exactly as received (including its terminating blank line),
     /// for byte-exact passthrough of same-format streams.
     pub raw: Bytes,
+}
+
+impl SseEvent {
+    /// The data as text: borrowed when it is valid UTF-8 (nearly always), else with
+    /// each invalid sequence replaced by U+FFFD (never a panic).
+    pub fn data_text(&self) -> Cow<'_, str> {
+        // Valid UTF-8 is checked faster than the lossy path walks it.
+        match std::str::from_utf8(&self.data) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(&self.data),
+        }
+    }
 }
 
 /// Write one SSE frame (`event:` line if given, `data:` line(s), blank line) to `out`.
@@ -35,8 +51,8 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
 /// Feed it bytes as they arrive with [`push`](Self::push); it returns every event
 /// those bytes completed. Lines end in LF, CRLF or CR, and a chunk may split a
 /// line anywhere — inside a CRLF pair or a multi-byte UTF-8 character included:
-/// the parser works on bytes and decodes a line only once it is complete
-/// (invalid UTF-8 becomes U+FFFD, never a panic).
+/// the parser works on bytes, and an event's data is decoded as UTF-8 only when it
+/// is read ([`SseEvent::data_text`]: invalid UTF-8 becomes U+FFFD, never a panic).
 ///
 /// Each event's `raw` is a zero-copy slice of the bytes received, from the first
 /// line of its frame through its terminating blank line, so a same-format stream
@@ -56,7 +72,7 @@ pub fn write_event(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
 /// let events = p.push(b":1}\n\n: keep-alive\n\n");
 /// assert_eq!(events.len(), 1);
 /// assert_eq!(events[0].event.as_deref(), Some("ping"));
-/// assert_eq!(events[0].data, "{\"a\":1}");
+/// assert_eq!(events[0].data_text(), "{\"a\":1}");
 /// assert_eq!(&events[0].raw[..], b"event: ping\ndata: {\"a\":1}\n\n");
 /// assert_eq!(p.buffered(), 0);
 /// assert_eq!(p.finish(), None);
@@ -72,10 +88,11 @@ pub struct SseParser {
     search_from: usize,
     /// The current frame's `event:` value.
     event: Option<String>,
-    /// The current frame's `data:` lines, joined with `\n`.
-    data: String,
-    /// Whether the current frame has had a `data` line (it may be empty).
-    has_data: bool,
+    /// The current frame's data: where in `buf` while it is one line's value, in
+    /// `joined` once a second `data` line comes.
+    data: Data,
+    /// The `data:` lines of a frame that has several, joined with `\n`.
+    joined: BytesMut,
     /// No line has been processed yet (a leading UTF-8 BOM is then skipped).
     at_stream_start: bool,
 }
@@ -137,7 +154,7 @@ impl SseParser {
             };
             event = self.line(content_end, len);
         }
-        if event.is_none() && self.has_data {
+        if event.is_none() && !matches!(self.data, Data::None) {
             let end = self.buf.len();
             event = Some(self.dispatch(end));
         }
@@ -152,38 +169,48 @@ impl SseParser {
 
     /// Process the line `line_start..content_end` whose terminator ends at `next`.
     fn line(&mut self, content_end: usize, next: usize) -> Option<SseEvent> {
-        let start = self.line_start;
+        let mut start = self.line_start;
         self.line_start = next;
         self.search_from = next;
         if content_end == start {
             return self.blank_line(next);
         }
-        let mut line = &self.buf[start..content_end];
         if self.at_stream_start {
             self.at_stream_start = false;
-            line = line.strip_prefix(BOM).unwrap_or(line);
+            if self.buf[start..content_end].starts_with(BOM) {
+                start += BOM.len();
+            }
         }
+        let line = &self.buf[start..content_end];
         let (field, value) = match memchr::memchr(b':', line) {
             Some(0) => return None, // a comment
             Some(colon) => {
-                let value = &line[colon + 1..];
-                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+                let mut from = start + colon + 1;
+                if from < content_end && self.buf[from] == b' ' {
+                    from += 1;
+                }
+                (&line[..colon], from..content_end)
             }
-            None => (line, &b""[..]),
+            None => (line, content_end..content_end),
         };
         match field {
-            b"data" => {
-                if self.has_data {
-                    self.data.push('\n');
+            b"data" => match std::mem::take(&mut self.data) {
+                Data::None => self.data = Data::Line(value),
+                Data::Line(first) => {
+                    self.joined.clear();
+                    self.joined.extend_from_slice(&self.buf[first]);
+                    self.joined.put_u8(b'\n');
+                    self.joined.extend_from_slice(&self.buf[value]);
+                    self.data = Data::Joined;
                 }
-                self.has_data = true;
-                // Valid UTF-8 (nearly always) is checked faster than the lossy path walks it.
-                match std::str::from_utf8(value) {
-                    Ok(text) => self.data.push_str(text),
-                    Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+                Data::Joined => {
+                    self.joined.put_u8(b'\n');
+                    self.joined.extend_from_slice(&self.buf[value]);
+                    self.data = Data::Joined;
                 }
-            }
+            },
             b"event" => {
+                let value = &self.buf[value];
                 self.event =
                     (!value.is_empty()).then(|| String::from_utf8_lossy(value).into_owned());
             }
@@ -195,21 +222,26 @@ impl SseParser {
     /// A blank line ending at `end`: dispatch the frame, or drop it if it had no data.
     fn blank_line(&mut self, end: usize) -> Option<SseEvent> {
         self.at_stream_start = false;
-        if self.has_data {
-            Some(self.dispatch(end))
-        } else {
+        if matches!(self.data, Data::None) {
             self.buf.advance(end);
             self.reset_frame();
             None
+        } else {
+            Some(self.dispatch(end))
         }
     }
 
     /// Emit the current frame, whose bytes are `buf[..end]`.
     fn dispatch(&mut self, end: usize) -> SseEvent {
         let raw = self.buf.split_to(end).freeze();
+        let data = match std::mem::take(&mut self.data) {
+            Data::Line(value) => raw.slice(value),
+            Data::Joined => self.joined.split().freeze(),
+            Data::None => Bytes::new(),
+        };
         let event = SseEvent {
             event: self.event.take(),
-            data: std::mem::take(&mut self.data),
+            data,
             raw,
         };
         self.reset_frame();
@@ -218,11 +250,22 @@ impl SseParser {
 
     fn reset_frame(&mut self) {
         self.event = None;
-        self.data.clear();
-        self.has_data = false;
+        self.data = Data::None;
         self.line_start = 0;
         self.search_from = 0;
     }
+}
+
+/// Where the current frame's data is.
+#[derive(Debug, Default)]
+enum Data {
+    /// No `data` line yet.
+    #[default]
+    None,
+    /// One `data` line: its value is this range of the parser's buffer.
+    Line(Range<usize>),
+    /// Several: joined in the parser's `joined`.
+    Joined,
 }
 
 #[cfg(test)]
@@ -237,8 +280,12 @@ mod tests {
         events
     }
 
-    fn datas(events: &[SseEvent]) -> Vec<&str> {
-        events.iter().map(|e| e.data.as_str()).collect()
+    fn datas(events: &[SseEvent]) -> Vec<String> {
+        events.iter().map(|e| e.data_text().into_owned()).collect()
+    }
+
+    fn data_of(e: Option<&SseEvent>) -> Option<String> {
+        e.map(|e| e.data_text().into_owned())
     }
 
     #[test]
@@ -293,7 +340,7 @@ mod tests {
         let mut p = SseParser::new();
         assert!(p.push(b"data: z\r\r").is_empty());
         let last = p.finish();
-        assert_eq!(last.as_ref().map(|e| e.data.as_str()), Some("z"));
+        assert_eq!(data_of(last.as_ref()).as_deref(), Some("z"));
         assert_eq!(
             last.map(|e| e.raw),
             Some(Bytes::from_static(b"data: z\r\r"))
@@ -372,8 +419,24 @@ mod tests {
     #[test]
     fn invalid_utf8_is_replaced_not_a_panic() {
         let events = parse_all(b"event: \xff\ndata: a\xc3\n\n");
-        assert_eq!(events[0].data, "a\u{FFFD}");
+        assert_eq!(events[0].data_text(), "a\u{FFFD}");
         assert_eq!(events[0].event.as_deref(), Some("\u{FFFD}"));
+    }
+
+    #[test]
+    fn invalid_utf8_across_data_lines_reads_as_each_line_decoded() {
+        let events = parse_all(b"data: a\xe2\x82\ndata: \x82b\ndata:\xff\n\n");
+        assert_eq!(events[0].data_text(), "a\u{FFFD}\n\u{FFFD}b\n\u{FFFD}");
+    }
+
+    #[test]
+    fn one_data_line_is_shared_with_raw() {
+        let events = parse_all(b"event: e\r\ndata: {\"a\":1}\r\n\r\ndata:x\n\n");
+        for e in &events {
+            let (raw, data) = (e.raw.as_ptr_range(), e.data.as_ptr_range());
+            assert!(raw.start <= data.start && data.end <= raw.end, "{e:?}");
+        }
+        assert_eq!(datas(&events), ["{\"a\":1}", "x"]);
     }
 
     #[test]
@@ -392,13 +455,13 @@ mod tests {
         assert!(p.push(b"data: {\"a\":1}\n").is_empty());
         assert_eq!(p.buffered(), 14);
         let e = p.finish();
-        assert_eq!(e.as_ref().map(|e| e.data.as_str()), Some("{\"a\":1}"));
+        assert_eq!(data_of(e.as_ref()).as_deref(), Some("{\"a\":1}"));
         assert_eq!(p.buffered(), 0);
 
         let mut p = SseParser::new();
         assert!(p.push(b"data: [DONE]").is_empty());
         let e = p.finish();
-        assert_eq!(e.as_ref().map(|e| e.data.as_str()), Some("[DONE]"));
+        assert_eq!(data_of(e.as_ref()).as_deref(), Some("[DONE]"));
         assert_eq!(e.map(|e| e.raw), Some(Bytes::from_static(b"data: [DONE]")));
 
         let mut p = SseParser::new();
@@ -551,7 +614,7 @@ mod tests {
             prop_assert_eq!(&chunked, &whole);
             let got: Vec<_> = whole
                 .iter()
-                .map(|e| (e.event.clone(), e.data.clone(), e.raw.to_vec()))
+                .map(|e| (e.event.clone(), e.data_text().into_owned(), e.raw.to_vec()))
                 .collect();
             prop_assert_eq!(got, expected);
         }

@@ -41,7 +41,7 @@ pub fn parse_sse(bytes: &[u8]) -> Vec<SseEvent> {
 pub fn json_events(events: &[SseEvent]) -> Vec<Value> {
     events
         .iter()
-        .filter_map(|e| serde_json::from_str(&e.data).ok())
+        .filter_map(|e| serde_json::from_slice(&e.data).ok())
         .collect()
 }
 

@@ -300,7 +300,7 @@ impl Got {
     pub fn json_events(&self) -> Vec<Value> {
         self.events()
             .iter()
-            .filter_map(|e| serde_json::from_str(&e.data).ok())
+            .filter_map(|e| serde_json::from_slice(&e.data).ok())
             .collect()
     }
 

@@ -1171,7 +1171,13 @@ impl Engine {
             } else {
                 first_token_deadline
             };
-            let item = match tokio::time::timeout_at(until, rest.next_item()).await {
+            // An item of a read already made comes at once: no timer for it.
+            let timed = if rest.has_ready() {
+                Ok(rest.next_item().await)
+            } else {
+                tokio::time::timeout_at(until, rest.next_item()).await
+            };
+            let item = match timed {
                 Err(_) if got_content => {
                     return Err(Failure::silence(
                         Phase::StreamBeforeCommit,

@@ -50,22 +50,27 @@ struct Delivered {
 }
 
 impl Delivered {
-    fn observe(&mut self, events: &[StreamEvent]) {
+    /// Take note of events the client got (kept in the log, not copied); returns
+    /// whether they ended the stream.
+    fn observe(&mut self, events: Vec<StreamEvent>) -> bool {
+        let mut done = false;
         for e in events {
-            match e {
+            match &e {
                 StreamEvent::TextDelta { text } => self.text.push_str(text),
                 StreamEvent::ToolCallStart { .. } | StreamEvent::ToolCallDelta { .. } => {
                     self.tool_calls = true
                 }
+                StreamEvent::Done => done = true,
                 _ => {}
             }
             if !matches!(
                 e,
                 StreamEvent::Usage { .. } | StreamEvent::Finish { .. } | StreamEvent::Done
             ) {
-                self.log.push(e.clone());
+                self.log.push(e);
             }
         }
+        done
     }
 }
 
@@ -288,12 +293,9 @@ pub fn relay(
         let mut tried: Vec<Target> = vec![target.clone()];
         let mut out = Vec::with_capacity(1024);
         let mut saw_done = false;
-        let is_done =
-            |events: &[StreamEvent]| events.iter().any(|e| matches!(e, StreamEvent::Done));
-        for (raw, events) in &head {
-            writer.event(raw, events, &mut out);
-            delivered.observe(events);
-            saw_done |= is_done(events);
+        for (raw, events) in head {
+            writer.event(&raw, &events, &mut out);
+            saw_done |= delivered.observe(events);
         }
         while !saw_done {
             // Events that came in one upstream read leave in one client write: send only
@@ -330,14 +332,12 @@ pub fn relay(
                     match filter.as_mut().map(|f| f.apply(events.clone())) {
                         None => {
                             writer.event(&raw, &events, &mut out);
-                            delivered.observe(&events);
-                            saw_done = is_done(&events);
+                            saw_done = delivered.observe(events);
                             continue;
                         }
                         Some(Ok(events)) => {
                             writer.encode(&events, &mut out);
-                            delivered.observe(&events);
-                            saw_done = is_done(&events);
+                            saw_done = delivered.observe(events);
                             continue;
                         }
                         Some(Err(why)) => {
@@ -416,8 +416,7 @@ pub fn relay(
                 match f.apply(events) {
                     Ok(events) => {
                         writer.encode(&events, &mut out);
-                        delivered.observe(&events);
-                        saw_done |= is_done(&events);
+                        saw_done |= delivered.observe(events);
                     }
                     Err(why) => {
                         tracing::warn!(request_id = %call.request_id, "rescue abandoned: {why}");

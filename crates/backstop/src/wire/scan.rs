@@ -370,20 +370,19 @@ pub(crate) struct Template {
 
 impl Template {
     /// Keep `src` (reusing this template's buffers) with its `holes`, `text` being
-    /// the text's hole. Nothing is kept when the holes are not quoted strings of `src`
-    /// in order (then [`Template::text_of`] matches nothing).
+    /// the text's hole. Nothing is kept when the holes are not valid JSON strings of
+    /// `src` (quotes included) in order (then [`Template::text_of`] matches nothing).
     pub(crate) fn set(&mut self, src: &str, holes: &[std::ops::Range<usize>], text: usize) {
         self.src.clear();
         self.holes.clear();
-        let b = src.as_bytes();
         let mut after = 0;
         for h in holes {
-            let quoted = h.start >= after
-                && h.end >= h.start + 2
-                && b.get(h.start) == Some(&b'"')
-                && b.get(h.end - 1) == Some(&b'"');
-            if !quoted {
-                self.holes.clear();
+            let mut c = Cursor { src, pos: h.start };
+            let string = h.start >= after
+                && src.as_bytes().get(h.start) == Some(&b'"')
+                && c.string().is_some()
+                && c.pos == h.end;
+            if !string {
                 return;
             }
             after = h.end;
@@ -399,6 +398,12 @@ impl Template {
     /// The text of `data` when it is this template with other strings in its holes:
     /// every byte outside the holes equal, each hole a valid JSON string (escapes
     /// checked as [`Cursor::string`] checks them). `None` otherwise.
+    ///
+    /// A hole other than the text's that holds the template's own string (OpenAI's
+    /// `service_tier` and `system_fingerprint` do, chunk after chunk) is compared with
+    /// the bytes before it, not scanned: the template's string is a valid JSON string
+    /// (see [`Template::set`]), so equal bytes through its closing quote are that same
+    /// string, and the scan would end where the comparison does.
     pub(crate) fn text_of<'a>(&self, data: &'a str) -> Option<RawStr<'a>> {
         if self.holes.is_empty() {
             return None;
@@ -407,6 +412,14 @@ impl Template {
         let (mut from, mut at) = (0, 0);
         let mut text = None;
         for (i, hole) in self.holes.iter().enumerate() {
+            if i != self.text {
+                let through = &src[from..hole.end];
+                if b.get(at..at + through.len()) == Some(through) {
+                    at += through.len();
+                    from = hole.end;
+                    continue;
+                }
+            }
             let same = &src[from..hole.start];
             if b.get(at..at + same.len())? != same || b.get(at + same.len()) != Some(&b'"') {
                 return None;
@@ -536,6 +549,96 @@ mod tests {
         assert!(t.text_of(src).is_none());
         t.set(src, &[at(r#""hello""#)], 1);
         assert!(t.text_of(src).is_none());
+    }
+
+    /// [`Template::text_of`] as it was before holes holding the template's own string
+    /// were compared instead of scanned: every hole scanned.
+    fn text_of_by_scanning<'a>(t: &Template, data: &'a str) -> Option<RawStr<'a>> {
+        if t.holes.is_empty() {
+            return None;
+        }
+        let (src, b) = (t.src.as_bytes(), data.as_bytes());
+        let (mut from, mut at) = (0, 0);
+        let mut text = None;
+        for (i, hole) in t.holes.iter().enumerate() {
+            let same = &src[from..hole.start];
+            if b.get(at..at + same.len())? != same || b.get(at + same.len()) != Some(&b'"') {
+                return None;
+            }
+            let mut c = Cursor {
+                src: data,
+                pos: at + same.len(),
+            };
+            let s = c.string()?;
+            if i == t.text {
+                text = Some(s);
+            }
+            at = c.pos;
+            from = hole.end;
+        }
+        (b.get(at..)? == &src[from..]).then_some(())?;
+        text
+    }
+
+    /// Strings for the template test: valid ones (plain, escaped, empty, one the prefix
+    /// of another) and broken ones (which a template never keeps).
+    const STRINGS: &[&str] = &[
+        r#""default""#,
+        r#""defaults""#,
+        r#""""#,
+        r#""fp_1a2b""#,
+        r#""a\"b""#,
+        r#""a\\""#,
+        r#""caf\u00e9""#,
+        "\"h\u{e9}llo \u{1F600}\"",
+        r#""a"b""#,
+        r#""a\q""#,
+        r#""a"#,
+        r#"5"#,
+        "\"tab\there\"",
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn comparing_unchanged_holes_reads_as_scanning_them(
+            holes in proptest::collection::vec(0..STRINGS.len(), 1..5),
+            text in proptest::prelude::any::<proptest::sample::Index>(),
+            changes in proptest::collection::vec(proptest::option::of(0..STRINGS.len()), 1..5),
+            cut in proptest::option::of(0usize..200),
+        ) {
+            // A template `{"k0":<s>,"k1":<s>,…}` and data with some holes' strings
+            // replaced (by equal, longer, escaped or broken ones), maybe cut short.
+            let build = |strings: &[&str]| {
+                let mut src = String::from("{");
+                let mut spans = Vec::new();
+                for (i, s) in strings.iter().enumerate() {
+                    if i > 0 {
+                        src.push(',');
+                    }
+                    src.push_str(&format!("\"k{i}\":"));
+                    spans.push(src.len()..src.len() + s.len());
+                    src.push_str(s);
+                }
+                src.push('}');
+                (src, spans)
+            };
+            let mine: Vec<&str> = holes.iter().map(|&h| STRINGS[h]).collect();
+            let (src, spans) = build(&mine);
+            let mut t = Template::default();
+            t.set(&src, &spans, text.index(spans.len()));
+            let theirs: Vec<&str> = mine
+                .iter()
+                .enumerate()
+                .map(|(i, s)| changes.get(i).copied().flatten().map_or(*s, |c| STRINGS[c]))
+                .collect();
+            let (mut data, _) = build(&theirs);
+            if let Some(cut) = cut.filter(|&c| c < data.len() && data.is_char_boundary(c)) {
+                data.truncate(cut);
+            }
+            let got = t.text_of(&data).map(|s| (s.raw, s.escaped));
+            let want = text_of_by_scanning(&t, &data).map(|s| (s.raw, s.escaped));
+            proptest::prop_assert_eq!(got, want, "{} / {}", src, data);
+        }
     }
 
     #[test]

@@ -1175,7 +1175,8 @@ impl StreamDecoder {
     /// Decodes one SSE event. Unknown event and delta types are ignored (Anthropic
     /// may add new ones); malformed JSON is an error.
     pub fn push(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, WireError> {
-        let data = ev.data.trim();
+        let text = ev.data_text();
+        let data = text.trim();
         let text = match self.repeat.text_of(data) {
             Some(raw) => raw.text(),
             None => self.text_delta(data),

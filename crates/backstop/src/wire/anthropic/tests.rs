@@ -24,7 +24,7 @@ fn parse_sse(text: &str) -> Vec<SseEvent> {
                     data.push(d);
                 }
             }
-            ev.data = data.join("\n");
+            ev.data = data.join("\n").into();
             ev
         })
         .collect()
@@ -1053,7 +1053,7 @@ fn decodes_realistic_stream() {
 fn sse(event: &str, data: &str) -> SseEvent {
     SseEvent {
         event: Some(event.into()),
-        data: data.into(),
+        data: data.to_string().into(),
         raw: Bytes::new(),
     }
 }
@@ -1215,7 +1215,7 @@ fn encoder_output_decodes_to_the_same_events() {
     let frames = parse_sse(&text);
     // Every frame's `event:` name matches its JSON type.
     for f in &frames {
-        let v: Value = serde_json::from_str(&f.data).unwrap();
+        let v: Value = serde_json::from_slice(&f.data).unwrap();
         assert_eq!(v["type"].as_str(), f.event.as_deref());
     }
     let names: Vec<&str> = frames.iter().filter_map(|f| f.event.as_deref()).collect();
@@ -1241,20 +1241,20 @@ fn encoder_output_decodes_to_the_same_events() {
             "message_stop",
         ]
     );
-    let start: Value = serde_json::from_str(&frames[0].data).unwrap();
+    let start: Value = serde_json::from_slice(&frames[0].data).unwrap();
     assert_eq!(
         start,
         json!({"type": "message_start", "message": {
             "id": "msg_x", "type": "message", "role": "assistant", "content": [], "model": "gpt-4o",
             "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 120, "output_tokens": 0}}})
     );
-    let tool_start: Value = serde_json::from_str(&frames[12].data).unwrap();
+    let tool_start: Value = serde_json::from_slice(&frames[12].data).unwrap();
     assert_eq!(
         tool_start,
         json!({"type": "content_block_start", "index": 3,
                "content_block": {"type": "tool_use", "id": "call_b", "name": "g", "input": {}}})
     );
-    let delta: Value = serde_json::from_str(&frames[15].data).unwrap();
+    let delta: Value = serde_json::from_slice(&frames[15].data).unwrap();
     assert_eq!(
         delta,
         json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null},
@@ -1281,10 +1281,10 @@ fn encoder_synthesizes_start_and_defaults() {
         },
     ]);
     let frames = parse_sse(&text);
-    let first: Value = serde_json::from_str(&frames[0].data).unwrap();
+    let first: Value = serde_json::from_slice(&frames[0].data).unwrap();
     assert_eq!(first["message"]["id"], "msg_backstop");
     assert_eq!(first["message"]["usage"]["input_tokens"], 0);
-    let delta: Value = serde_json::from_str(&frames[frames.len() - 2].data).unwrap();
+    let delta: Value = serde_json::from_slice(&frames[frames.len() - 2].data).unwrap();
     assert_eq!(
         delta,
         json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
@@ -1344,7 +1344,7 @@ fn encoder_writes_errors() {
 fn delta_event(data: &str) -> SseEvent {
     SseEvent {
         event: Some("content_block_delta".into()),
-        data: data.to_string(),
+        data: data.to_string().into(),
         raw: Bytes::new(),
     }
 }

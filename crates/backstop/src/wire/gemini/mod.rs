@@ -883,7 +883,8 @@ impl StreamDecoder {
 
     /// Decodes one SSE event. Malformed JSON is an error; events after the finish are ignored.
     pub fn push(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, WireError> {
-        let data = ev.data.trim();
+        let text = ev.data_text();
+        let data = text.trim();
         if data.is_empty() || self.finished {
             return Ok(Vec::new());
         }

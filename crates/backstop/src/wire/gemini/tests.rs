@@ -19,7 +19,7 @@ fn msg(role: Role, content: Vec<Part>) -> Message {
 fn sse(data: &str) -> SseEvent {
     SseEvent {
         event: None,
-        data: data.to_string(),
+        data: data.to_string().into(),
         raw: Bytes::from(format!("data: {data}\r\n\r\n")),
     }
 }

@@ -1317,7 +1317,8 @@ impl StreamDecoder {
     /// Decode one SSE event. Comments and empty events yield nothing; a chunk
     /// that is not JSON is an error (the caller decides what to do with it).
     pub fn push(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, WireError> {
-        let data = ev.data.trim();
+        let text = ev.data_text();
+        let data = text.trim();
         if data.is_empty() {
             return Ok(Vec::new());
         }

@@ -49,7 +49,7 @@ fn err_of(body: Value) -> String {
 fn sse(data: &str) -> SseEvent {
     SseEvent {
         event: None,
-        data: data.to_string(),
+        data: data.to_string().into(),
         raw: bytes::Bytes::new(),
     }
 }
@@ -1299,7 +1299,7 @@ fn encoder_frames_match_openai_shapes() {
     let frames = parse_sse(&out);
     let chunks: Vec<Value> = frames[..frames.len() - 1]
         .iter()
-        .map(|f| serde_json::from_str(&f.data).unwrap())
+        .map(|f| serde_json::from_slice(&f.data).unwrap())
         .collect();
     assert_eq!(frames.last().unwrap().data, "[DONE]");
     let created = chunks[0]["created"].clone();
@@ -1367,11 +1367,11 @@ fn encoder_without_usage_or_start() {
     );
     let frames = parse_sse(&out);
     assert_eq!(frames.len(), 4, "role, text, finish, [DONE]");
-    let first: Value = serde_json::from_str(&frames[0].data).unwrap();
+    let first: Value = serde_json::from_slice(&frames[0].data).unwrap();
     assert_eq!(first["id"], SYNTHETIC_ID);
     assert!(first.get("usage").is_none());
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
-    let finish: Value = serde_json::from_str(&frames[2].data).unwrap();
+    let finish: Value = serde_json::from_slice(&frames[2].data).unwrap();
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
     assert_eq!(frames[3].data, "[DONE]");
 }
@@ -1399,7 +1399,7 @@ fn encoder_in_band_error_has_no_done() {
     enc.encode(&StreamEvent::Done, &mut out);
     let frames = parse_sse(&out);
     assert_eq!(frames.len(), 3);
-    let last: Value = serde_json::from_str(&frames[2].data).unwrap();
+    let last: Value = serde_json::from_slice(&frames[2].data).unwrap();
     assert_eq!(
         last,
         json!({"error": {"message": "all targets failed", "type": "server_error", "param": null, "code": null}})
@@ -1473,7 +1473,7 @@ fn fast_stream_path_matches_the_general_decoder() {
         for chunk in chunks {
             let ev = SseEvent {
                 event: None,
-                data: chunk.to_string(),
+                data: chunk.to_string().into(),
                 raw: bytes::Bytes::new(),
             };
             let mut fast = StreamDecoder::new();
@@ -1503,7 +1503,7 @@ proptest! {
             "choices": [{"index": index, "delta": {"content": text}, "finish_reason": finish}],
         })
         .to_string();
-        let ev = SseEvent { event: None, data: chunk.clone(), raw: bytes::Bytes::new() };
+        let ev = SseEvent { event: None, data: chunk.clone().into(), raw: bytes::Bytes::new() };
         let fast = StreamDecoder::new().push(&ev).map_err(|e| e.to_string());
         let general = StreamDecoder::new().push_value(&ev, &chunk).map_err(|e| e.to_string());
         prop_assert_eq!(fast, general);
@@ -1531,7 +1531,7 @@ proptest! {
         with in proptest::sample::select(crate::wire::EDIT_CHARS.to_vec()),
     ) {
         let chunk = crate::wire::one_edit(MUTATION_BASES[base], at, edit, with);
-        let ev = SseEvent { event: None, data: chunk.clone(), raw: bytes::Bytes::new() };
+        let ev = SseEvent { event: None, data: chunk.clone().into(), raw: bytes::Bytes::new() };
         let fast = StreamDecoder::new().push(&ev).map_err(|e| e.to_string());
         let general = StreamDecoder::new().push_value(&ev, chunk.trim()).map_err(|e| e.to_string());
         prop_assert_eq!(fast, general, "chunk {}", chunk);
