@@ -87,12 +87,42 @@ pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
     if keys.windows(2).any(|w| w[0] == w[1]) {
         return None;
     }
+    splice_at(body, fields, entries.is_empty(), |name| {
+        Some(
+            entries
+                .iter()
+                .find(|(k, _, _)| k.as_ref() == name)
+                .map(|&(_, start, end)| start..end),
+        )
+    })
+}
+
+/// [`splice_fields`] on a body whose top-level fields were already located (by
+/// [`openai::decode_request_fast`]): `None` when the spans do not tell where one of
+/// `fields` stands.
+pub fn splice_spans(
+    body: &[u8],
+    spans: &openai::Spans,
+    fields: &[(&str, &str)],
+) -> Option<Vec<u8>> {
+    splice_at(body, fields, spans.empty, |name| spans.of(name))
+}
+
+/// Replace or append `fields` in a JSON object with no repeated key: `find` gives the
+/// value range of a top-level field (`Some(None)` when absent, `None` when unknown),
+/// `empty` whether the object has no field.
+fn splice_at(
+    body: &[u8],
+    fields: &[(&str, &str)],
+    empty: bool,
+    find: impl Fn(&str) -> Option<Option<std::ops::Range<usize>>>,
+) -> Option<Vec<u8>> {
     // (start, end, new text) of every value replaced in place, in body order.
-    let mut replace: Vec<(usize, usize, &str)> = Vec::new();
-    let mut append: Vec<(&str, &str)> = Vec::new();
+    let mut replace: Vec<(usize, usize, &str)> = Vec::with_capacity(fields.len());
+    let mut append: Vec<(&str, &str)> = Vec::with_capacity(fields.len());
     for &(name, value) in fields {
-        match entries.iter().find(|(k, _, _)| k.as_ref() == name) {
-            Some(&(_, start, end)) => replace.push((start, end, value)),
+        match find(name)? {
+            Some(r) => replace.push((r.start, r.end, value)),
             None => append.push((name, value)),
         }
     }
@@ -106,12 +136,12 @@ pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(body.len() + extra + 64);
     let mut at = 0;
     for (start, end, value) in replace {
-        out.extend_from_slice(&body[at..start]);
+        out.extend_from_slice(body.get(at..start)?);
         out.extend_from_slice(value.as_bytes());
         at = end;
     }
-    out.extend_from_slice(&body[at..close]);
-    let mut empty = entries.is_empty();
+    out.extend_from_slice(body.get(at..close)?);
+    let mut empty = empty;
     for (name, value) in append {
         if !empty {
             out.push(b',');

@@ -49,6 +49,9 @@ pub fn completion_id(upstream_id: &str) -> String {
 
 type Obj = Map<String, Value>;
 
+mod fast;
+pub use fast::{RequestFacts, Spans, decode_request_fast};
+
 // ---------------------------------------------------------------------------
 // Small JSON helpers (absent and `null` are the same thing everywhere)
 // ---------------------------------------------------------------------------
