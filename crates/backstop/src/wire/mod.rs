@@ -155,6 +155,72 @@ fn splice_at(
     Some(out)
 }
 
+/// How serde_json escapes each byte of a string: 0 for none, else the letter after the
+/// backslash (`u` for `\u00XX`).
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// `s` as a JSON string, quotes included, as serde_json writes it.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    push_json_str_contents(out, s);
+    out.push(b'"');
+}
+
+/// `s` escaped as serde_json escapes a string, without the quotes.
+pub(crate) fn push_json_str_contents(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc = ESCAPE[usize::from(c)];
+        if esc == 0 {
+            continue;
+        }
+        out.extend_from_slice(&b[start..i]);
+        if esc == b'u' {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(c >> 4)]);
+            out.push(HEX[usize::from(c & 0xf)]);
+        } else {
+            out.push(b'\\');
+            out.push(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+}
+
+/// `n` in decimal.
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
 /// The stop sequences an API that takes at most `max` is sent: the first `max`, with a
 /// warning, rather than a request it would refuse (other models of the chain may take
 /// them all).
@@ -207,6 +273,23 @@ pub(crate) const EDIT_CHARS: [char; 19] = [
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// Strings and numbers are written exactly as serde_json writes them: every
+        /// control character, quotes, backslashes, DEL, multi-byte UTF-8.
+        #[test]
+        fn json_strings_and_numbers_are_serde_json_s(
+            s in "[\\x00-\\x7f\u{80}\u{e9}\u{2028}\u{20ac}\u{1d11e}a-z\"\\\\]{0,40}",
+            n in any::<u64>(),
+        ) {
+            let mut out = Vec::new();
+            push_json_str(&mut out, &s);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+    }
 
     /// What the `Value` path sends: `with_model`, then the fields inserted in order.
     fn via_value(body: &[u8], fields: &[(&str, &str)]) -> String {
