@@ -174,11 +174,13 @@ fn set_attempts(headers: &mut HeaderMap, n: usize) {
 
 fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Success) -> Response {
     let ingress = call.ingress;
-    let mut headers = HeaderMap::new();
+    // Headers go straight into the response (in the order they always had).
+    let mut resp = Response::new(Body::empty());
+    let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&success.target.model.to_string()) {
         headers.insert(MODEL, v);
     }
-    set_attempts(&mut headers, success.attempts());
+    set_attempts(headers, success.attempts());
     if let Some(cleared) = &success.fallback_cleared
         && let Ok(v) = HeaderValue::from_str(cleared)
     {
@@ -191,15 +193,13 @@ fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Succ
         }
     }
     let upstream = success.upstream_format;
-    let mut resp = match success.answer {
+    let body = match success.answer {
         Answer::Complete { body, response } => {
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            Response::new(Body::from(render::complete_body(
-                ingress, upstream, &body, &response,
-            )))
+            Body::from(render::complete_body(ingress, upstream, &body, &response))
         }
         Answer::Stream { head, rest } => {
             headers.insert(
@@ -219,10 +219,10 @@ fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Succ
                     .await
                     .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
             });
-            Response::new(Body::from_stream(stream))
+            Body::from_stream(stream)
         }
     };
-    resp.headers_mut().extend(headers);
+    *resp.body_mut() = body;
     resp
 }
 
