@@ -40,12 +40,19 @@ pub fn error_response(format: WireFormat, err: &ClientError) -> Response {
     resp
 }
 
-/// Give every request an id and echo it on the response.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
+/// Give every request an id and echo it on the response (whatever answers it, a refusal
+/// by [`authenticate`] too), then authenticate it: the two in one layer, each layer
+/// costing a clone of the inner service and a boxed future per request.
+pub async fn request_id_and_auth(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let id = format!("req_{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..));
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    let header = HeaderValue::from_str(&id);
+    req.extensions_mut().insert(RequestId(id));
+    let mut resp = authenticate(&state, req, next).await;
+    if let Ok(v) = header {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
     resp
@@ -70,11 +77,7 @@ fn presented_keys(req: &Request) -> [Option<&[u8]>; 2] {
 }
 
 /// When `server.api_keys` is set, every route but `/health` and `/ready` needs one of them.
-pub async fn authenticate(
-    State(state): State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn authenticate(state: &AppState, req: Request, next: Next) -> Response {
     let keys = &state.config().server.api_keys;
     let path = req.uri().path();
     if keys.is_empty() || path == "/health" || path == "/ready" {
