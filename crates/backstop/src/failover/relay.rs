@@ -50,9 +50,10 @@ struct Delivered {
 }
 
 impl Delivered {
-    fn observe(&mut self, events: &[StreamEvent]) {
+    /// Note events the client got (kept, not copied: the caller is done with them).
+    fn observe(&mut self, events: Vec<StreamEvent>) {
         for e in events {
-            match e {
+            match &e {
                 StreamEvent::TextDelta { text } => self.text.push_str(text),
                 StreamEvent::ToolCallStart { .. } | StreamEvent::ToolCallDelta { .. } => {
                     self.tool_calls = true
@@ -63,7 +64,7 @@ impl Delivered {
                 e,
                 StreamEvent::Usage { .. } | StreamEvent::Finish { .. } | StreamEvent::Done
             ) {
-                self.log.push(e.clone());
+                self.log.push(e);
             }
         }
     }
@@ -290,10 +291,10 @@ pub fn relay(
         let mut saw_done = false;
         let is_done =
             |events: &[StreamEvent]| events.iter().any(|e| matches!(e, StreamEvent::Done));
-        for (raw, events) in &head {
-            writer.event(raw, events, &mut out);
+        for (raw, events) in head {
+            writer.event(&raw, &events, &mut out);
+            saw_done |= is_done(&events);
             delivered.observe(events);
-            saw_done |= is_done(events);
         }
         while !saw_done {
             // Events that came in one upstream read leave in one client write: send only
@@ -330,14 +331,14 @@ pub fn relay(
                     match filter.as_mut().map(|f| f.apply(events.clone())) {
                         None => {
                             writer.event(&raw, &events, &mut out);
-                            delivered.observe(&events);
                             saw_done = is_done(&events);
+                            delivered.observe(events);
                             continue;
                         }
                         Some(Ok(events)) => {
                             writer.encode(&events, &mut out);
-                            delivered.observe(&events);
                             saw_done = is_done(&events);
+                            delivered.observe(events);
                             continue;
                         }
                         Some(Err(why)) => {
@@ -416,8 +417,8 @@ pub fn relay(
                 match f.apply(events) {
                     Ok(events) => {
                         writer.encode(&events, &mut out);
-                        delivered.observe(&events);
                         saw_done |= is_done(&events);
+                        delivered.observe(events);
                     }
                     Err(why) => {
                         tracing::warn!(request_id = %call.request_id, "rescue abandoned: {why}");
