@@ -10,7 +10,7 @@ use backstop::chat::{ClientError, ErrorKind};
 use backstop::config::ResolveError;
 use backstop::failover::relay::{Committed, relay};
 use backstop::failover::session::SessionCtx;
-use backstop::failover::{Answer, Call, Success};
+use backstop::failover::{Answer, Call, RawBody, Success};
 use backstop::render;
 use backstop::state::session::{PROFILE_HEADER, SESSION_HEADER, check_id, user_pins};
 use bytes::Bytes;
@@ -93,12 +93,7 @@ async fn serve(
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large())?;
-    let raw = parse_json(&bytes, config.server.max_json_depth)?;
-    let request = match ingress {
-        WireFormat::Anthropic => backstop::wire::anthropic::decode_request(&raw),
-        _ => backstop::wire::openai::decode_request(&raw),
-    }
-    .map_err(|e| e.to_client_error())?;
+    let (raw, request) = decode_body(ingress, bytes, config.server.max_json_depth)?;
     let fallbacks = match parts.headers.get(FALLBACKS_HEADER) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
@@ -119,13 +114,11 @@ async fn serve(
             }
         })?;
     let session = session_for(&state, &parts.headers)?;
-    let include_usage =
-        ingress == WireFormat::OpenAi && backstop::wire::openai::include_usage(&raw);
+    let include_usage = ingress == WireFormat::OpenAi && raw.facts().include_usage;
     let call = Call {
         request_id,
         ingress,
         raw: Arc::new(raw),
-        raw_bytes: Some(bytes),
         request: Arc::new(request),
         route,
         session,
@@ -181,11 +174,13 @@ fn set_attempts(headers: &mut HeaderMap, n: usize) {
 
 fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Success) -> Response {
     let ingress = call.ingress;
-    let mut headers = HeaderMap::new();
+    // Headers go straight into the response (in the order they always had).
+    let mut resp = Response::new(Body::empty());
+    let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&success.target.model.to_string()) {
         headers.insert(MODEL, v);
     }
-    set_attempts(&mut headers, success.attempts());
+    set_attempts(headers, success.attempts());
     if let Some(cleared) = &success.fallback_cleared
         && let Ok(v) = HeaderValue::from_str(cleared)
     {
@@ -198,15 +193,13 @@ fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Succ
         }
     }
     let upstream = success.upstream_format;
-    let mut resp = match success.answer {
+    let body = match success.answer {
         Answer::Complete { body, response } => {
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            Response::new(Body::from(render::complete_body(
-                ingress, upstream, &body, &response,
-            )))
+            Body::from(render::complete_body(ingress, upstream, &body, &response))
         }
         Answer::Stream { head, rest } => {
             headers.insert(
@@ -226,21 +219,49 @@ fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Succ
                     .await
                     .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
             });
-            Response::new(Body::from_stream(stream))
+            Body::from_stream(stream)
         }
     };
-    resp.headers_mut().extend(headers);
+    *resp.body_mut() = body;
     resp
 }
 
+/// A client's body and its neutral request. The common shape of an OpenAI body is read
+/// straight from its bytes; anything else (and every error) goes through a JSON value.
+fn decode_body(
+    ingress: WireFormat,
+    bytes: Bytes,
+    max_depth: usize,
+) -> Result<(RawBody, backstop::chat::Request), ClientError> {
+    check_depth(&bytes, max_depth)?;
+    if ingress == WireFormat::OpenAi
+        && let Some((request, facts)) = backstop::wire::openai::decode_request_fast(&bytes)
+    {
+        return Ok((RawBody::scanned(bytes, facts), request));
+    }
+    let raw = parse_checked_json(&bytes)?;
+    let request = match ingress {
+        WireFormat::Anthropic => backstop::wire::anthropic::decode_request(&raw),
+        _ => backstop::wire::openai::decode_request(&raw),
+    }
+    .map_err(|e| e.to_client_error())?;
+    Ok((RawBody::parsed(bytes, raw), request))
+}
+
 /// Parse a client's JSON body, refusing nesting deeper than `max_depth` before parsing.
+#[cfg(test)]
 fn parse_json(bytes: &[u8], max_depth: usize) -> Result<serde_json::Value, ClientError> {
+    check_depth(bytes, max_depth)?;
+    parse_checked_json(bytes)
+}
+
+/// Parse a client's JSON body whose depth was checked.
+fn parse_checked_json(bytes: &[u8]) -> Result<serde_json::Value, ClientError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ClientError::invalid(
             "request body is empty; expected a JSON object",
         ));
     }
-    check_depth(bytes, max_depth)?;
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ClientError::invalid(format!("request body is not valid JSON: {e}")))?;
     if !value.is_object() {

@@ -123,9 +123,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            guard::authenticate,
+            guard::request_id_and_auth,
         ))
-        .layer(axum::middleware::from_fn(guard::request_id))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             guard::panic_response,
         ))

@@ -268,18 +268,14 @@ impl Health {
 
     fn with<R>(&self, provider: &str, model: &str, f: impl FnOnce(&mut ModelHealth) -> R) -> R {
         let mut map = lock(&self.models);
-        if !map.contains_key(provider) {
-            map.insert(provider.to_string(), HashMap::new());
-        }
-        let Some(models) = map.get_mut(provider) else {
-            return f(&mut ModelHealth::default());
+        // One lookup each when the entries exist (every attempt but a model's first).
+        let models = match map.get_mut(provider) {
+            Some(models) => models,
+            None => map.entry(provider.to_string()).or_default(),
         };
-        if !models.contains_key(model) {
-            models.insert(model.to_string(), ModelHealth::default());
-        }
         match models.get_mut(model) {
             Some(m) => f(m),
-            None => f(&mut ModelHealth::default()),
+            None => f(models.entry(model.to_string()).or_default()),
         }
     }
 
@@ -367,12 +363,16 @@ impl Health {
     /// and was attempted less than `probe_interval_ms` ago (once per interval it is tried
     /// in its place, so it can show that it recovered).
     pub fn avoid(&self, provider: &str, model: &str, now_ms: u64, probe_interval_ms: u64) -> bool {
-        if !self.degraded(provider, model, now_ms) {
+        let cfg = self.cfg();
+        if !cfg.enabled {
             return false;
         }
-        self.get(provider, model, |m| m.last_attempt_ms)
-            .flatten()
-            .is_some_and(|t| now_ms.saturating_sub(t) < probe_interval_ms)
+        self.get(provider, model, |m| {
+            m.degraded(&cfg, now_ms)
+                && m.last_attempt_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) < probe_interval_ms)
+        })
+        .unwrap_or(false)
     }
 
     /// The figures of one provider × model.

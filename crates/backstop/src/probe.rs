@@ -173,8 +173,7 @@ async fn probe_one(
     let call = Call {
         request_id: format!("probe_{:016x}", fastrand::u64(..)),
         ingress: WireFormat::OpenAi,
-        raw: Arc::new(serde_json::Value::Null),
-        raw_bytes: None,
+        raw: Arc::new(serde_json::Value::Null.into()),
         request: Arc::new(request),
         route: Route {
             agent: None,

@@ -135,8 +135,7 @@ async fn one(
             let call = Call {
                 request_id: format!("sim-{id}"),
                 ingress: WireFormat::OpenAi,
-                raw: Arc::new(raw),
-                raw_bytes: None,
+                raw: Arc::new(raw.into()),
                 request: Arc::new(request),
                 route,
                 session: None,

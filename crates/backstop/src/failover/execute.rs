@@ -37,10 +37,7 @@ pub struct Call {
     /// The format the client speaks.
     pub ingress: WireFormat,
     /// The client's body as sent (for same-format passthrough).
-    pub raw: Arc<serde_json::Value>,
-    /// The bytes `raw` was parsed from, when the caller has them: the same-format body
-    /// is then these bytes with `model` (and `stream`) spliced in, not `raw` re-serialized.
-    pub raw_bytes: Option<Bytes>,
+    pub raw: Arc<RawBody>,
     /// The client's request in the neutral model (for cross-format translation).
     pub request: Arc<chat::Request>,
     pub route: Route,
@@ -51,6 +48,67 @@ pub struct Call {
     pub translate: bool,
     /// The client's `anthropic-beta` header, sent on to Anthropic upstreams (never to others).
     pub anthropic_beta: Option<http::HeaderValue>,
+}
+
+/// A client's body as sent: its JSON value, or the bytes it is read from (the value is
+/// then parsed only if a same-format body must be rebuilt), and the few fields the
+/// engine reads of it.
+#[derive(Debug)]
+pub struct RawBody {
+    value: std::sync::OnceLock<serde_json::Value>,
+    /// The bytes, when the caller has them: the same-format body is then these bytes
+    /// with `model` (and `stream`) spliced in, not the value re-serialized.
+    bytes: Option<Bytes>,
+    facts: wire::openai::RequestFacts,
+}
+
+impl From<serde_json::Value> for RawBody {
+    fn from(value: serde_json::Value) -> Self {
+        RawBody {
+            facts: wire::openai::RequestFacts::of(&value),
+            value: value.into(),
+            bytes: None,
+        }
+    }
+}
+
+impl RawBody {
+    /// A body parsed into `value` from `bytes`.
+    pub fn parsed(bytes: Bytes, value: serde_json::Value) -> Self {
+        RawBody {
+            bytes: Some(bytes),
+            ..value.into()
+        }
+    }
+
+    /// A body read straight from `bytes` ([`wire::openai::decode_request_fast`]), whose
+    /// value is parsed from them if it is ever needed: the bytes must be a JSON object.
+    pub fn scanned(bytes: Bytes, facts: wire::openai::RequestFacts) -> Self {
+        RawBody {
+            value: std::sync::OnceLock::new(),
+            bytes: Some(bytes),
+            facts,
+        }
+    }
+
+    /// The body as a JSON value.
+    pub fn value(&self) -> &serde_json::Value {
+        self.value.get_or_init(|| {
+            self.bytes
+                .as_ref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default()
+        })
+    }
+
+    pub fn bytes(&self) -> Option<&Bytes> {
+        self.bytes.as_ref()
+    }
+
+    /// `n`, `logprobs`, `stream_options` (read by the engine for an OpenAI client).
+    pub fn facts(&self) -> &wire::openai::RequestFacts {
+        &self.facts
+    }
 }
 
 /// An answer that reached the commit point.
@@ -939,14 +997,19 @@ impl Engine {
             && clients_own_stream_options(call, upstream);
         if same_format
             && !keeps_refused_field
-            && let Some(bytes) = &call.raw_bytes
-            && let Some(body) =
-                splice_same_format(bytes, model, !force_stream, upstream.api(), stream_options)
+            && let Some(bytes) = call.raw.bytes()
+            && let Some(body) = splice_same_format(
+                (bytes, call.raw.facts().spans.as_ref()),
+                model,
+                !force_stream,
+                upstream.api(),
+                stream_options,
+            )
         {
             return Ok(body);
         }
         let value = if same_format {
-            wire::with_model(&call.raw, model)
+            wire::with_model(call.raw.value(), model)
         } else {
             match upstream.api() {
                 WireFormat::OpenAi => wire::openai::encode_request(&call.request, model),
@@ -1226,7 +1289,7 @@ impl Engine {
 /// through a `Value` (`model` replaced; `stream` and OpenAI's `stream_options` forced for
 /// a non-streamed answer), without re-serializing the rest. `None`: use the `Value`.
 fn splice_same_format(
-    bytes: &[u8],
+    (bytes, spans): (&[u8], Option<&wire::openai::Spans>),
     model: &str,
     client_streams: bool,
     api: WireFormat,
@@ -1240,7 +1303,10 @@ fn splice_same_format(
             fields.push(("stream_options", r#"{"include_usage":true}"#));
         }
     }
-    wire::splice_fields(bytes, &fields).map(Bytes::from)
+    spans
+        .and_then(|spans| wire::splice_spans(bytes, spans, &fields))
+        .or_else(|| wire::splice_fields(bytes, &fields))
+        .map(Bytes::from)
 }
 
 /// The number of choices an OpenAI client asked for (`n`, default 1).
@@ -1248,10 +1314,7 @@ fn requested_choices(call: &Call) -> u64 {
     if call.ingress != WireFormat::OpenAi {
         return 1;
     }
-    call.raw
-        .get("n")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(1)
+    call.raw.facts().choices
 }
 
 /// The upstream is asked for a non-streamed answer: the client's own is not streamed and
@@ -1262,14 +1325,13 @@ fn unstreamed_upstream(call: &Call) -> bool {
 
 /// An OpenAI client asked for log probabilities (`logprobs: true`).
 fn wants_logprobs(call: &Call) -> bool {
-    call.ingress == WireFormat::OpenAi
-        && call.raw.get("logprobs") == Some(&serde_json::Value::Bool(true))
+    call.ingress == WireFormat::OpenAi && call.raw.facts().logprobs
 }
 
 /// The client sent `stream_options` itself and the upstream gets the client's body
 /// (same format): the field is the client's, not Backstop's.
 fn clients_own_stream_options(call: &Call, upstream: &Upstream) -> bool {
-    upstream.api() == call.ingress && !call.translate && call.raw.get("stream_options").is_some()
+    upstream.api() == call.ingress && !call.translate && call.raw.facts().stream_options
 }
 
 /// A 400/422 that names `stream_options`, sent by Backstop (not the client's own): the
@@ -1351,21 +1413,22 @@ mod tests {
     #[test]
     fn the_splice_adds_stream_options_only_where_the_server_takes_it() {
         let client = br#"{"model":"default","messages":[{"role":"user","content":"hi"}]}"#;
-        let with = splice_same_format(client, "gpt-4o", false, WireFormat::OpenAi, true)
+        let with = splice_same_format((client, None), "gpt-4o", false, WireFormat::OpenAi, true)
             .map(|b| fields(&b))
             .unwrap_or_default();
         assert_eq!(with["model"], "gpt-4o");
         assert_eq!(with["stream"], true);
         assert_eq!(with["stream_options"]["include_usage"], true);
         // api.mistral.ai, or a server that refused it once: streamed, without the field.
-        let without = splice_same_format(client, "gpt-4o", false, WireFormat::OpenAi, false)
-            .map(|b| fields(&b))
-            .unwrap_or_default();
+        let without =
+            splice_same_format((client, None), "gpt-4o", false, WireFormat::OpenAi, false)
+                .map(|b| fields(&b))
+                .unwrap_or_default();
         assert_eq!(without["stream"], true);
         assert!(without.get("stream_options").is_none(), "{without}");
         // A streaming client's body keeps its own fields; only `model` changes.
         let streaming = br#"{"model":"default","stream":true,"messages":[]}"#;
-        let kept = splice_same_format(streaming, "m", true, WireFormat::OpenAi, true)
+        let kept = splice_same_format((streaming, None), "m", true, WireFormat::OpenAi, true)
             .map(|b| fields(&b))
             .unwrap_or_default();
         assert_eq!(

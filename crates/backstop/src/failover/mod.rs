@@ -19,7 +19,7 @@ pub mod relay;
 pub mod session;
 pub mod stream;
 
-pub use execute::{Answer, Attempt, Call, ChainFailure, Engine, Success};
+pub use execute::{Answer, Attempt, Call, ChainFailure, Engine, RawBody, Success};
 pub use failure::{Failure, Phase, Reason};
 pub use plan::{AttemptPlan, Target};
 

@@ -33,10 +33,12 @@ pub fn accepts_stream_options(base_url: &str) -> bool {
 /// OpenAI-style providers take the key as a bearer token.
 pub fn authorize(headers: &mut HeaderMap, profile: &AuthProfile) -> Result<(), TransportError> {
     if let Some(k) = &profile.key {
-        headers.insert(
-            AUTHORIZATION,
-            secret_header(&format!("Bearer {}", k.expose()))?,
-        );
+        // `format!` costs more than the copy (this runs on every request).
+        let key = k.expose();
+        let mut value = String::with_capacity(7 + key.len());
+        value.push_str("Bearer ");
+        value.push_str(key);
+        headers.insert(AUTHORIZATION, secret_header(&value)?);
     }
     Ok(())
 }

@@ -87,12 +87,42 @@ pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
     if keys.windows(2).any(|w| w[0] == w[1]) {
         return None;
     }
+    splice_at(body, fields, entries.is_empty(), |name| {
+        Some(
+            entries
+                .iter()
+                .find(|(k, _, _)| k.as_ref() == name)
+                .map(|&(_, start, end)| start..end),
+        )
+    })
+}
+
+/// [`splice_fields`] on a body whose top-level fields were already located (by
+/// [`openai::decode_request_fast`]): `None` when the spans do not tell where one of
+/// `fields` stands.
+pub fn splice_spans(
+    body: &[u8],
+    spans: &openai::Spans,
+    fields: &[(&str, &str)],
+) -> Option<Vec<u8>> {
+    splice_at(body, fields, spans.empty, |name| spans.of(name))
+}
+
+/// Replace or append `fields` in a JSON object with no repeated key: `find` gives the
+/// value range of a top-level field (`Some(None)` when absent, `None` when unknown),
+/// `empty` whether the object has no field.
+fn splice_at(
+    body: &[u8],
+    fields: &[(&str, &str)],
+    empty: bool,
+    find: impl Fn(&str) -> Option<Option<std::ops::Range<usize>>>,
+) -> Option<Vec<u8>> {
     // (start, end, new text) of every value replaced in place, in body order.
-    let mut replace: Vec<(usize, usize, &str)> = Vec::new();
-    let mut append: Vec<(&str, &str)> = Vec::new();
+    let mut replace: Vec<(usize, usize, &str)> = Vec::with_capacity(fields.len());
+    let mut append: Vec<(&str, &str)> = Vec::with_capacity(fields.len());
     for &(name, value) in fields {
-        match entries.iter().find(|(k, _, _)| k.as_ref() == name) {
-            Some(&(_, start, end)) => replace.push((start, end, value)),
+        match find(name)? {
+            Some(r) => replace.push((r.start, r.end, value)),
             None => append.push((name, value)),
         }
     }
@@ -106,12 +136,12 @@ pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(body.len() + extra + 64);
     let mut at = 0;
     for (start, end, value) in replace {
-        out.extend_from_slice(&body[at..start]);
+        out.extend_from_slice(body.get(at..start)?);
         out.extend_from_slice(value.as_bytes());
         at = end;
     }
-    out.extend_from_slice(&body[at..close]);
-    let mut empty = entries.is_empty();
+    out.extend_from_slice(body.get(at..close)?);
+    let mut empty = empty;
     for (name, value) in append {
         if !empty {
             out.push(b',');
@@ -123,6 +153,72 @@ pub fn splice_fields(body: &[u8], fields: &[(&str, &str)]) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(&body[close..]);
     Some(out)
+}
+
+/// How serde_json escapes each byte of a string: 0 for none, else the letter after the
+/// backslash (`u` for `\u00XX`).
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// `s` as a JSON string, quotes included, as serde_json writes it.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    push_json_str_contents(out, s);
+    out.push(b'"');
+}
+
+/// `s` escaped as serde_json escapes a string, without the quotes.
+pub(crate) fn push_json_str_contents(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc = ESCAPE[usize::from(c)];
+        if esc == 0 {
+            continue;
+        }
+        out.extend_from_slice(&b[start..i]);
+        if esc == b'u' {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(c >> 4)]);
+            out.push(HEX[usize::from(c & 0xf)]);
+        } else {
+            out.push(b'\\');
+            out.push(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+}
+
+/// `n` in decimal.
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// The stop sequences an API that takes at most `max` is sent: the first `max`, with a
@@ -177,6 +273,23 @@ pub(crate) const EDIT_CHARS: [char; 19] = [
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// Strings and numbers are written exactly as serde_json writes them: every
+        /// control character, quotes, backslashes, DEL, multi-byte UTF-8.
+        #[test]
+        fn json_strings_and_numbers_are_serde_json_s(
+            s in "[\\x00-\\x7f\u{80}\u{e9}\u{2028}\u{20ac}\u{1d11e}a-z\"\\\\]{0,40}",
+            n in any::<u64>(),
+        ) {
+            let mut out = Vec::new();
+            push_json_str(&mut out, &s);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+    }
 
     /// What the `Value` path sends: `with_model`, then the fields inserted in order.
     fn via_value(body: &[u8], fields: &[(&str, &str)]) -> String {

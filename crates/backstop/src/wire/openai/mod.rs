@@ -49,6 +49,9 @@ pub fn completion_id(upstream_id: &str) -> String {
 
 type Obj = Map<String, Value>;
 
+mod fast;
+pub use fast::{RequestFacts, Spans, decode_request_fast};
+
 // ---------------------------------------------------------------------------
 // Small JSON helpers (absent and `null` are the same thing everywhere)
 // ---------------------------------------------------------------------------
@@ -1066,100 +1069,92 @@ pub fn encode_response_bytes(resp: &chat::Response) -> Vec<u8> {
 }
 
 /// [`encode_response_bytes`] with another `id` (a translated answer's, in OpenAI's shape).
+/// Written byte by byte as serde_json writes `encode_response`'s value (a test compares
+/// them), with the text parts escaped where they stand instead of joined first.
 pub fn encode_response_bytes_as(resp: &chat::Response, id: &str) -> Vec<u8> {
-    use serde::Serialize;
-    #[derive(Serialize)]
-    struct Body<'a> {
-        id: &'a str,
-        object: &'static str,
-        created: u64,
-        model: &'a str,
-        choices: [Choice<'a>; 1],
-        usage: UsageOut,
-    }
-    #[derive(Serialize)]
-    struct Choice<'a> {
-        index: u32,
-        message: Message<'a>,
-        logprobs: (),
-        finish_reason: &'static str,
-    }
-    #[derive(Serialize)]
-    struct Message<'a> {
-        role: &'static str,
-        content: Option<String>,
-        refusal: (),
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        tool_calls: Vec<Call<'a>>,
-    }
-    #[derive(Serialize)]
-    struct Call<'a> {
-        id: &'a str,
-        #[serde(rename = "type")]
-        kind: &'static str,
-        function: Function<'a>,
-    }
-    #[derive(Serialize)]
-    struct Function<'a> {
-        name: &'a str,
-        arguments: &'a str,
-    }
-    #[derive(Serialize)]
-    struct UsageOut {
-        prompt_tokens: u64,
-        completion_tokens: u64,
-        total_tokens: u64,
-        prompt_tokens_details: Details,
-    }
-    #[derive(Serialize)]
-    struct Details {
-        cached_tokens: u64,
-    }
-    let tool_calls: Vec<Call> = resp
-        .content
-        .iter()
-        .filter_map(|p| match p {
+    use crate::wire::{push_json_str, push_json_str_contents, push_u64};
+    let mut has_text = false;
+    let mut has_calls = false;
+    let mut size = 320 + id.len() + resp.model.len();
+    for p in &resp.content {
+        match p {
+            Part::Text { text } => {
+                has_text = true;
+                size += text.len();
+            }
             Part::ToolCall {
                 id,
                 name,
                 arguments,
-            } => Some(Call {
+            } => {
+                has_calls = true;
+                size += 64 + id.len() + name.len() + arguments.len();
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::with_capacity(size + size / 8);
+    out.extend_from_slice(b"{\"id\":");
+    push_json_str(&mut out, id);
+    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
+    push_u64(&mut out, resp.created);
+    out.extend_from_slice(b",\"model\":");
+    push_json_str(&mut out, &resp.model);
+    out.extend_from_slice(
+        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+    );
+    if has_text || !has_calls {
+        out.push(b'"');
+        for p in &resp.content {
+            if let Part::Text { text } = p {
+                push_json_str_contents(&mut out, text);
+            }
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b",\"refusal\":null");
+    if has_calls {
+        out.extend_from_slice(b",\"tool_calls\":[");
+        let mut first = true;
+        for p in &resp.content {
+            if let Part::ToolCall {
                 id,
-                kind: "function",
-                function: Function { name, arguments },
-            }),
-            _ => None,
-        })
-        .collect();
-    let has_text = resp.content.iter().any(|p| matches!(p, Part::Text { .. }));
-    let content = (has_text || tool_calls.is_empty()).then(|| joined_text_concat(&resp.content));
+                name,
+                arguments,
+            } = p
+            {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(b"{\"id\":");
+                push_json_str(&mut out, id);
+                out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+                push_json_str(&mut out, name);
+                out.extend_from_slice(b",\"arguments\":");
+                push_json_str(&mut out, arguments);
+                out.extend_from_slice(b"}}");
+            }
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":\"");
+    out.extend_from_slice(
+        finish_to_str(resp.finish_reason.unwrap_or(FinishReason::Stop)).as_bytes(),
+    );
     let u = &resp.usage;
-    let body = Body {
-        id,
-        object: "chat.completion",
-        created: resp.created,
-        model: &resp.model,
-        choices: [Choice {
-            index: 0,
-            message: Message {
-                role: "assistant",
-                content,
-                refusal: (),
-                tool_calls,
-            },
-            logprobs: (),
-            finish_reason: finish_to_str(resp.finish_reason.unwrap_or(FinishReason::Stop)),
-        }],
-        usage: UsageOut {
-            prompt_tokens: u.input_tokens,
-            completion_tokens: u.output_tokens,
-            total_tokens: u.input_tokens + u.output_tokens,
-            prompt_tokens_details: Details {
-                cached_tokens: u.cache_read_tokens.unwrap_or(0),
-            },
-        },
-    };
-    serde_json::to_vec(&body).unwrap_or_default()
+    out.extend_from_slice(b"\"}],\"usage\":{\"prompt_tokens\":");
+    push_u64(&mut out, u.input_tokens);
+    out.extend_from_slice(b",\"completion_tokens\":");
+    push_u64(&mut out, u.output_tokens);
+    out.extend_from_slice(b",\"total_tokens\":");
+    push_u64(&mut out, u.input_tokens + u.output_tokens);
+    out.extend_from_slice(b",\"prompt_tokens_details\":{\"cached_tokens\":");
+    push_u64(&mut out, u.cache_read_tokens.unwrap_or(0));
+    out.extend_from_slice(b"}}}");
+    out
 }
 
 /// The text of an answer: consecutive text parts are pieces of one message.

@@ -1713,3 +1713,56 @@ fn an_error_result_says_so_once_in_its_tool_message() {
         "boom"
     );
 }
+
+proptest! {
+    /// The written answer is serde_json's serialization of `encode_response`, for any
+    /// text (escapes, control characters, multi-byte UTF-8), split into parts anyhow,
+    /// with or without tool calls.
+    #[test]
+    fn written_answers_are_the_values_bytes(
+        texts in proptest::collection::vec("[\\x00-\\x7f\u{e9}\u{20ac}\u{1d11e}\"\\\\]{0,12}", 0..4),
+        calls in proptest::collection::vec(("[a-z\"\\n]{0,4}", "[a-z\\x01]{0,4}", "[{}\"a:\\\\]{0,6}"), 0..3),
+        id in "[a-z\\-\"\u{e9}]{0,8}",
+        model in "[a-z/\\\\\u{e9}]{0,8}",
+        tokens in (any::<u32>(), any::<u32>(), proptest::option::of(any::<u32>())),
+        created in any::<u64>(),
+        finish in 0usize..6,
+        calls_first in any::<bool>(),
+    ) {
+        let mut content: Vec<Part> = texts.into_iter().map(|text| Part::Text { text }).collect();
+        let tool_calls = calls.into_iter().map(|(id, name, arguments)| Part::ToolCall { id, name, arguments });
+        if calls_first {
+            let rest = std::mem::take(&mut content);
+            content.extend(tool_calls);
+            content.extend(rest);
+        } else {
+            content.extend(tool_calls);
+        }
+        let finish_reason = [
+            None,
+            Some(FinishReason::Stop),
+            Some(FinishReason::Length),
+            Some(FinishReason::ToolCalls),
+            Some(FinishReason::ContentFilter),
+            Some(FinishReason::StopSequence),
+        ][finish];
+        let r = chat::Response {
+            id,
+            model,
+            content,
+            finish_reason,
+            stop_sequence: None,
+            usage: Usage {
+                input_tokens: u64::from(tokens.0),
+                output_tokens: u64::from(tokens.1),
+                cache_read_tokens: tokens.2.map(u64::from),
+                ..Usage::default()
+            },
+            created,
+        };
+        prop_assert_eq!(
+            String::from_utf8(encode_response_bytes(&r)).unwrap(),
+            serde_json::to_string(&encode_response(&r)).unwrap()
+        );
+    }
+}
