@@ -31,34 +31,11 @@ mkdir -p "$out"
 cases=("$@")
 [ "${#cases[@]}" -gt 0 ] || cases=(same_format stream_20 cross_format)
 
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/backstop-prof.XXXXXX")"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  [ -n "${BENCH_PROF_KEEP:-}" ] || rm -rf "$tmp"
-}
-trap cleanup EXIT
+keep="${BENCH_PROF_KEEP:-}"
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
-wait_line() { # file pattern
-  local i
-  for i in $(seq 1 600); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  cat "$1" >&2
-  echo "bench/profile.sh: timed out waiting for $2 in $1" >&2
-  exit 1
-}
-
-"$bin/backstop-fake" --listen 127.0.0.1:0 >"$tmp/fake.log" 2>&1 &
-pids+=("$!")
-wait_line "$tmp/fake.log" '^listening on http://'
-fake="$(sed -n 's|^listening on http://||p' "$tmp/fake.log" | head -1)"
-words="$(python3 -c "print(' '.join('word%d' % i for i in range(20)))")"
-curl -sf -o /dev/null -X POST "http://$fake/_fake/default" \
-  -d "{\"type\":\"reply\",\"text\":\"$words\",\"chunks\":20}"
-curl -sf -o /dev/null -X POST "http://$fake/_fake/recording" -d '{"on": false}'
+start_fake "{\"type\":\"reply\",\"text\":\"$(words 20)\",\"chunks\":20}"
 
 cat >"$tmp/backstop.json" <<EOF
 {
