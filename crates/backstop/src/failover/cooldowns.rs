@@ -222,6 +222,14 @@ impl Cooldowns {
         }
     }
 
+    /// Whether any of `provider`'s scopes may be cooling: when not, [`usable_at`] is
+    /// `None` for each of its targets, and planning skips asking it key by key.
+    ///
+    /// [`usable_at`]: Self::usable_at
+    pub fn may_cool(&self, provider: &str) -> bool {
+        self.store.has_breakers_for(provider)
+    }
+
     /// When this target can next be tried: `None` = now; else the latest end among its
     /// scopes' windows (for ordering cooling targets and for `Retry-After`).
     pub fn usable_at(&self, provider: &str, profile: &str, model: &str) -> Option<u64> {

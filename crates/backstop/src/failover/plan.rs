@@ -61,11 +61,18 @@ pub fn plan(
             ));
             continue;
         }
+        // A provider with no breaker has every key usable: no lookups key by key (with
+        // 100 keys they were most of a request's planning).
+        let may_cool = cooldowns.may_cool(&model.provider);
         let mut targets: Vec<Target> = names
             .into_iter()
             .map(|profile| Target {
                 model_index,
-                usable_at: cooldowns.usable_at(&model.provider, &profile, &model.model),
+                usable_at: if may_cool {
+                    cooldowns.usable_at(&model.provider, &profile, &model.model)
+                } else {
+                    None
+                },
                 model: model.clone(),
                 profile,
             })
@@ -237,6 +244,26 @@ mod tests {
         assert_eq!(order(&p)[..3], ["oa/m1 (c)", "oa/m1 (b)", "oa/m1 (a)"]);
         assert!(p.targets[0].usable_at.is_none());
         assert!(p.targets[1].usable_at < p.targets[2].usable_at);
+    }
+
+    #[test]
+    fn a_breaker_of_one_provider_leaves_the_other_providers_keys_usable() {
+        let c = config("");
+        let (cd, _) = cooldowns(&c);
+        cd.on_failure("an", "x", "m2", Reason::Auth, None);
+        assert!(cd.may_cool("an"));
+        assert!(!cd.may_cool("oa"));
+        let p = plan(&c, &route(&c), &cd, |_, _| false);
+        assert_eq!(
+            order(&p),
+            ["oa/m1 (a)", "oa/m1 (b)", "oa/m1 (c)", "an/m2 (x)"]
+        );
+        assert!(p.targets[..3].iter().all(|t| t.usable_at.is_none()));
+        assert!(p.targets[3].usable_at.is_some());
+        // And back: a failure on `oa` is seen there again.
+        cd.on_failure("oa", "a", "m1", Reason::Auth, None);
+        let p = plan(&c, &route(&c), &cd, |_, _| false);
+        assert_eq!(order(&p)[..3], ["oa/m1 (b)", "oa/m1 (c)", "oa/m1 (a)"]);
     }
 
     #[test]

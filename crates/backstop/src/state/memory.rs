@@ -121,6 +121,14 @@ impl StateStore for MemoryStore {
         !self.empty()
     }
 
+    /// A scan of the breakers (few: one per scope that failed recently) under one lock.
+    fn has_breakers_for(&self, provider: &str) -> bool {
+        !self.empty()
+            && lock(&self.breakers)
+                .keys()
+                .any(|scope| scope.provider() == provider)
+    }
+
     fn usable_at(&self, scope: &Scope, now_ms: u64) -> Option<u64> {
         if self.empty() {
             return None;
@@ -285,6 +293,19 @@ mod tests {
         assert_eq!(other.usable_at(&scope, 0), Some(1_000));
         other.restore(scope.clone(), &BreakerSnapshot::default());
         assert!(other.snapshot(0).is_empty());
+    }
+
+    #[test]
+    fn breakers_are_told_per_provider() {
+        let store = MemoryStore::new();
+        assert!(!store.has_breakers_for("openai"));
+        let scope = Scope::provider_model("openai", "gpt-4o");
+        store.record_failure(&scope, &penalty(Reason::RateLimit), 0);
+        assert!(store.has_breakers_for("openai"));
+        assert!(!store.has_breakers_for("anthropic"));
+        assert!(!store.has_breakers_for("openai2"));
+        store.record_success(&scope, 0);
+        assert!(!store.has_breakers_for("openai"));
     }
 
     #[test]

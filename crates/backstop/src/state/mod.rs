@@ -130,6 +130,14 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         true
     }
 
+    /// Whether any breaker of `provider` (a scope of it) may exist: planning skips a
+    /// healthy provider's keys, which would otherwise cost three scope lookups each. The
+    /// default asks [`has_breakers`](Self::has_breakers).
+    fn has_breakers_for(&self, provider: &str) -> bool {
+        let _ = provider;
+        self.has_breakers()
+    }
+
     /// One scope's breaker, if it has one (closed scopes with no history have none).
     fn get(&self, scope: &Scope, now_ms: u64) -> Option<BreakerSnapshot>;
 

@@ -464,6 +464,10 @@ impl StateStore for FileStore {
         self.shared.inner.has_breakers()
     }
 
+    fn has_breakers_for(&self, provider: &str) -> bool {
+        self.shared.inner.has_breakers_for(provider)
+    }
+
     fn get(&self, scope: &Scope, now_ms: u64) -> Option<BreakerSnapshot> {
         self.shared.inner.get(scope, now_ms)
     }
