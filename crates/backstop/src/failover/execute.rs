@@ -1220,8 +1220,6 @@ impl Engine {
                 "unsupported wire format",
             )
         })?;
-        let mut response = response;
-        response.forget_head();
         let mut rest = Box::new(UpstreamStream::new(response, decoder, idle, deadline));
         let mut head = Vec::new();
         // With `stream.commit: "complete"` the whole stream is held back, so any failure

@@ -78,12 +78,16 @@ const TERMINATOR_GRACE: Duration = Duration::from_millis(200);
 const RELEASE_GRACE: Duration = Duration::from_millis(500);
 
 impl UpstreamStream {
+    /// A stream of `response`'s body. Its head has been read by then and is dropped
+    /// ([`forget_head`](crate::provider::Response::forget_head)): kept for the stream's
+    /// life, it would keep the connection's first read buffer alive.
     pub fn new(
-        response: crate::provider::Response,
+        mut response: crate::provider::Response,
         decoder: UpstreamDecoder,
         idle: Duration,
         deadline: Instant,
     ) -> Self {
+        response.forget_head();
         UpstreamStream {
             response,
             parser: SseParser::new(),
