@@ -100,6 +100,16 @@ impl Drop for Gateway {
     }
 }
 
+/// Replace a file the running gateway watches as an editor saving it would (write a new
+/// file, rename it over the old): its mtime poll must never read a half-written file,
+/// which it would reject as a config with no providers (and the test would read that
+/// rejection for the one it waits for).
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!(
         "backstop-serve-{tag}-{}-{}",
@@ -126,7 +136,7 @@ fn a_reload_that_drops_the_client_keys_of_an_exposed_gateway_is_rejected() {
     assert_eq!(gw.get("/v1/models", Some(key)), 200);
 
     // The new file is valid on its own, but without keys the 0.0.0.0 listener is open.
-    std::fs::write(&config, config_text(&state, "", "")).unwrap();
+    replace_file(&config, &config_text(&state, "", ""));
     gw.hup();
     let line = gw.wait_log("config reload rejected");
     assert!(line.contains("without client keys"), "{line}");
@@ -134,11 +144,10 @@ fn a_reload_that_drops_the_client_keys_of_an_exposed_gateway_is_rejected() {
     assert_eq!(gw.get("/v1/models", Some(key)), 200);
 
     // Explicitly allowed in the new file: accepted.
-    std::fs::write(
+    replace_file(
         &config,
-        config_text(&state, "", "allow_unauthenticated: true,"),
-    )
-    .unwrap();
+        &config_text(&state, "", "allow_unauthenticated: true,"),
+    );
     gw.hup();
     gw.wait_log("config reloaded");
     assert_eq!(gw.get("/v1/models", None), 200);

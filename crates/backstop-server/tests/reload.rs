@@ -20,7 +20,11 @@ fn write(path: &PathBuf, agents: &str, extra: &str) {
           {extra}
         }}"#
     );
-    std::fs::write(path, text).unwrap();
+    // Written beside and renamed over, as an editor saves: the gateway's poll never
+    // reads a half-written file (it would reject it and the test could see that).
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 async fn models(url: &str) -> Vec<String> {
