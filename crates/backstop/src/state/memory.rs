@@ -161,6 +161,19 @@ impl StateStore for MemoryStore {
         lock(&self.used).get(provider)?.get(profile).copied()
     }
 
+    /// One lock and one lookup of the provider for all of `profiles`.
+    fn least_recently_used(
+        &self,
+        provider: &str,
+        profiles: &mut dyn Iterator<Item = &str>,
+    ) -> Option<usize> {
+        let used = lock(&self.used);
+        match used.get(provider) {
+            Some(times) => super::least_recently_used(profiles, |p| times.get(p).copied()),
+            None => profiles.next().map(|_| 0),
+        }
+    }
+
     fn snapshot(&self, now_ms: u64) -> Vec<(Scope, BreakerSnapshot)> {
         let mut out: Vec<_> = lock(&self.breakers)
             .iter()
@@ -306,6 +319,26 @@ mod tests {
         assert!(!store.has_breakers_for("openai2"));
         store.record_success(&scope, 0);
         assert!(!store.has_breakers_for("openai"));
+    }
+
+    proptest::proptest! {
+        /// The one-lock scan picks what sorting the profiles by last use (stable, never
+        /// used first) puts first.
+        #[test]
+        fn the_least_recently_used_is_the_first_by_last_use(
+            uses in proptest::collection::vec((0..2usize, 0..8usize, 0..4u64), 0..16),
+            n in 0..8usize,
+        ) {
+            let store = MemoryStore::new();
+            for (p, a, t) in uses {
+                store.mark_used(&format!("p{p}"), &format!("k{a}"), t);
+            }
+            let names: Vec<String> = (0..n).map(|k| format!("k{k}")).collect();
+            let mut sorted: Vec<usize> = (0..n).collect();
+            sorted.sort_by_key(|&i| store.last_used("p0", &names[i]));
+            let got = store.least_recently_used("p0", &mut names.iter().map(String::as_str));
+            proptest::prop_assert_eq!(got, sorted.first().copied());
+        }
     }
 
     #[test]
