@@ -560,30 +560,32 @@ impl Engine {
                 run.skipped.push((target.clone(), reason));
                 continue;
             }
-            let end = self.try_target(call, &mut plan, this, &mut run).await;
-            let target = &plan.found()[this];
-            match end {
+            let action = match self.try_target(call, &mut plan, this, &mut run).await {
                 TargetEnd::Answered(answer) => {
+                    // The plan ends here: its target moves into the answer.
+                    let target = plan.into_target(this);
                     return Ok(self.success(call, target, first_model, run, answer));
                 }
                 TargetEnd::BudgetSpent => {
                     budget_spent = true;
                     break;
                 }
-                TargetEnd::Next(action) => match action {
-                    Action::ReturnToClient => {
-                        return Err(self.chain_failure(plan.complete(), run, true, false));
+                TargetEnd::Next(action) => action,
+            };
+            let target = &plan.found()[this];
+            match action {
+                Action::ReturnToClient => {
+                    return Err(self.chain_failure(plan.complete(), run, true, false));
+                }
+                Action::NextModel => skip_model = Some(target.model_index),
+                Action::NextLargerModel => {
+                    skip_model = Some(target.model_index);
+                    // Unknown window: nothing to compare with, every later model may try.
+                    if let Some(w) = self.window(&target.model) {
+                        need_window_above = Some(need_window_above.map_or(w, |n| n.max(w)));
                     }
-                    Action::NextModel => skip_model = Some(target.model_index),
-                    Action::NextLargerModel => {
-                        skip_model = Some(target.model_index);
-                        // Unknown window: nothing to compare with, every later model may try.
-                        if let Some(w) = self.window(&target.model) {
-                            need_window_above = Some(need_window_above.map_or(w, |n| n.max(w)));
-                        }
-                    }
-                    Action::NextProfile | Action::RetrySame { .. } => {}
-                },
+                }
+                Action::NextProfile | Action::RetrySame { .. } => {}
             }
         }
         // Every target was cooling down: probe the one that recovers soonest rather than
@@ -602,7 +604,7 @@ impl Engine {
                 if let TargetEnd::Answered(answer) =
                     self.try_target(call, &mut plan, idx, &mut run).await
                 {
-                    let target = &plan.found()[soonest];
+                    let target = plan.into_target(soonest);
                     return Ok(self.success(call, target, first_model, run, answer));
                 }
             }
@@ -705,7 +707,7 @@ impl Engine {
     fn success(
         &self,
         call: &Call,
-        target: &Target,
+        target: Target,
         first_model: Option<ModelRef>,
         run: Run,
         answer: Answer,
@@ -718,7 +720,7 @@ impl Engine {
                 .upstreams
                 .get(&target.model.provider)
                 .map_or(call.ingress, |u| u.api()),
-            target: target.clone(),
+            target,
             first_model,
             failed: run.failed,
             skipped: run.skipped,

@@ -184,6 +184,14 @@ impl<'a> LazyPlan<'a> {
         &mut self.plan
     }
 
+    /// The `idx`th target found, taken out of the plan (which ends there).
+    ///
+    /// # Panics
+    /// Never for an `idx` that [`get`](Self::get) answered.
+    pub fn into_target(mut self, idx: usize) -> Target {
+        self.plan.targets.swap_remove(idx)
+    }
+
     /// Whether the plan is [completed](Self::complete).
     pub fn is_complete(&self) -> bool {
         self.done
