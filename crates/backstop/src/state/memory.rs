@@ -26,7 +26,33 @@ pub struct MemoryStore {
     /// `breakers.len()`, readable without the lock.
     len: AtomicUsize,
     /// provider → profile → last use (nested so lookups by `&str` need no allocation).
-    used: Mutex<HashMap<String, HashMap<String, u64>>>,
+    used: Mutex<HashMap<String, HashMap<String, u64, NameHash>, NameHash>>,
+}
+
+/// FNV-1a over provider and profile names: a planner looking for the least recently
+/// used of 100 keys hashes 100 names, which SipHash made most of its cost. The names come
+/// from the configuration and the deployment's own state, not from clients.
+type NameHash = std::hash::BuildHasherDefault<Fnv>;
+
+/// 64-bit FNV-1a.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl MemoryStore {
