@@ -712,6 +712,43 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_reaching_a_cooling_provider_is_completed_before_an_admission_takes_a_probe() {
+        let c = config("");
+        let (cd, clock) = cooldowns(&c);
+        cd.on_failure("oa", "a", "m1", Reason::Auth, None); // the whole profile `oa:a`
+        clock.advance(Duration::from_secs(3600)); // half-open: its probe is free
+        let route = Route {
+            agent: None,
+            targets: vec![
+                ModelRef {
+                    provider: "oa".into(),
+                    model: "m1".into(),
+                },
+                ModelRef {
+                    provider: "oa".into(),
+                    model: "m2".into(),
+                },
+            ],
+        };
+        let eager = plan(&c, &route, &cd, |_, _| false);
+        assert_eq!(order(&eager)[3..], ["oa/m2 (a)", "oa/m2 (b)", "oa/m2 (c)"]);
+        let no = |_: &str, _: &str| false;
+        let mut lazy = LazyPlan::new(&c, &route, &cd, &no, None, cd.now_ms());
+        assert_eq!(lazy.get(0), eager.targets.first());
+        lazy.before_admit();
+        assert!(lazy.is_complete());
+        // The first attempt's admission takes `oa:a`'s probe: a plan made now would put
+        // `a` last on m2; this one is still the plan of when the request planned.
+        assert_eq!(
+            cd.admit("oa", "a", "m1"),
+            crate::failover::breaker::Admission::Probe
+        );
+        let later = plan(&c, &route, &cd, |_, _| false);
+        assert_eq!(order(&later)[3..], ["oa/m2 (b)", "oa/m2 (c)", "oa/m2 (a)"]);
+        assert_eq!(lazy.complete().targets, eager.targets);
+    }
+
+    #[test]
     fn degraded_models_go_after_healthy_ones() {
         let c = config("");
         let (cd, _) = cooldowns(&c);
