@@ -2,7 +2,9 @@
 # Instruction counts per request (callgrind), for deciding on hot-path changes on a
 # shared machine where wall-clock figures are noisy and the VM has no hardware counters.
 #
-#   bench/profile.sh [case...]     cases: same_format stream_20 cross_format (default: all)
+#   bench/profile.sh [case...]     cases: same_format stream_20 cross_format (default),
+#                                  keys_100 chain4_keys100 (run on their own: they open a
+#                                  breaker on a provider outside their chain first)
 #
 # For each case: a fake provider (20-word reply in 20 chunks, recording off) and
 # `backstop serve` under `valgrind --tool=callgrind` (instrumentation off at start: `--instr-atstart=no`);
@@ -37,16 +39,30 @@ keep="${BENCH_PROF_KEEP:-}"
 
 start_fake "{\"type\":\"reply\",\"text\":\"$(words 20)\",\"chunks\":20}"
 
+# The key-count cases' providers (only when asked for, so the other cases' config stays
+# as it was): 100 keys, and one provider on a closed port whose breaker they open.
+extra_providers="" extra_agents=""
+case " ${cases[*]} " in *" keys_"*|*" chain4_keys"*)
+  many_auth="$(python3 -c 'print(", ".join("{\"profile\": \"k%d\", \"key\": \"sk-bench-k-%04d-xxxxxxxxxxxxxxxx\"}" % (i, i) for i in range(100)))')"
+  extra_providers=",
+    \"many\": {\"api\": \"openai\", \"base_url\": \"http://$fake/v1\", \"auth\": [$many_auth]},
+    \"dead\": {\"api\": \"openai\", \"base_url\": \"http://127.0.0.1:1/v1\", \"auth\": [{\"profile\": \"k0\", \"key\": \"sk-bench-k-0000-xxxxxxxxxxxxxxxx\"}]}"
+  extra_agents=",
+      {\"id\": \"keys100\", \"model\": {\"primary\": \"many/m\", \"fallbacks\": []}},
+      {\"id\": \"chain4keys100\", \"model\": {\"primary\": \"many/m\", \"fallbacks\": [\"many/m2\", \"many/m3\", \"many/m4\"]}},
+      {\"id\": \"fodead\", \"model\": {\"primary\": \"dead/m\", \"fallbacks\": [\"oa/m\"]}}"
+  ;;
+esac
 cat >"$tmp/backstop.json" <<EOF
 {
   "server": {"listen": "127.0.0.1:0"},
   "providers": {
     "oa": {"api": "openai", "base_url": "http://$fake/v1", "auth": [{"profile": "k0", "key": "sk-bench-k-0000-xxxxxxxxxxxxxxxx"}]},
-    "an": {"api": "anthropic", "base_url": "http://$fake", "auth": [{"profile": "k0", "key": "sk-bench-k-0000-xxxxxxxxxxxxxxxx"}]}
+    "an": {"api": "anthropic", "base_url": "http://$fake", "auth": [{"profile": "k0", "key": "sk-bench-k-0000-xxxxxxxxxxxxxxxx"}]}$extra_providers
   },
   "agents": {
     "defaults": {"model": {"primary": "oa/m", "fallbacks": []}},
-    "list": [{"id": "cross", "model": {"primary": "an/claude-m", "fallbacks": []}}]
+    "list": [{"id": "cross", "model": {"primary": "an/claude-m", "fallbacks": []}}$extra_agents]
   },
   "state": {"dir": "$tmp/state"}
 }
@@ -64,7 +80,15 @@ for c in "${cases[@]}"; do
     same_format) model=oa/m stream=false ;;
     stream_20) model=oa/m stream=true ;;
     cross_format) model=cross stream=false ;;
+    keys_100) model=keys100 stream=false ;;
+    chain4_keys100) model=chain4keys100 stream=false ;;
     *) echo "bench/profile.sh: unknown case $c" >&2; exit 2 ;;
+  esac
+  case "$c" in
+    # A breaker open on another provider (as the bench's failover cases leave behind):
+    # the planner can no longer skip the cooldown lookups of every provider at once.
+    keys_100|chain4_keys100) python3 bench/prof_client.py --url "http://$addr/v1/chat/completions" --model fodead \
+      --stream false --requests 1 --conns 1 >/dev/null ;;
   esac
   python3 bench/prof_client.py --url "http://$addr/v1/chat/completions" --model "$model" \
     --stream "$stream" --requests 50 --conns "$conns" >/dev/null

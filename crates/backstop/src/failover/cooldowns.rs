@@ -236,7 +236,21 @@ impl Cooldowns {
         if !self.store.has_breakers() {
             return None;
         }
-        let now = self.now_ms();
+        self.usable_at_time(provider, profile, model, self.now_ms())
+    }
+
+    /// [`usable_at`](Self::usable_at) as of `now` (epoch ms): a plan reads every target
+    /// as of the moment it was made.
+    pub fn usable_at_time(
+        &self,
+        provider: &str,
+        profile: &str,
+        model: &str,
+        now: u64,
+    ) -> Option<u64> {
+        if !self.store.has_breakers() {
+            return None;
+        }
         Self::scopes(provider, profile, model)
             .iter()
             .filter_map(|s| self.store.usable_at(s, now))
@@ -261,6 +275,17 @@ impl Cooldowns {
     /// When this profile last served a request (for least-recently-used order).
     pub fn last_used(&self, provider: &str, profile: &str) -> Option<u64> {
         self.store.last_used(provider, profile)
+    }
+
+    /// Which of `profiles` (its index) was least recently used: never used first, then the
+    /// oldest use, ties to the earlier; one store call for them all.
+    pub fn least_recently_used<'p>(
+        &self,
+        provider: &str,
+        profiles: impl Iterator<Item = &'p str>,
+    ) -> Option<usize> {
+        let mut profiles = profiles;
+        self.store.least_recently_used(provider, &mut profiles)
     }
 }
 

@@ -9,7 +9,7 @@ use super::classify;
 use super::cooldowns::Cooldowns;
 use super::decide::{Action, Situation, decide};
 use super::failure::{Failure, Phase, Reason};
-use super::plan::{AttemptPlan, Target};
+use super::plan::{AttemptPlan, LazyPlan, Target};
 use super::session::SessionCtx;
 use super::stream::{StreamItem, UpstreamDecoder, UpstreamStream};
 use crate::chat::{self, StreamEvent, WireFormat};
@@ -409,14 +409,22 @@ impl Engine {
     /// The plan, with `pinned_profile` first among its provider's usable keys.
     pub fn plan_with(&self, route: &Route, pinned_profile: Option<&str>) -> AttemptPlan {
         let now = self.cooldowns.now_ms();
+        let degraded = self.degraded(now);
+        let mut plan = LazyPlan::new(
+            &self.config,
+            route,
+            &self.cooldowns,
+            &degraded,
+            pinned_profile,
+            now,
+        );
+        std::mem::take(plan.complete())
+    }
+
+    /// Whether the planner puts a model after the healthy ones, as of `now`.
+    fn degraded(&self, now: u64) -> impl Fn(&str, &str) -> bool + Sync + '_ {
         let probe_interval = self.config.auth.cooldowns.probe_interval_ms;
-        let mut plan = super::plan::plan(&self.config, route, &self.cooldowns, |p, m| {
-            self.health.avoid(p, m, now, probe_interval)
-        });
-        if let Some(pin) = pinned_profile {
-            super::plan::pin_profile(&mut plan, pin);
-        }
-        plan
+        move |p, m| self.health.avoid(p, m, now, probe_interval)
     }
 
     /// Profile names of a provider, in config order.
@@ -436,7 +444,17 @@ impl Engine {
             self.profile_names(p)
         });
         let route = steering.route.as_ref().unwrap_or(&call.route);
-        let plan = self.plan_with(route, steering.profile.as_deref());
+        // Targets are found as they are asked for: most requests need only the first.
+        let now = self.cooldowns.now_ms();
+        let degraded = self.degraded(now);
+        let mut plan = LazyPlan::new(
+            &self.config,
+            route,
+            &self.cooldowns,
+            &degraded,
+            steering.profile.as_deref(),
+            now,
+        );
         let mut skipped_first: Vec<(Target, Reason)> = Vec::new();
         if steering.route.is_some()
             && let Some(first) = call.route.targets.first()
@@ -470,7 +488,6 @@ impl Engine {
             skipped: skipped_first,
             pending: None,
         };
-        let mut plan = plan;
         if let Some(need) = OpenAiOnly::of(call) {
             let send = if need.param == "n" {
                 "n=1"
@@ -486,7 +503,7 @@ impl Engine {
                 )
             };
             run = self.keep_only_format(
-                (&mut plan, run),
+                (plan.complete(), run),
                 route,
                 WireFormat::OpenAi,
                 (&need.what, need.lacks),
@@ -505,7 +522,7 @@ impl Engine {
                 )
             };
             run = self.keep_only_format(
-                (&mut plan, run),
+                (plan.complete(), run),
                 route,
                 call.ingress,
                 (&what, "cannot take it"),
@@ -516,9 +533,13 @@ impl Engine {
         let mut skip_model: Option<usize> = None;
         // After a context overflow: only models with a larger window than this one.
         let mut need_window_above: Option<u64> = None;
-        let mut cooling: Vec<&Target> = Vec::new();
+        // Indices of the targets skipped as cooling down.
+        let mut cooling: Vec<usize> = Vec::new();
         let mut budget_spent = false;
-        for (idx, target) in plan.targets.iter().enumerate() {
+        let mut idx = 0;
+        while let Some(target) = plan.get(idx) {
+            let this = idx;
+            idx += 1;
             if skip_model == Some(target.model_index) {
                 continue;
             }
@@ -530,58 +551,65 @@ impl Engine {
             if Instant::now() >= run.deadline {
                 break;
             }
+            plan.before_admit();
+            let target = &plan.found()[this];
             let (p, a, m) = (&target.model.provider, &target.profile, &target.model.model);
             if let Admission::Denied { until_ms, reason } = self.cooldowns.admit(p, a, m) {
                 tracing::debug!(request_id = %call.request_id, upstream = %target, %reason, until_ms, "skipped: cooling down");
-                cooling.push(target);
+                cooling.push(this);
                 run.skipped.push((target.clone(), reason));
                 continue;
             }
-            match self.try_target(call, &plan, idx, &mut run).await {
+            let action = match self.try_target(call, &mut plan, this, &mut run).await {
                 TargetEnd::Answered(answer) => {
+                    // The plan ends here: its target moves into the answer.
+                    let target = plan.into_target(this);
                     return Ok(self.success(call, target, first_model, run, answer));
                 }
                 TargetEnd::BudgetSpent => {
                     budget_spent = true;
                     break;
                 }
-                TargetEnd::Next(action) => match action {
-                    Action::ReturnToClient => {
-                        return Err(self.chain_failure(&plan, run, true, false));
+                TargetEnd::Next(action) => action,
+            };
+            let target = &plan.found()[this];
+            match action {
+                Action::ReturnToClient => {
+                    return Err(self.chain_failure(plan.complete(), run, true, false));
+                }
+                Action::NextModel => skip_model = Some(target.model_index),
+                Action::NextLargerModel => {
+                    skip_model = Some(target.model_index);
+                    // Unknown window: nothing to compare with, every later model may try.
+                    if let Some(w) = self.window(&target.model) {
+                        need_window_above = Some(need_window_above.map_or(w, |n| n.max(w)));
                     }
-                    Action::NextModel => skip_model = Some(target.model_index),
-                    Action::NextLargerModel => {
-                        skip_model = Some(target.model_index);
-                        // Unknown window: nothing to compare with, every later model may try.
-                        if let Some(w) = self.window(&target.model) {
-                            need_window_above = Some(need_window_above.map_or(w, |n| n.max(w)));
-                        }
-                    }
-                    Action::NextProfile | Action::RetrySame { .. } => {}
-                },
+                }
+                Action::NextProfile | Action::RetrySame { .. } => {}
             }
         }
         // Every target was cooling down: probe the one that recovers soonest rather than
         // failing without trying (PRODUCT §3.3).
         if run.attempts == 0 && !budget_spent && Instant::now() < run.deadline {
-            let soonest = cooling
-                .iter()
-                .min_by_key(|t| {
-                    self.cooldowns
-                        .usable_at(&t.model.provider, &t.profile, &t.model.model)
-                })
-                .copied();
-            if let Some(target) = soonest {
-                let idx = plan.targets.iter().position(|t| t == target).unwrap_or(0);
+            let targets = &plan.complete().targets;
+            let soonest = cooling.iter().copied().min_by_key(|&i| {
+                let t = &targets[i];
+                self.cooldowns
+                    .usable_at(&t.model.provider, &t.profile, &t.model.model)
+            });
+            if let Some(soonest) = soonest {
+                let target = &targets[soonest];
+                let idx = targets.iter().position(|t| t == target).unwrap_or(0);
                 tracing::info!(request_id = %call.request_id, upstream = %target, "every target is cooling down: probing the soonest");
                 if let TargetEnd::Answered(answer) =
-                    self.try_target(call, &plan, idx, &mut run).await
+                    self.try_target(call, &mut plan, idx, &mut run).await
                 {
+                    let target = plan.into_target(soonest);
                     return Ok(self.success(call, target, first_model, run, answer));
                 }
             }
         }
-        Err(self.chain_failure(&plan, run, false, budget_spent))
+        Err(self.chain_failure(plan.complete(), run, false, budget_spent))
     }
 
     /// A request only models of `format` can serve: the others leave the plan
@@ -679,7 +707,7 @@ impl Engine {
     fn success(
         &self,
         call: &Call,
-        target: &Target,
+        target: Target,
         first_model: Option<ModelRef>,
         run: Run,
         answer: Answer,
@@ -692,7 +720,7 @@ impl Engine {
                 .upstreams
                 .get(&target.model.provider)
                 .map_or(call.ingress, |u| u.api()),
-            target: target.clone(),
+            target,
             first_model,
             failed: run.failed,
             skipped: run.skipped,
@@ -816,22 +844,26 @@ impl Engine {
     }
 
     /// Try one target, retrying it as the decision says.
+    ///
+    /// The plan is completed before a failure is recorded: the rest of it is then what
+    /// it was when the request planned (a failure cools keys and models down).
     async fn try_target(
         &self,
         call: &Call,
-        plan: &AttemptPlan,
+        plan: &mut LazyPlan<'_>,
         idx: usize,
         run: &mut Run,
     ) -> TargetEnd {
-        let target = &plan.targets[idx];
-        let (p, a, m) = (&target.model.provider, &target.profile, &target.model.model);
-        let Some(upstream) = self.upstreams.get(p).cloned() else {
+        let target = &plan.found()[idx];
+        let Some(upstream) = self.upstreams.get(&target.model.provider).cloned() else {
             return TargetEnd::Next(Action::NextModel);
         };
         let mut attempt: u32 = 0;
         // Whether this request's own failure is what cools the target now.
         let mut cooled_by_me = false;
         loop {
+            let target = &plan.found()[idx];
+            let (p, a, m) = (&target.model.provider, &target.profile, &target.model.model);
             // Every attempt after a request's first is a retry or a failover: it needs budget.
             if run.attempts > 0 && !self.budget.try_withdraw(self.cooldowns.now_ms()) {
                 tracing::warn!(request_id = %call.request_id, upstream = %target, "retry budget spent: not retrying");
@@ -864,6 +896,9 @@ impl Engine {
                 }
                 Err(f) => f,
             };
+            let plan = &*plan.complete();
+            let target = &plan.targets[idx];
+            let (p, a, m) = (&target.model.provider, &target.profile, &target.model.model);
             if let (Some(ctx), Some(undo)) = (&call.session, &undo) {
                 super::session::after_failure(ctx, undo);
             }

@@ -147,6 +147,17 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     /// When `provider:profile` was last used, if ever.
     fn last_used(&self, provider: &str, profile: &str) -> Option<u64>;
 
+    /// Which of `profiles` (its index) was least recently used: a never-used one first,
+    /// then the oldest use; ties go to the earlier. `None` when `profiles` is empty. The
+    /// default asks [`last_used`](Self::last_used) for each.
+    fn least_recently_used(
+        &self,
+        provider: &str,
+        profiles: &mut dyn Iterator<Item = &str>,
+    ) -> Option<usize> {
+        least_recently_used(profiles, |p| self.last_used(provider, p))
+    }
+
     /// Every breaker that is not pristine, sorted by scope (for status and the CLI).
     fn snapshot(&self, now_ms: u64) -> Vec<(Scope, BreakerSnapshot)>;
 
@@ -160,6 +171,23 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     fn info(&self) -> StoreInfo {
         StoreInfo::memory()
     }
+}
+
+/// The index of the first of `profiles` with the least `last_used` (never used first).
+pub(crate) fn least_recently_used(
+    profiles: &mut dyn Iterator<Item = &str>,
+    last_used: impl Fn(&str) -> Option<u64>,
+) -> Option<usize> {
+    let mut best: Option<(usize, u64)> = None;
+    for (i, p) in profiles.enumerate() {
+        match last_used(p) {
+            // Nothing comes before a profile never used.
+            None => return Some(i),
+            Some(t) if best.is_none_or(|(_, b)| t < b) => best = Some((i, t)),
+            Some(_) => {}
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 /// Clear a scope by hand, with what it covers: `provider:profile` also clears every

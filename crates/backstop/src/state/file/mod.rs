@@ -485,6 +485,14 @@ impl StateStore for FileStore {
         self.shared.inner.last_used(provider, profile)
     }
 
+    fn least_recently_used(
+        &self,
+        provider: &str,
+        profiles: &mut dyn Iterator<Item = &str>,
+    ) -> Option<usize> {
+        self.shared.inner.least_recently_used(provider, profiles)
+    }
+
     fn snapshot(&self, now_ms: u64) -> Vec<(Scope, BreakerSnapshot)> {
         self.shared.inner.snapshot(now_ms)
     }

@@ -519,6 +519,14 @@ impl StateStore for RedisStore {
         self.shared.cache.last_used(provider, profile)
     }
 
+    fn least_recently_used(
+        &self,
+        provider: &str,
+        profiles: &mut dyn Iterator<Item = &str>,
+    ) -> Option<usize> {
+        self.shared.cache.least_recently_used(provider, profiles)
+    }
+
     fn snapshot(&self, now_ms: u64) -> Vec<(Scope, BreakerSnapshot)> {
         self.shared.cache.snapshot(now_ms)
     }
