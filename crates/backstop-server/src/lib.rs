@@ -10,6 +10,7 @@ mod chat;
 mod cooldowns;
 mod dashboard;
 mod guard;
+mod h1;
 mod info;
 pub mod reload;
 mod sessions;
@@ -193,19 +194,12 @@ pub async fn serve_state(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    use axum::serve::ListenerExt;
-    // Without TCP_NODELAY, a streamed answer's small writes wait on the client's delayed
-    // ACK (Nagle): ~40 ms stalls between SSE events on loopback.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY on a client connection: {e}");
-        }
-    });
-    // `into_make_service`: each connection gets a clone of the router (an `Arc`); handing
-    // axum the `Router` itself would rebuild its route table for every connection
-    // (`with_state`), ~4.5 KB and a few µs each (seen under massif).
-    axum::serve(listener, router(state).into_make_service())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // Backstop's own HTTP/1 connection loop (h2c goes to hyper): see `h1`.
+    let limits = state.clone();
+    let shared = h1::Shared {
+        router: router(state),
+        max_body: Arc::new(move || limits.engine.load().config.server.max_body_bytes),
+    };
+    h1::serve(listener, shared, shutdown).await;
     Ok(())
 }

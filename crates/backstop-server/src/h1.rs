@@ -1,0 +1,1286 @@
+//! Backstop's own HTTP/1.x connection loop in front of the axum [`Router`].
+//!
+//! hyper's server keeps a 16 KB read buffer and an 8 KB write buffer per connection for
+//! the connection's whole life (a slow stream holds them for minutes). This loop holds a
+//! read buffer only while bytes are pending (it waits for readability, then allocates),
+//! writes a response head from one short-lived buffer and body frames straight to the
+//! socket. It behaves as hyper's HTTP/1 server toward clients: the same head (header order,
+//! `date`, `content-length` or chunked, `connection`), keep-alive and pipelining,
+//! `Expect: 100-continue`, a client that goes away seen at once while an answer is
+//! pending or streams. A connection that opens with the HTTP/2 preface goes to hyper's
+//! HTTP/2 server (h2c prior knowledge), as before.
+//!
+//! Request bodies are read whole before the handler runs (every handler reads them whole
+//! anyway), up to `server.max_body_bytes` + 1 bytes: a larger one reaches the handler at
+//! that length, or, announced by `Content-Length`, not at all (an erroring body), so the
+//! handler answers its own 413 in the client's format; the connection closes after.
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+/// A request head larger than this is answered 431.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// More header lines than this are answered 431 (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// hyper's limit on a request target (414 beyond).
+const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
+/// How long a client may take to send a request head (slowloris), counted from the
+/// connection's start for its first request and from the first byte for the next ones.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Chunk extensions and trailers of one chunked body, at most (hyper's limits).
+const CHUNKED_EXTRAS_LIMIT: usize = 16 * 1024;
+/// Bytes of a next (pipelined) request kept while an answer is pending or streams.
+const MAX_PENDING: usize = MAX_HEAD;
+/// A read asks for at least this much room.
+const READ_CHUNK: usize = 8 * 1024;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection needs to serve requests.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub router: Router,
+    /// `server.max_body_bytes` of the config serving now.
+    pub max_body: Arc<dyn Fn() -> usize + Send + Sync>,
+}
+
+/// Accept connections until `shutdown` resolves, then finish what is in flight: idle
+/// connections close, busy ones answer their request with `connection: close`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Shared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    // Every connection task holds a receiver; the server returns when all are dropped.
+    let (done_tx, done_rx) = watch::channel(());
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        // Without TCP_NODELAY, a streamed answer's small writes wait on the client's
+        // delayed ACK (Nagle): ~40 ms stalls between SSE events on loopback.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a client connection: {e}");
+        }
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let done = done_rx.clone();
+        tokio::spawn(async move {
+            Conn::new(tcp, shared, stop).run().await;
+            drop(done);
+        });
+    }
+    drop(done_rx);
+    drop(listener);
+    done_tx.closed().await;
+}
+
+/// As axum::serve: a connection error is the client's; anything else (EMFILE) waits a
+/// second and accepts again.
+async fn accept_error(e: io::Error) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accept error: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// A parsed request head and what it says about the connection and the body.
+struct Head {
+    request: Request<()>,
+    body: BodyKind,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Length(u64),
+    Chunked,
+}
+
+/// Why a head is refused: the status answered before the connection closes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    Malformed,
+    TooLarge,
+    UriTooLong,
+}
+
+impl HeadError {
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            HeadError::Malformed => (StatusCode::BAD_REQUEST, "malformed HTTP request\n"),
+            HeadError::TooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large\n",
+            ),
+            HeadError::UriTooLong => (StatusCode::URI_TOO_LONG, "request target too long\n"),
+        }
+    }
+}
+
+/// Parse a request head at the front of `buf`: `Ok(None)` while incomplete, else the head
+/// and its length in bytes.
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+    // Not zeroed: httparse writes a slot before the head refers to it (as hyper).
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    if len > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Malformed);
+    };
+    if path.len() > MAX_URI_LEN {
+        return Err(HeadError::UriTooLong);
+    }
+    // One exact-size copy of the head: header values and the target share it, and no
+    // part of the read buffer outlives the read.
+    let base = buf.as_ptr() as usize;
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let slice = |s: &[u8]| {
+        let at = s.as_ptr() as usize - base;
+        head.slice(at..at + s.len())
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed)?;
+    let uri = Uri::from_maybe_shared(slice(path.as_bytes())).map_err(|_| HeadError::Malformed)?;
+    let http11 = version == 1;
+    let mut keep_alive = http11;
+    let mut body = BodyKind::Length(0);
+    let mut content_length: Option<u64> = None;
+    let mut is_te = false;
+    let mut is_te_chunked = false;
+    let mut is_cl = false;
+    let mut saw_close = false;
+    let mut expect_continue = false;
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // The same rules as hyper's (RFC 9112 §6.3).
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
+        let value =
+            HeaderValue::from_maybe_shared(slice(h.value)).map_err(|_| HeadError::Malformed)?;
+        match name {
+            header::TRANSFER_ENCODING => {
+                if !http11 {
+                    return Err(HeadError::Malformed);
+                }
+                is_te = true;
+                if is_cl && content_length.take().is_some() {
+                    headers.remove(header::CONTENT_LENGTH);
+                }
+                is_te_chunked = is_chunked(&value);
+                if is_te_chunked {
+                    body = BodyKind::Chunked;
+                }
+            }
+            header::CONTENT_LENGTH => {
+                is_cl = true;
+                if is_te {
+                    continue;
+                }
+                let len = content_length_parse(&value).ok_or(HeadError::Malformed)?;
+                if let Some(prev) = content_length {
+                    if prev != len {
+                        return Err(HeadError::Malformed);
+                    }
+                    continue;
+                }
+                body = BodyKind::Length(len);
+                content_length = Some(len);
+            }
+            header::CONNECTION => {
+                if saw_close || has_token(&value, "close") {
+                    saw_close = true;
+                    keep_alive = false;
+                } else if !keep_alive {
+                    keep_alive = has_token(&value, "keep-alive");
+                }
+            }
+            header::EXPECT => {
+                expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
+        }
+        headers.append(name, value);
+    }
+    if is_te && !is_te_chunked {
+        return Err(HeadError::Malformed);
+    }
+    if is_te && is_cl {
+        keep_alive = false;
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if http11 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    *request.headers_mut() = headers;
+    Ok(Some((
+        Head {
+            request,
+            body,
+            keep_alive,
+            expect_continue,
+        },
+        len,
+    )))
+}
+
+/// hyper's `content_length_parse`: digits only, at most 19 of them.
+fn content_length_parse(value: &HeaderValue) -> Option<u64> {
+    let b = value.as_bytes();
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// `chunked` is the last coding of a `Transfer-Encoding` value.
+fn is_chunked(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| s.rsplit(',').next())
+        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// A comma-separated header value holds `token` (any case).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// A chunked body decoder (RFC 9112 §7.1) that takes its input in any pieces.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChunkedDecoder {
+    state: ChunkState,
+    size: u64,
+    size_digits: u8,
+    extras: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    SizeLws,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+impl ChunkedDecoder {
+    /// Decode from `input` into `out`, stopping once `out` holds more than `max_out`
+    /// bytes: the bytes of `input` used, or an error for a malformed body.
+    pub(crate) fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut BytesMut,
+        max_out: usize,
+    ) -> Result<usize, ()> {
+        let mut i = 0;
+        while i < input.len() && self.state != ChunkState::Done {
+            if self.state == ChunkState::Data {
+                if out.len() > max_out {
+                    break;
+                }
+                let n = (input.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
+                out.extend_from_slice(&input[i..i + n]);
+                i += n;
+                self.size -= n as u64;
+                if self.size == 0 {
+                    self.state = ChunkState::DataCr;
+                }
+                continue;
+            }
+            let b = input[i];
+            i += 1;
+            self.state = match self.state {
+                ChunkState::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        self.size_digits += 1;
+                        if self.size_digits > 16 {
+                            return Err(());
+                        }
+                        let d = (b as char).to_digit(16).unwrap_or(0);
+                        self.size = self.size * 16 + u64::from(d);
+                        ChunkState::Size
+                    }
+                    _ if self.size_digits == 0 => return Err(()),
+                    b'\t' | b' ' => ChunkState::SizeLws,
+                    b';' => ChunkState::Extension,
+                    b'\r' => ChunkState::SizeLf,
+                    _ => return Err(()),
+                },
+                ChunkState::SizeLws => match b {
+                    b'\t' | b' ' => ChunkState::SizeLws,
+                    b';' => ChunkState::Extension,
+                    b'\r' => ChunkState::SizeLf,
+                    _ => return Err(()),
+                },
+                ChunkState::Extension => {
+                    self.extras += 1;
+                    if self.extras > CHUNKED_EXTRAS_LIMIT {
+                        return Err(());
+                    }
+                    match b {
+                        b'\r' => ChunkState::SizeLf,
+                        b'\n' => return Err(()),
+                        _ => ChunkState::Extension,
+                    }
+                }
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    self.size_digits = 0;
+                    if self.size == 0 {
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data
+                    }
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(());
+                    }
+                    ChunkState::DataLf
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    ChunkState::Size
+                }
+                ChunkState::TrailerStart => match b {
+                    b'\r' => ChunkState::EndLf,
+                    _ => {
+                        self.extras += 1;
+                        ChunkState::Trailer
+                    }
+                },
+                ChunkState::Trailer => {
+                    self.extras += 1;
+                    if self.extras > CHUNKED_EXTRAS_LIMIT {
+                        return Err(());
+                    }
+                    match b {
+                        b'\r' => ChunkState::TrailerLf,
+                        _ => ChunkState::Trailer,
+                    }
+                }
+                ChunkState::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    ChunkState::TrailerStart
+                }
+                ChunkState::EndLf => {
+                    if b != b'\n' {
+                        return Err(());
+                    }
+                    ChunkState::Done
+                }
+                ChunkState::Data | ChunkState::Done => self.state,
+            };
+        }
+        Ok(i)
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 with no known length: the end of the connection ends the body.
+    Close,
+}
+
+/// What a response head needs to know of its request.
+#[derive(Debug, Clone, Copy)]
+struct ReqFacts {
+    head: bool,
+    http10: bool,
+    keep_alive: bool,
+}
+
+/// The body's length as hyper's server sees it: `None` for an ended body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyLength {
+    Empty,
+    Known(u64),
+    Unknown,
+}
+
+fn can_chunk(facts: ReqFacts, status: StatusCode) -> bool {
+    !(facts.head
+        || status.is_informational()
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED))
+}
+
+fn can_have_content_length(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED))
+}
+
+fn extend(dst: &mut Vec<u8>, b: &[u8]) {
+    dst.extend_from_slice(b);
+}
+
+/// Write a response head as hyper's HTTP/1 server does (lower-case names, in the map's
+/// order; `connection` fixed up for the peer's version and keep-alive; a length or
+/// chunked framing; `date`): the body's framing and whether the connection must close.
+fn encode_head(
+    dst: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+    body: BodyLength,
+    facts: ReqFacts,
+) -> (Framing, bool) {
+    // hyper's `enforce_version`.
+    if facts.http10 {
+        let keeps = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "keep-alive"));
+        if !keeps && facts.keep_alive {
+            headers.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+    } else if !facts.keep_alive
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "close"))
+    {
+        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let mut is_last = !facts.keep_alive;
+    let http10 = facts.http10;
+    if !http10 && status == StatusCode::OK {
+        extend(dst, b"HTTP/1.1 200 OK\r\n");
+    } else {
+        extend(dst, if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+        extend(dst, status.as_str().as_bytes());
+        extend(dst, b" ");
+        extend(
+            dst,
+            status.canonical_reason().unwrap_or("<none>").as_bytes(),
+        );
+        extend(dst, b"\r\n");
+    }
+    let mut framing = Framing::Length(0);
+    let mut wrote_len = false;
+    let mut wrote_date = false;
+    // A line that later values of the same name join (", "), still open.
+    let mut open_line = false;
+    let mut must_write_chunked = false;
+    let mut prev_len: Option<u64> = None;
+    let mut prev_name: Option<&HeaderName> = None;
+    for (name, value) in headers.iter() {
+        let first_of_name = prev_name != Some(name);
+        if first_of_name {
+            if open_line {
+                extend(
+                    dst,
+                    if must_write_chunked {
+                        b", chunked\r\n"
+                    } else {
+                        b"\r\n"
+                    },
+                );
+            }
+            open_line = false;
+            prev_name = Some(name);
+        }
+        match *name {
+            header::CONTENT_LENGTH => match body {
+                BodyLength::Known(known) => {
+                    if !open_line {
+                        framing = Framing::Length(known);
+                        extend(dst, b"content-length: ");
+                        extend(dst, value.as_bytes());
+                        wrote_len = true;
+                        open_line = true;
+                    }
+                    continue;
+                }
+                BodyLength::Unknown => {
+                    let Some(len) = content_length_parse(value) else {
+                        continue;
+                    };
+                    if prev_len.is_some() {
+                        continue;
+                    }
+                    framing = Framing::Length(len);
+                    extend(dst, b"content-length: ");
+                    extend(dst, value.as_bytes());
+                    wrote_len = true;
+                    open_line = true;
+                    prev_len = Some(len);
+                    continue;
+                }
+                BodyLength::Empty => {
+                    if !facts.head {
+                        continue;
+                    }
+                    wrote_len = true;
+                }
+            },
+            header::TRANSFER_ENCODING => {
+                if http10 || !can_chunk(facts, status) {
+                    continue;
+                }
+                wrote_len = true;
+                must_write_chunked = !is_chunked(value);
+                if !open_line {
+                    framing = Framing::Chunked;
+                    open_line = true;
+                    extend(dst, b"transfer-encoding: ");
+                } else {
+                    extend(dst, b", ");
+                }
+                extend(dst, value.as_bytes());
+                continue;
+            }
+            header::CONNECTION => {
+                if has_token(value, "close") {
+                    is_last = true;
+                }
+                if !open_line {
+                    open_line = true;
+                    extend(dst, b"connection: ");
+                } else {
+                    extend(dst, b", ");
+                }
+                extend(dst, value.as_bytes());
+                continue;
+            }
+            header::DATE => wrote_date = true,
+            _ => {}
+        }
+        extend(dst, name.as_str().as_bytes());
+        extend(dst, b": ");
+        extend(dst, value.as_bytes());
+        extend(dst, b"\r\n");
+    }
+    if open_line {
+        extend(
+            dst,
+            if must_write_chunked {
+                b", chunked\r\n"
+            } else {
+                b"\r\n"
+            },
+        );
+    }
+    if !wrote_len {
+        framing = match body {
+            BodyLength::Unknown => {
+                if http10 || !can_chunk(facts, status) {
+                    Framing::Close
+                } else {
+                    extend(dst, b"transfer-encoding: chunked\r\n");
+                    Framing::Chunked
+                }
+            }
+            BodyLength::Empty | BodyLength::Known(0) => {
+                if can_have_content_length(status) && !facts.head {
+                    extend(dst, b"content-length: 0\r\n");
+                }
+                Framing::Length(0)
+            }
+            BodyLength::Known(len) => {
+                if can_have_content_length(status) {
+                    extend(dst, b"content-length: ");
+                    extend(dst, itoa_u64(len).as_bytes());
+                    extend(dst, b"\r\n");
+                    Framing::Length(len)
+                } else {
+                    Framing::Length(0)
+                }
+            }
+        };
+    }
+    if !can_chunk(facts, status) {
+        framing = Framing::Length(0);
+    }
+    if !wrote_date {
+        extend(dst, b"date: ");
+        date::extend(dst);
+        extend(dst, b"\r\n\r\n");
+    } else {
+        extend(dst, b"\r\n");
+    }
+    if framing == Framing::Close {
+        is_last = true;
+    }
+    (framing, is_last)
+}
+
+fn itoa_u64(n: u64) -> String {
+    n.to_string()
+}
+
+/// The `date` value, formatted once a second per thread (as hyper).
+mod date {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub(super) const LEN: usize = 29;
+
+    thread_local! {
+        static CACHE: RefCell<(u64, [u8; LEN])> = const { RefCell::new((u64::MAX, [0; LEN])) };
+    }
+
+    pub(super) fn extend(dst: &mut Vec<u8>) {
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs {
+                let text = httpdate::fmt_http_date(now);
+                if text.len() == LEN {
+                    c.1.copy_from_slice(text.as_bytes());
+                    c.0 = secs;
+                } else {
+                    dst.extend_from_slice(text.as_bytes());
+                    return;
+                }
+            }
+            dst.extend_from_slice(&c.1);
+        });
+    }
+}
+
+/// A chunk's size line.
+fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
+    let mut n = len;
+    let mut at = 16;
+    loop {
+        at -= 1;
+        buf[at] = b"0123456789ABCDEF"[n & 0xF];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[16] = b'\r';
+    buf[17] = b'\n';
+    &buf[at..]
+}
+
+/// Read what the socket has into `buf` (allocating only now): bytes read, 0 at EOF.
+async fn read_more(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        tcp.readable().await?;
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        match tcp.try_read_buf(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Readiness left over: hold no buffer while waiting again.
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn write_all_vectored(tcp: &mut TcpStream, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        let n = tcp.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
+}
+
+/// After a whole body: the connection may serve another request.
+fn reusable(is_last: bool, framing: Framing, remaining: u64) -> bool {
+    !is_last
+        && match framing {
+            Framing::Length(_) => remaining == 0,
+            Framing::Chunked => true,
+            Framing::Close => false,
+        }
+}
+
+/// The end of a request: what the connection does next.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// One client connection.
+struct Conn {
+    tcp: TcpStream,
+    /// Bytes read and not yet used; without capacity while nothing is pending.
+    buf: BytesMut,
+    shared: Shared,
+    stop: CancellationToken,
+}
+
+/// What a wait for the socket found.
+enum Watch {
+    /// Bytes of a next request (kept), or nothing after all.
+    More,
+    /// The client went away (EOF or an error).
+    Gone,
+}
+
+impl Conn {
+    fn new(tcp: TcpStream, shared: Shared, stop: CancellationToken) -> Self {
+        Conn {
+            tcp,
+            buf: BytesMut::new(),
+            shared,
+            stop,
+        }
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        read_more(&self.tcp, &mut self.buf).await
+    }
+
+    /// Once the socket is readable: keep what comes (bounded), or see the client gone.
+    /// Polls the socket's read readiness directly (no waiter registered and unlinked
+    /// per poll, as `readable()` would), and reads through a small stack buffer:
+    /// readiness is often left over from the read of the head (cleared only by a read
+    /// that would block), and a stream must not hold a read buffer for it.
+    fn poll_watch(&mut self, cx: &mut Context<'_>) -> Poll<Watch> {
+        loop {
+            match self.tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Watch::Gone),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut tmp = [0u8; 1024];
+            match self.tcp.try_read(&mut tmp) {
+                Ok(0) => return Poll::Ready(Watch::Gone),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&tmp[..n]);
+                    return Poll::Ready(Watch::More);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(Watch::Gone),
+            }
+        }
+    }
+
+    fn release_buf(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    async fn run(mut self) {
+        // The first request: an HTTP/2 preface goes to hyper's HTTP/2 server.
+        let first = tokio::time::timeout(HEAD_TIMEOUT, async {
+            loop {
+                let n = self.buf.len().min(H2_PREFACE.len());
+                if self.buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+                    return true;
+                }
+                let idle = self.buf.is_empty();
+                tokio::select! {
+                    r = read_more(&self.tcp, &mut self.buf) => match r {
+                        Ok(0) | Err(_) => return false,
+                        Ok(_) => {}
+                    },
+                    () = self.stop.cancelled(), if idle => return false,
+                }
+            }
+        })
+        .await;
+        if first != Ok(true) {
+            return;
+        }
+        if self.buf.starts_with(H2_PREFACE) {
+            let Conn {
+                tcp,
+                buf,
+                shared,
+                stop,
+                ..
+            } = self;
+            serve_h2(tcp, buf.freeze(), shared.router, stop).await;
+            return;
+        }
+        let mut first = true;
+        while let Next::KeepAlive = self.one(first).await {
+            first = false;
+        }
+        let _ = self.tcp.shutdown().await;
+    }
+
+    /// Read the next head: `None` when the connection ends quietly.
+    async fn read_head(&mut self, first: bool) -> Option<Result<Head, HeadError>> {
+        let mut deadline = None;
+        loop {
+            if !self.buf.is_empty() {
+                match parse_head(&self.buf) {
+                    Ok(Some((head, len))) => {
+                        self.buf.advance(len);
+                        self.release_buf();
+                        return Some(Ok(head));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            if deadline.is_none() && (first || !self.buf.is_empty()) {
+                deadline = Some(tokio::time::Instant::now() + HEAD_TIMEOUT);
+            }
+            let idle = self.buf.is_empty();
+            let read = async {
+                match deadline {
+                    Some(at) => tokio::time::timeout_at(at, read_more(&self.tcp, &mut self.buf))
+                        .await
+                        .unwrap_or(Ok(0)),
+                    None => read_more(&self.tcp, &mut self.buf).await,
+                }
+            };
+            let n = tokio::select! {
+                r = read => r,
+                () = self.stop.cancelled(), if idle => return None,
+            };
+            match n {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Answer an unusable head and close.
+    async fn refuse(&mut self, err: HeadError) {
+        let (status, text) = err.status();
+        let mut resp = Response::new(Body::from(text));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        *resp.status_mut() = status;
+        let facts = ReqFacts {
+            head: false,
+            http10: false,
+            keep_alive: false,
+        };
+        let _ = self.respond(resp, facts).await;
+    }
+
+    /// Read a request body whole (up to `limit` + 1 bytes): the body, and whether all of
+    /// it was read (else the connection closes after the answer).
+    async fn read_body(&mut self, kind: BodyKind, limit: usize) -> io::Result<(Body, bool)> {
+        match kind {
+            BodyKind::Length(0) => Ok((Body::empty(), true)),
+            BodyKind::Length(n) => {
+                if n > limit as u64 {
+                    // The handler refuses it by its Content-Length; a handler that reads
+                    // it anyway fails as on a body past its limit.
+                    let err = futures_util::stream::once(async {
+                        Err::<Bytes, _>(io::Error::other("request body too large"))
+                    });
+                    return Ok((Body::from_stream(err), false));
+                }
+                let n = n as usize;
+                let mut body = BytesMut::with_capacity(n);
+                let have = self.buf.len().min(n);
+                body.extend_from_slice(&self.buf[..have]);
+                self.buf.advance(have);
+                self.release_buf();
+                while body.len() < n {
+                    self.tcp.readable().await?;
+                    let left = n - body.len();
+                    let mut limited = (&mut body).limit(left);
+                    match self.tcp.try_read_buf(&mut limited) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok((Body::from(body.freeze()), true))
+            }
+            BodyKind::Chunked => {
+                let mut decoder = ChunkedDecoder::default();
+                let mut out = BytesMut::new();
+                loop {
+                    if !self.buf.is_empty() {
+                        let used = decoder
+                            .decode(&self.buf, &mut out, limit)
+                            .map_err(|()| io::Error::other("malformed chunked body"))?;
+                        self.buf.advance(used);
+                        self.release_buf();
+                        if decoder.done() {
+                            return Ok((Body::from(out.freeze()), true));
+                        }
+                        if out.len() > limit {
+                            return Ok((Body::from(out.freeze()), false));
+                        }
+                    }
+                    if self.read_more().await? == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serve one request: what the connection does next.
+    async fn one(&mut self, first: bool) -> Next {
+        let head = match self.read_head(first).await {
+            None => return Next::Close,
+            Some(Err(e)) => {
+                self.refuse(e).await;
+                return Next::Close;
+            }
+            Some(Ok(head)) => head,
+        };
+        let Head {
+            request,
+            body: kind,
+            mut keep_alive,
+            expect_continue,
+        } = head;
+        let facts_http10 = request.version() == Version::HTTP_10;
+        let is_head = request.method() == Method::HEAD;
+        let has_body = kind != BodyKind::Length(0);
+        let limit = (self.shared.max_body)();
+        if expect_continue && has_body && !facts_http10 {
+            let fits = match kind {
+                BodyKind::Length(n) => n <= limit as u64,
+                BodyKind::Chunked => true,
+            };
+            if fits
+                && self
+                    .tcp
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+            {
+                return Next::Close;
+            }
+        }
+        let (body, whole) = match self.read_body(kind, limit).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Other => {
+                self.refuse(HeadError::Malformed).await;
+                return Next::Close;
+            }
+            Err(_) => return Next::Close,
+        };
+        if !whole {
+            keep_alive = false;
+        }
+        let request = request.map(|()| body);
+        let fut = self.shared.router.call(request);
+        tokio::pin!(fut);
+        let response = loop {
+            let watching = self.buf.len() < MAX_PENDING && whole;
+            tokio::select! {
+                biased;
+                r = &mut fut => match r {
+                    Ok(resp) => break resp,
+                    Err(never) => match never {},
+                },
+                w = poll_fn(|cx| self.poll_watch(cx)), if watching => match w {
+                    Watch::More => {}
+                    Watch::Gone => return Next::Close,
+                },
+            }
+        };
+        if self.stop.is_cancelled() {
+            keep_alive = false;
+        }
+        let facts = ReqFacts {
+            head: is_head,
+            http10: facts_http10,
+            keep_alive,
+        };
+        match self.respond(response, facts).await {
+            Ok(true) if !self.stop.is_cancelled() => Next::KeepAlive,
+            _ => Next::Close,
+        }
+    }
+
+    /// Write a response: whether the connection may serve another request.
+    async fn respond(&mut self, response: Response<Body>, facts: ReqFacts) -> io::Result<bool> {
+        let (mut parts, mut body) = response.into_parts();
+        let length = if body.is_end_stream() {
+            BodyLength::Empty
+        } else {
+            match body.size_hint().exact() {
+                Some(n) => BodyLength::Known(n),
+                None => BodyLength::Unknown,
+            }
+        };
+        let mut head = Vec::with_capacity(64 + parts.headers.len() * 32);
+        let (framing, is_last) =
+            encode_head(&mut head, parts.status, &mut parts.headers, length, facts);
+        drop(parts);
+        let has_body = framing != Framing::Length(0) && length != BodyLength::Empty;
+        if !has_body {
+            self.tcp.write_all(&head).await?;
+            return Ok(!is_last);
+        }
+        let mut remaining = match framing {
+            Framing::Length(n) => n,
+            _ => u64::MAX,
+        };
+        let mut pending_head = Some(head);
+        let mut size_buf = [0u8; 18];
+        loop {
+            // The first frame goes with the head when it is there already.
+            let frame = if pending_head.is_some() {
+                match futures_util::FutureExt::now_or_never(poll_fn(|cx| {
+                    Pin::new(&mut body).poll_frame(cx)
+                })) {
+                    Some(f) => f,
+                    None => {
+                        if let Some(h) = pending_head.take() {
+                            self.tcp.write_all(&h).await?;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                let mut frame = None;
+                while frame.is_none() {
+                    let watching = self.buf.len() < MAX_PENDING;
+                    tokio::select! {
+                        biased;
+                        f = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => frame = Some(f),
+                        w = poll_fn(|cx| self.poll_watch(cx)), if watching => match w {
+                            Watch::More => {}
+                            Watch::Gone => return Ok(false),
+                        },
+                    }
+                }
+                frame.unwrap_or(None)
+            };
+            let head_bytes = pending_head.take().unwrap_or_default();
+            let data = match frame {
+                None => {
+                    // The end.
+                    let tail: &[u8] = if framing == Framing::Chunked {
+                        b"0\r\n\r\n"
+                    } else {
+                        b""
+                    };
+                    write_all_vectored(
+                        &mut self.tcp,
+                        &mut [IoSlice::new(&head_bytes), IoSlice::new(tail)],
+                    )
+                    .await?;
+                    return Ok(reusable(is_last, framing, remaining));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("response body failed: {e}");
+                    if !head_bytes.is_empty() {
+                        let _ = self.tcp.write_all(&head_bytes).await;
+                    }
+                    return Ok(false);
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) => d,
+                    Err(_) => Bytes::new(), // trailers: not sent (as hyper without `te: trailers`)
+                },
+            };
+            let ended = body.is_end_stream();
+            let mut data = data;
+            if let Framing::Length(_) = framing {
+                if data.len() as u64 > remaining {
+                    data.truncate(remaining as usize);
+                }
+                remaining -= data.len() as u64;
+            }
+            if data.is_empty() && !ended {
+                if !head_bytes.is_empty() {
+                    self.tcp.write_all(&head_bytes).await?;
+                }
+                continue;
+            }
+            if framing == Framing::Chunked {
+                let size: &[u8] = if data.is_empty() {
+                    b""
+                } else {
+                    chunk_size_line(data.len(), &mut size_buf)
+                };
+                let crlf: &[u8] = if data.is_empty() { b"" } else { b"\r\n" };
+                let end: &[u8] = if ended { b"0\r\n\r\n" } else { b"" };
+                write_all_vectored(
+                    &mut self.tcp,
+                    &mut [
+                        IoSlice::new(&head_bytes),
+                        IoSlice::new(size),
+                        IoSlice::new(&data),
+                        IoSlice::new(crlf),
+                        IoSlice::new(end),
+                    ],
+                )
+                .await?;
+            } else {
+                write_all_vectored(
+                    &mut self.tcp,
+                    &mut [IoSlice::new(&head_bytes), IoSlice::new(&data)],
+                )
+                .await?;
+            }
+            if ended {
+                return Ok(reusable(is_last, framing, remaining));
+            }
+        }
+    }
+}
+
+/// A connection's bytes read already, then the socket.
+struct Rewind {
+    pre: Bytes,
+    tcp: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// HTTP/2 with prior knowledge (h2c), by hyper as before.
+async fn serve_h2(tcp: TcpStream, pre: Bytes, router: Router, stop: CancellationToken) {
+    let io = hyper_util::rt::TokioIo::new(Rewind { pre, tcp });
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        router.clone().call(req.map(Body::new))
+    });
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.enable_connect_protocol();
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::trace!("failed to serve connection: {e:#}");
+                }
+                break;
+            }
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "h1_tests.rs"]
+mod tests;
