@@ -451,6 +451,8 @@ impl Body {
         };
         loop {
             if self.buf.is_empty() {
+                // An empty slice may still hold the last read's buffer.
+                self.buf = Bytes::new();
                 stream.readable().await?;
             } else if futures_util::FutureExt::now_or_never(stream.readable()).is_none() {
                 // A partial line kept over a wait: not the whole read buffer with it.
