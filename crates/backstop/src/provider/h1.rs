@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -189,7 +189,9 @@ impl Client {
                         conn.keep_alive &= head.keep_alive;
                         let mut response = Response {
                             status: head.status,
-                            headers: head.headers,
+                            head: head.raw,
+                            headers: OnceLock::new(),
+                            content_type: head.content_type,
                             body: conn,
                         };
                         response.body.end_if_done();
@@ -257,7 +259,9 @@ async fn write_all(stream: &TcpStream, mut head: &[u8], mut body: &[u8]) -> io::
 /// A response head, parsed.
 struct Head {
     status: StatusCode,
-    headers: HeaderMap,
+    /// The head as it came (its header map is built only when asked for).
+    raw: Bytes,
+    content_type: Option<Bytes>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -304,30 +308,28 @@ fn head_of(
     let mut keep_alive = response.version == Some(1);
     let mut length: Option<u64> = None;
     let mut chunked = None;
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
+    let mut content_type = None;
     for h in response.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid HTTP header parsed")?;
-        if name == http::header::CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
             let n = parse_content_length(h.value).ok_or("invalid content-length parsed")?;
             if length.is_some_and(|l| l != n) {
                 return Err("invalid content-length parsed".into());
             }
             length = Some(n);
-        } else if name == http::header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // The last coding says whether the body is chunked.
             let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == http::header::CONNECTION
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            content_type.get_or_insert_with(|| buf.slice_ref(h.value));
+        } else if name.eq_ignore_ascii_case(b"connection")
             && h.value
                 .split(|b| *b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
         {
             keep_alive = false;
         }
-        let value = HeaderValue::from_maybe_shared(buf.slice_ref(h.value))
-            .map_err(|_| "invalid HTTP header parsed")?;
-        headers.append(name, value);
     }
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -355,12 +357,34 @@ fn head_of(
     Ok(Some((
         Head {
             status,
-            headers,
+            raw: buf.slice(..len),
+            content_type,
             framing,
             keep_alive,
         },
         len,
     )))
+}
+
+/// The header map of a head already parsed once (`raw`): built only when asked for
+/// (a streamed answer's head is dropped unread). httparse checked the names and values
+/// against the same rules as `HeaderName` and `HeaderValue`.
+fn header_map(raw: &Bytes) -> HeaderMap {
+    let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut parsed);
+    let mut headers = HeaderMap::new();
+    if response.parse(raw).is_ok() {
+        headers.reserve(response.headers.len());
+        for h in response.headers.iter() {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(h.name.as_bytes()),
+                HeaderValue::from_maybe_shared(raw.slice_ref(h.value)),
+            ) {
+                headers.append(name, value);
+            }
+        }
+    }
+    headers
 }
 
 /// A `content-length` value: digits, or a list of equal ones.
@@ -622,7 +646,9 @@ fn decode_chunked(state: &mut Chunked, buf: &mut Bytes) -> Result<Step, &'static
 /// is read.
 pub(super) struct Response {
     status: StatusCode,
-    headers: HeaderMap,
+    head: Bytes,
+    headers: OnceLock<HeaderMap>,
+    content_type: Option<Bytes>,
     body: Body,
 }
 
@@ -630,7 +656,7 @@ impl std::fmt::Debug for Response {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Response")
             .field("status", &self.status)
-            .field("headers", &self.headers)
+            .field("headers", self.headers())
             .finish_non_exhaustive()
     }
 }
@@ -641,11 +667,18 @@ impl Response {
     }
 
     pub(super) fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.headers.get_or_init(|| header_map(&self.head))
+    }
+
+    /// The first `content-type`, without building the header map.
+    pub(super) fn content_type(&self) -> Option<&[u8]> {
+        self.content_type.as_deref()
     }
 
     pub(super) fn forget_head(&mut self) {
-        self.headers = HeaderMap::new();
+        self.head = Bytes::new();
+        self.headers = OnceLock::new();
+        self.content_type = None;
     }
 
     /// The next piece of the body; `None` at its end. Cancel-safe: what has been read

@@ -116,6 +116,17 @@ impl Response {
         }
     }
 
+    /// The `content-type` header's value (the first, when several came).
+    pub fn content_type(&self) -> Option<&[u8]> {
+        match &self.0 {
+            Inner::Hyper(r) => r
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .map(HeaderValue::as_bytes),
+            Inner::H1(r) => r.content_type(),
+        }
+    }
+
     /// Drop the response's head (headers, extensions) once it has been read, keeping the
     /// body. hyper parses header values as slices of the connection's read buffer, so a
     /// head kept for a stream's whole life keeps that buffer alive and makes the

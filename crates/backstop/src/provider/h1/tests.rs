@@ -208,13 +208,19 @@ fn idle(client: &Client) -> usize {
 
 #[tokio::test]
 async fn content_length_body_and_reuse() {
-    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello".to_vec();
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nContent-Type: text/plain\r\nx-a: 2\r\ncontent-type: x/y\r\n\r\nhello".to_vec();
     let (addr, conns) = server(vec![(ok.clone(), false), (ok, false)]).await;
     let client = Client::new(Duration::from_secs(5));
     for _ in 0..2 {
         let mut resp = send(&client, addr).await.unwrap();
         assert_eq!(resp.status(), 200);
+        assert_eq!(resp.content_type(), Some(&b"text/plain"[..]));
         assert_eq!(resp.headers().get("x-a").unwrap(), "1");
+        assert_eq!(resp.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(resp.headers().len(), 5);
+        resp.forget_head();
+        assert!(resp.headers().is_empty());
+        assert_eq!(resp.content_type(), None);
         assert_eq!(body(&mut resp).await.unwrap(), b"hello");
         assert_eq!(idle(&client), 1);
     }
