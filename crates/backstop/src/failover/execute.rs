@@ -1212,12 +1212,12 @@ impl Engine {
         hold_all: bool,
     ) -> Result<Answer, Failure> {
         let idle = Duration::from_millis(self.config.timeouts.idle_ms);
+        // `to_str` of a header value: visible ASCII only, or nothing.
         let content_type = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+            .content_type()
+            .filter(|v| v.iter().all(|&b| (32..127).contains(&b) || b == b'\t'))
+            .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+            .unwrap_or_default();
         if !content_type.starts_with("text/event-stream") {
             let status = response.status().as_u16();
             let body = read_body(response, deadline, idle)

@@ -7,6 +7,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+mod h1;
 pub mod openai;
 
 use crate::chat::WireFormat;
@@ -91,15 +92,39 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// An upstream's response: its head, and its body read chunk by chunk.
 #[derive(Debug)]
-pub struct Response(http::Response<Incoming>);
+pub struct Response(Inner);
+
+/// Who reads it: hyper's client (`https`), or Backstop's own HTTP/1.1 client (`http`).
+#[derive(Debug)]
+enum Inner {
+    Hyper(http::Response<Incoming>),
+    H1(h1::Response),
+}
 
 impl Response {
     pub fn status(&self) -> http::StatusCode {
-        self.0.status()
+        match &self.0 {
+            Inner::Hyper(r) => r.status(),
+            Inner::H1(r) => r.status(),
+        }
     }
 
     pub fn headers(&self) -> &HeaderMap {
-        self.0.headers()
+        match &self.0 {
+            Inner::Hyper(r) => r.headers(),
+            Inner::H1(r) => r.headers(),
+        }
+    }
+
+    /// The `content-type` header's value (the first, when several came).
+    pub fn content_type(&self) -> Option<&[u8]> {
+        match &self.0 {
+            Inner::Hyper(r) => r
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .map(HeaderValue::as_bytes),
+            Inner::H1(r) => r.content_type(),
+        }
     }
 
     /// Drop the response's head (headers, extensions) once it has been read, keeping the
@@ -107,14 +132,23 @@ impl Response {
     /// head kept for a stream's whole life keeps that buffer alive and makes the
     /// connection allocate another one for the body (8 KB a stream).
     pub fn forget_head(&mut self) {
-        *self.0.headers_mut() = HeaderMap::new();
-        self.0.extensions_mut().clear();
+        match &mut self.0 {
+            Inner::Hyper(r) => {
+                *r.headers_mut() = HeaderMap::new();
+                r.extensions_mut().clear();
+            }
+            Inner::H1(r) => r.forget_head(),
+        }
     }
 
     /// The next piece of the body; `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, TransportError> {
+        let r = match &mut self.0 {
+            Inner::Hyper(r) => r,
+            Inner::H1(r) => return r.chunk().await,
+        };
         loop {
-            match self.0.body_mut().frame().await {
+            match r.body_mut().frame().await {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(TransportError::Reset(error_chain(&e))),
                 Some(Ok(frame)) => {
@@ -245,6 +279,8 @@ pub struct Upstream {
     /// `config.headers`, parsed once (the config checked them; values are marked
     /// sensitive: they may hold secrets).
     extra_headers: HeaderMap,
+    /// Backstop's own HTTP/1.1 client, for an `http://` upstream.
+    h1: Option<H1>,
     /// Whether Backstop adds `stream_options` for this server: decided once from its API
     /// and host, and turned off for good (until the config reloads) when it refuses it.
     sends_stream_options: AtomicBool,
@@ -308,6 +344,164 @@ fn client(timeouts: &Timeouts) -> Result<Client<Connector, Full<Bytes>>, String>
         .build(connector))
 }
 
+/// What an `http://` upstream's requests are sent with: the client, and the parts of
+/// the request head that do not change, written once.
+struct H1 {
+    client: h1::Client,
+    /// `POST {path} HTTP/1.1\r\n` for a fixed endpoint.
+    request_line: Option<Vec<u8>>,
+    /// The headers before the credentials: content-type, accept (for `stream` false,
+    /// true), user-agent, and Anthropic's version.
+    common: [Vec<u8>; 2],
+    /// `config.headers` (the last value of each name, in the order a header map keeps
+    /// them) and `host`; `None` when a configured header names one that Backstop sets
+    /// itself: then the head is written from the same header map that hyper is given.
+    tail: Option<Vec<u8>>,
+}
+
+/// Headers Backstop sets on a request itself (or hyper, for `https`).
+const OWN_HEADERS: [&str; 12] = [
+    "content-type",
+    "accept",
+    "user-agent",
+    "authorization",
+    "anthropic-version",
+    "x-api-key",
+    "x-goog-api-key",
+    "anthropic-beta",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
+
+/// `Host`'s value for `uri`, as hyper-util writes it (the port unless the default).
+fn host_value(uri: &Uri) -> String {
+    let host = uri.host().unwrap_or_default();
+    match uri.port_u16() {
+        Some(port) if port != 80 => format!("{host}:{port}"),
+        _ => host.to_string(),
+    }
+}
+
+fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    head.extend_from_slice(name);
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// `content-length: {len}\r\n\r\n`, the head's end.
+fn push_length_and_end(head: &mut Vec<u8>, len: usize) {
+    head.extend_from_slice(b"content-length: ");
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    head.extend_from_slice(&digits[i..]);
+    head.extend_from_slice(b"\r\n\r\n");
+}
+
+fn push_request_line(head: &mut Vec<u8>, uri: &Uri) {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    head.extend_from_slice(b"POST ");
+    head.extend_from_slice(if path.is_empty() {
+        b"/"
+    } else {
+        path.as_bytes()
+    });
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+impl H1 {
+    fn new(
+        config: &ProviderConfig,
+        fixed_uri: Option<&Uri>,
+        extra_headers: &HeaderMap,
+        connect_timeout: Duration,
+    ) -> Option<Self> {
+        let uri = match fixed_uri {
+            Some(u) => u.clone(),
+            None => gemini::endpoint(&config.base_url, "m", false)
+                .parse::<Uri>()
+                .ok()?,
+        };
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+            return None;
+        }
+        let request_line = fixed_uri.map(|u| {
+            let mut line = Vec::new();
+            push_request_line(&mut line, u);
+            line
+        });
+        let common = [false, true].map(|stream| {
+            let mut h = Vec::new();
+            push_header(&mut h, b"content-type", b"application/json");
+            push_header(
+                &mut h,
+                b"accept",
+                if stream {
+                    b"text/event-stream"
+                } else {
+                    b"application/json"
+                },
+            );
+            push_header(&mut h, b"user-agent", USER_AGENT_VALUE.as_bytes());
+            if config.api == WireFormat::Anthropic {
+                push_header(
+                    &mut h,
+                    b"anthropic-version",
+                    crate::wire::anthropic::API_VERSION.as_bytes(),
+                );
+            }
+            h
+        });
+        let tail = if extra_headers
+            .keys()
+            .any(|k| OWN_HEADERS.contains(&k.as_str()))
+        {
+            None
+        } else {
+            // As `Upstream::headers` puts them in the request's map: the last value of
+            // a name, where the name first came.
+            let mut map = HeaderMap::new();
+            for (name, value) in extra_headers {
+                map.insert(name, value.clone());
+            }
+            let mut tail = Vec::new();
+            for (name, value) in &map {
+                push_header(&mut tail, name.as_str().as_bytes(), value.as_bytes());
+            }
+            push_header(&mut tail, b"host", host_value(&uri).as_bytes());
+            Some(tail)
+        };
+        Some(H1 {
+            client: h1::Client::new(connect_timeout),
+            request_line,
+            common,
+            tail,
+        })
+    }
+}
+
+/// Whether a credential may go in a header as it is (`HeaderValue::from_str`'s rule).
+fn check_header_value(value: &str) -> Result<(), TransportError> {
+    if value.bytes().all(|b| (b >= 32 && b != 127) || b == b'\t') {
+        Ok(())
+    } else {
+        Err(TransportError::Other(
+            "a credential holds characters not allowed in a header".into(),
+        ))
+    }
+}
+
 /// A header value that may hold a key: never logged, never shown.
 fn secret_header(value: &str) -> Result<HeaderValue, TransportError> {
     let mut v = HeaderValue::from_str(value).map_err(|_| {
@@ -336,6 +530,12 @@ impl Upstream {
             })?;
             extra_headers.append(name, value);
         }
+        let h1 = H1::new(
+            &config,
+            fixed_uri.as_ref(),
+            &extra_headers,
+            Duration::from_millis(timeouts.connect_ms),
+        );
         let sends_stream_options = AtomicBool::new(
             config.api == WireFormat::OpenAi && openai::accepts_stream_options(&config.base_url),
         );
@@ -344,6 +544,7 @@ impl Upstream {
             client,
             fixed_uri,
             extra_headers,
+            h1,
             sends_stream_options,
         })
     }
@@ -417,10 +618,19 @@ impl Upstream {
                 TransportError::Other(format!("the provider's URL is not valid: {e}"))
             })?,
         };
+        if let Some(h1) = &self.h1 {
+            let (head, keep_alive) =
+                self.h1_head(h1, &uri, profile, body.len(), stream, anthropic_beta)?;
+            return h1
+                .client
+                .send(&uri, &head, &body, keep_alive, may_resend)
+                .await
+                .map(|r| Response(Inner::H1(r)));
+        }
         let sent = tokio::time::Instant::now();
         let req = self.request(uri.clone(), profile, body.clone(), stream, anthropic_beta)?;
         match self.client.request(req).await {
-            Ok(r) => Ok(Response(r)),
+            Ok(r) => Ok(Response(Inner::Hyper(r))),
             Err(e) => {
                 let err = TransportError::from_client(&e);
                 let pooled = on_pooled_connection(&e, sent);
@@ -431,10 +641,92 @@ impl Upstream {
                 self.client
                     .request(req)
                     .await
-                    .map(Response)
+                    .map(|r| Response(Inner::Hyper(r)))
                     .map_err(|e| TransportError::from_client(&e))
             }
         }
+    }
+
+    /// The request head for an `http://` upstream, and whether its connection may be
+    /// kept (not when a configured header asks for its close).
+    fn h1_head(
+        &self,
+        h1: &H1,
+        uri: &Uri,
+        profile: &AuthProfile,
+        body_len: usize,
+        stream: bool,
+        anthropic_beta: Option<&HeaderValue>,
+    ) -> Result<(Vec<u8>, bool), TransportError> {
+        let Some(tail) = &h1.tail else {
+            return self.h1_head_from_map(uri, profile, body_len, stream, anthropic_beta);
+        };
+        let common = &h1.common[usize::from(stream)];
+        let key = profile.key.as_ref().map(|k| k.expose());
+        let mut head = Vec::with_capacity(
+            128 + uri.path().len() + common.len() + tail.len() + key.map_or(0, str::len),
+        );
+        match &h1.request_line {
+            Some(line) => head.extend_from_slice(line),
+            None => push_request_line(&mut head, uri),
+        }
+        head.extend_from_slice(common);
+        if let Some(key) = key {
+            check_header_value(key)?;
+            match self.config.api {
+                WireFormat::OpenAi => {
+                    head.extend_from_slice(b"authorization: Bearer ");
+                    head.extend_from_slice(key.as_bytes());
+                    head.extend_from_slice(b"\r\n");
+                }
+                WireFormat::Anthropic => push_header(&mut head, b"x-api-key", key.as_bytes()),
+                WireFormat::Gemini => push_header(&mut head, b"x-goog-api-key", key.as_bytes()),
+            }
+        }
+        if self.config.api == WireFormat::Anthropic
+            && let Some(beta) = anthropic_beta
+        {
+            push_header(&mut head, b"anthropic-beta", beta.as_bytes());
+        }
+        head.extend_from_slice(tail);
+        push_length_and_end(&mut head, body_len);
+        Ok((head, true))
+    }
+
+    /// [`Upstream::h1_head`] when a configured header names one Backstop sets: written
+    /// from the header map hyper is given, in its order, `host` and `content-length`
+    /// added last unless configured (as hyper does).
+    fn h1_head_from_map(
+        &self,
+        uri: &Uri,
+        profile: &AuthProfile,
+        body_len: usize,
+        stream: bool,
+        anthropic_beta: Option<&HeaderValue>,
+    ) -> Result<(Vec<u8>, bool), TransportError> {
+        let mut h = HeaderMap::new();
+        self.headers(&mut h, profile, stream, anthropic_beta)?;
+        let mut head = Vec::new();
+        push_request_line(&mut head, uri);
+        for (name, value) in &h {
+            push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !h.contains_key(http::header::HOST) {
+            push_header(&mut head, b"host", host_value(uri).as_bytes());
+        }
+        let keep_alive = !h.get_all(http::header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        });
+        if h.contains_key(http::header::CONTENT_LENGTH)
+            || h.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            head.extend_from_slice(b"\r\n");
+        } else {
+            push_length_and_end(&mut head, body_len);
+        }
+        Ok((head, keep_alive))
     }
 
     fn request(
@@ -448,7 +740,18 @@ impl Upstream {
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = uri;
-        let h = req.headers_mut();
+        self.headers(req.headers_mut(), profile, stream, anthropic_beta)?;
+        Ok(req)
+    }
+
+    /// The request's headers, in a map (for hyper).
+    fn headers(
+        &self,
+        h: &mut HeaderMap,
+        profile: &AuthProfile,
+        stream: bool,
+        anthropic_beta: Option<&HeaderValue>,
+    ) -> Result<(), TransportError> {
         h.reserve(6 + self.extra_headers.len());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(
@@ -473,7 +776,7 @@ impl Upstream {
         for (name, value) in &self.extra_headers {
             h.insert(name, value.clone());
         }
-        Ok(req)
+        Ok(())
     }
 }
 
@@ -839,6 +1142,93 @@ mod tests {
             .unwrap_err();
         hold.abort();
         assert_eq!(err, TransportError::ConnectTimeout);
+    }
+
+    fn upstream_with_headers(api: WireFormat, headers: &[(String, String)]) -> Upstream {
+        let config = ProviderConfig {
+            id: "p".into(),
+            api,
+            base_url: match api {
+                WireFormat::OpenAi => "http://127.0.0.1:8080/v1".into(),
+                WireFormat::Anthropic => "http://example.test".into(),
+                WireFormat::Gemini => "http://[::1]:80/".into(),
+            },
+            profiles: vec![profile()],
+            models: Vec::new(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.clone(), Secret::new(v, SecretSource::Literal)))
+                .collect(),
+        };
+        Upstream::new(config, &Timeouts::default()).unwrap()
+    }
+
+    fn h1_uri(up: &Upstream) -> Uri {
+        up.endpoint("models/g-1", true).parse().unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// The request head written from parts prepared once is the one written from
+        /// the header map hyper is given.
+        #[test]
+        fn h1_head_matches_the_header_map(
+            api in 0..3u8,
+            stream: bool,
+            beta in proptest::option::of("[a-z0-9,-]{0,20}"),
+            key in proptest::option::of("[ -~\t\u{80}-\u{ff}]{0,30}"),
+            extra in proptest::collection::vec(
+                (proptest::sample::select(vec!["x-a", "X-A", "x-b", "OpenAI-Organization", "accept-language"]), "[ -~]{0,12}"),
+                0..5,
+            ),
+            len in 0usize..100_000,
+        ) {
+            let api = [WireFormat::OpenAi, WireFormat::Anthropic, WireFormat::Gemini][usize::from(api)];
+            let extra: Vec<(String, String)> =
+                extra.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+            let up = upstream_with_headers(api, &extra);
+            let h1 = up.h1.as_ref().unwrap();
+            proptest::prop_assert!(h1.tail.is_some());
+            let profile = AuthProfile { name: "k".into(), key: key.map(|k| Secret::new(&k, SecretSource::Literal)) };
+            let beta = beta.map(|b| HeaderValue::from_str(&b).unwrap());
+            let uri = h1_uri(&up);
+            let fast = up.h1_head(h1, &uri, &profile, len, stream, beta.as_ref());
+            let general = up.h1_head_from_map(&uri, &profile, len, stream, beta.as_ref());
+            proptest::prop_assert_eq!(fast, general);
+        }
+    }
+
+    #[test]
+    fn h1_head_with_a_configured_header_backstop_sets() {
+        let up = upstream_with_headers(
+            WireFormat::OpenAi,
+            &[
+                ("User-Agent".into(), "mine".into()),
+                ("x-a".into(), "1".into()),
+                ("connection".into(), "close".into()),
+            ],
+        );
+        let h1 = up.h1.as_ref().unwrap();
+        assert!(h1.tail.is_none());
+        let (head, keep) = up
+            .h1_head(h1, &h1_uri(&up), &profile(), 7, false, None)
+            .unwrap();
+        assert!(!keep);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\n\
+                 accept: application/json\r\nuser-agent: mine\r\n\
+                 authorization: Bearer {KEY}\r\nx-a: 1\r\nconnection: close\r\n\
+                 host: 127.0.0.1:8080\r\ncontent-length: 7\r\n\r\n"
+            )
+        );
+        // https stays with hyper.
+        let mut https = upstream_with_headers(WireFormat::Gemini, &[]);
+        assert!(https.h1.is_some());
+        https.config.base_url = "https://example.test".into();
+        let up = Upstream::new(https.config.clone(), &Timeouts::default()).unwrap();
+        assert!(up.h1.is_none());
     }
 
     #[test]
