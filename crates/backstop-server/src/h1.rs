@@ -42,8 +42,6 @@ const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 /// How long a client may take to send a request head (slowloris), counted from the
 /// connection's start for its first request and from the first byte for the next ones.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Chunk extensions and trailers of one chunked body, at most (hyper's limits).
-const CHUNKED_EXTRAS_LIMIT: usize = 16 * 1024;
 /// Bytes of a next (pipelined) request kept while an answer is pending or streams.
 const MAX_PENDING: usize = MAX_HEAD;
 /// A read asks for at least this much room.
@@ -301,30 +299,12 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
         .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-/// A chunked body decoder (RFC 9112 §7.1) that takes its input in any pieces.
+/// A chunked request body's decoder: the engine's (`backstop::http1`, which Backstop's
+/// upstream client reads chunked answers with), fed from the connection's buffer.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ChunkedDecoder {
-    state: ChunkState,
-    size: u64,
-    size_digits: u8,
-    extras: usize,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum ChunkState {
-    #[default]
-    Size,
-    SizeLws,
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    TrailerStart,
-    Trailer,
-    TrailerLf,
-    EndLf,
-    Done,
+    inner: backstop::http1::ChunkedDecoder,
+    done: bool,
 }
 
 impl ChunkedDecoder {
@@ -336,117 +316,21 @@ impl ChunkedDecoder {
         out: &mut BytesMut,
         max_out: usize,
     ) -> Result<usize, ()> {
-        let mut i = 0;
-        while i < input.len() && self.state != ChunkState::Done {
-            if self.state == ChunkState::Data {
-                if out.len() > max_out {
-                    break;
-                }
-                let n = (input.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
-                out.extend_from_slice(&input[i..i + n]);
-                i += n;
-                self.size -= n as u64;
-                if self.size == 0 {
-                    self.state = ChunkState::DataCr;
-                }
-                continue;
+        // Chunked request bodies are rare (the SDKs send a length): decoding a copy of
+        // what is buffered keeps the connection's buffer its own.
+        let mut buf = Bytes::copy_from_slice(input);
+        while !self.done && out.len() <= max_out {
+            match self.inner.decode(&mut buf).map_err(|_| ())? {
+                backstop::http1::Step::Data(d) => out.extend_from_slice(&d),
+                backstop::http1::Step::More => break,
+                backstop::http1::Step::End => self.done = true,
             }
-            let b = input[i];
-            i += 1;
-            self.state = match self.state {
-                ChunkState::Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        self.size_digits += 1;
-                        if self.size_digits > 16 {
-                            return Err(());
-                        }
-                        let d = (b as char).to_digit(16).unwrap_or(0);
-                        self.size = self.size * 16 + u64::from(d);
-                        ChunkState::Size
-                    }
-                    _ if self.size_digits == 0 => return Err(()),
-                    b'\t' | b' ' => ChunkState::SizeLws,
-                    b';' => ChunkState::Extension,
-                    b'\r' => ChunkState::SizeLf,
-                    _ => return Err(()),
-                },
-                ChunkState::SizeLws => match b {
-                    b'\t' | b' ' => ChunkState::SizeLws,
-                    b';' => ChunkState::Extension,
-                    b'\r' => ChunkState::SizeLf,
-                    _ => return Err(()),
-                },
-                ChunkState::Extension => {
-                    self.extras += 1;
-                    if self.extras > CHUNKED_EXTRAS_LIMIT {
-                        return Err(());
-                    }
-                    match b {
-                        b'\r' => ChunkState::SizeLf,
-                        b'\n' => return Err(()),
-                        _ => ChunkState::Extension,
-                    }
-                }
-                ChunkState::SizeLf => {
-                    if b != b'\n' {
-                        return Err(());
-                    }
-                    self.size_digits = 0;
-                    if self.size == 0 {
-                        ChunkState::TrailerStart
-                    } else {
-                        ChunkState::Data
-                    }
-                }
-                ChunkState::DataCr => {
-                    if b != b'\r' {
-                        return Err(());
-                    }
-                    ChunkState::DataLf
-                }
-                ChunkState::DataLf => {
-                    if b != b'\n' {
-                        return Err(());
-                    }
-                    ChunkState::Size
-                }
-                ChunkState::TrailerStart => match b {
-                    b'\r' => ChunkState::EndLf,
-                    _ => {
-                        self.extras += 1;
-                        ChunkState::Trailer
-                    }
-                },
-                ChunkState::Trailer => {
-                    self.extras += 1;
-                    if self.extras > CHUNKED_EXTRAS_LIMIT {
-                        return Err(());
-                    }
-                    match b {
-                        b'\r' => ChunkState::TrailerLf,
-                        _ => ChunkState::Trailer,
-                    }
-                }
-                ChunkState::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(());
-                    }
-                    ChunkState::TrailerStart
-                }
-                ChunkState::EndLf => {
-                    if b != b'\n' {
-                        return Err(());
-                    }
-                    ChunkState::Done
-                }
-                ChunkState::Data | ChunkState::Done => self.state,
-            };
         }
-        Ok(i)
+        Ok(input.len() - buf.len())
     }
 
     pub(crate) fn done(&self) -> bool {
-        self.state == ChunkState::Done
+        self.done
     }
 }
 

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod failover;
 pub mod health;
+pub mod http1;
 pub mod metrics;
 pub mod models;
 pub mod probe;

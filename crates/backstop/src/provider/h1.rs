@@ -11,6 +11,7 @@
 //! bytes are handed out as slices of it.
 
 use super::{TransportError, error_chain, is_timeout};
+use crate::http1::{ChunkedDecoder, Step};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -33,9 +34,6 @@ const FEW_HEADERS: usize = 24;
 /// The first read's size; doubled while reads fill the buffer, up to [`MAX_READ`].
 const READ_SIZE: usize = 8 * 1024;
 const MAX_READ: usize = 64 * 1024;
-/// Chunk-size line extensions and trailers, at most (hostile input is cut off).
-const MAX_CHUNK_EXT: usize = 16 * 1024;
-const MAX_TRAILERS: usize = 64 * 1024;
 
 /// The TCP connector (hyper-util's: name lookup, connect timeout, TCP_NODELAY,
 /// keepalive) and the idle connections of one upstream.
@@ -342,10 +340,7 @@ fn head_of(
                 // A length beside a chunked coding: not a message to keep a
                 // connection for.
                 keep_alive &= length.is_none();
-                Framing::Chunked(Chunked::Size {
-                    size: 0,
-                    digits: false,
-                })
+                Framing::Chunked(ChunkedDecoder::default())
             }
             (Some(false), _) | (None, None) => {
                 keep_alive = false;
@@ -409,51 +404,11 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
 enum Framing {
     /// This many bytes are left.
     Length(u64),
-    Chunked(Chunked),
+    Chunked(ChunkedDecoder),
     /// At the connection's close.
     Close,
     /// It has ended (or broken).
     Done,
-}
-
-/// Where a chunked body's decoder stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunked {
-    Size {
-        size: u64,
-        digits: bool,
-    },
-    SizeLws {
-        size: u64,
-    },
-    Extension {
-        size: u64,
-        len: usize,
-    },
-    SizeLf {
-        size: u64,
-    },
-    Data(u64),
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line, or of the final empty line.
-    EndCr {
-        trailers: usize,
-    },
-    Trailer {
-        trailers: usize,
-    },
-    TrailerLf {
-        trailers: usize,
-    },
-    EndLf,
-}
-
-/// One step of decoding.
-enum Step {
-    Data(Bytes),
-    More,
-    End,
 }
 
 /// A response's body: its connection, and what has been read and not yet handed out.
@@ -523,7 +478,7 @@ impl Body {
                     Ok(Step::Data(std::mem::take(&mut self.buf)))
                 }
             }
-            Framing::Chunked(state) => decode_chunked(state, &mut self.buf),
+            Framing::Chunked(decoder) => decoder.decode(&mut self.buf),
         }
     }
 
@@ -550,95 +505,6 @@ impl Body {
         self.framing = Framing::Done;
         self.stream = None;
         self.buf = Bytes::new();
-    }
-}
-
-/// Decode a chunked body from `buf` as far as it goes: the next data, `More` when the
-/// next byte has not come, `End` after the last chunk and trailers.
-fn decode_chunked(state: &mut Chunked, buf: &mut Bytes) -> Result<Step, &'static str> {
-    loop {
-        if let Chunked::Data(left) = state {
-            if buf.is_empty() {
-                return Ok(Step::More);
-            }
-            let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
-            *left -= n as u64;
-            if *left == 0 {
-                *state = Chunked::DataCr;
-            }
-            return Ok(Step::Data(buf.split_to(n)));
-        }
-        let Some(&b) = buf.first() else {
-            return Ok(Step::More);
-        };
-        buf.advance(1);
-        *state = match *state {
-            Chunked::Size { size, digits } => match b {
-                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                    let d = (b as char).to_digit(16).unwrap_or(0);
-                    let size = size
-                        .checked_mul(16)
-                        .and_then(|s| s.checked_add(u64::from(d)))
-                        .ok_or("invalid chunk size: overflow")?;
-                    Chunked::Size { size, digits: true }
-                }
-                _ if !digits => return Err("invalid chunk size line: missing size digit"),
-                b'\t' | b' ' => Chunked::SizeLws { size },
-                b';' => Chunked::Extension { size, len: 0 },
-                b'\r' => Chunked::SizeLf { size },
-                _ => return Err("invalid chunk size line: invalid size"),
-            },
-            Chunked::SizeLws { size } => match b {
-                b'\t' | b' ' => Chunked::SizeLws { size },
-                b';' => Chunked::Extension { size, len: 0 },
-                b'\r' => Chunked::SizeLf { size },
-                _ => return Err("invalid chunk size linear white space"),
-            },
-            Chunked::Extension { size, len } => match b {
-                b'\r' => Chunked::SizeLf { size },
-                b'\n' => return Err("invalid chunk extension contains newline"),
-                _ if len >= MAX_CHUNK_EXT => return Err("chunk extensions over limit"),
-                _ => Chunked::Extension { size, len: len + 1 },
-            },
-            Chunked::SizeLf { size } => match b {
-                b'\n' if size == 0 => Chunked::EndCr { trailers: 0 },
-                b'\n' => Chunked::Data(size),
-                _ => return Err("invalid chunk size LF"),
-            },
-            Chunked::DataCr => match b {
-                b'\r' => Chunked::DataLf,
-                _ => return Err("invalid chunk body CR"),
-            },
-            Chunked::DataLf => match b {
-                b'\n' => Chunked::Size {
-                    size: 0,
-                    digits: false,
-                },
-                _ => return Err("invalid chunk body LF"),
-            },
-            Chunked::EndCr { trailers } => match b {
-                b'\r' => Chunked::EndLf,
-                _ => Chunked::Trailer {
-                    trailers: trailers + 1,
-                },
-            },
-            Chunked::Trailer { trailers } => match b {
-                b'\r' => Chunked::TrailerLf { trailers },
-                _ if trailers >= MAX_TRAILERS => return Err("chunk trailers over limit"),
-                _ => Chunked::Trailer {
-                    trailers: trailers + 1,
-                },
-            },
-            Chunked::TrailerLf { trailers } => match b {
-                b'\n' => Chunked::EndCr { trailers },
-                _ => return Err("invalid trailer end LF"),
-            },
-            Chunked::EndLf => match b {
-                b'\n' => return Ok(Step::End),
-                _ => return Err("invalid chunk end LF"),
-            },
-            Chunked::Data(_) => *state,
-        };
     }
 }
 
