@@ -9,7 +9,7 @@ use backstop::clock::SystemClock;
 use backstop::config::{Config, ConfigOrigin, Format, MapEnv, from_str};
 use backstop::failover::classify::classify_status;
 use backstop::failover::cooldowns::Cooldowns;
-use backstop::failover::plan::plan;
+use backstop::failover::plan::{LazyPlan, plan};
 use backstop::sse::{SseEvent, SseParser};
 use backstop::state::MemoryStore;
 use backstop::wire::{anthropic, openai};
@@ -121,6 +121,24 @@ fn planner(c: &mut Criterion) {
         g.bench_function(
             format!("{targets}_targets_x_{profiles}_profiles_{state}"),
             |b| b.iter(|| plan(&config, black_box(&route), &cooldowns, |_, _| false)),
+        );
+        // What the engine pays when the first target answers: planning is lazy.
+        let never = |_: &str, _: &str| false;
+        g.bench_function(
+            format!("{targets}_targets_x_{profiles}_profiles_{state}_first_target_lazy"),
+            |b| {
+                b.iter(|| {
+                    let mut lazy = LazyPlan::new(
+                        &config,
+                        black_box(&route),
+                        &cooldowns,
+                        &never,
+                        None,
+                        cooldowns.now_ms(),
+                    );
+                    lazy.get(0).map(|t| t.model_index)
+                })
+            },
         );
     }
     g.finish();
