@@ -370,6 +370,19 @@ fn can_have_content_length(status: StatusCode) -> bool {
         || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED))
 }
 
+/// End a header line that later values of its name were joined to; a
+/// `transfer-encoding` whose last coding is not `chunked` gets it added.
+fn end_line(dst: &mut Vec<u8>, must_write_chunked: bool) {
+    extend(
+        dst,
+        if must_write_chunked {
+            b", chunked\r\n"
+        } else {
+            b"\r\n"
+        },
+    );
+}
+
 fn extend(dst: &mut Vec<u8>, b: &[u8]) {
     dst.extend_from_slice(b);
 }
@@ -427,14 +440,7 @@ fn encode_head(
         let first_of_name = prev_name != Some(name);
         if first_of_name {
             if open_line {
-                extend(
-                    dst,
-                    if must_write_chunked {
-                        b", chunked\r\n"
-                    } else {
-                        b"\r\n"
-                    },
-                );
+                end_line(dst, must_write_chunked);
             }
             open_line = false;
             prev_name = Some(name);
@@ -511,14 +517,7 @@ fn encode_head(
         extend(dst, b"\r\n");
     }
     if open_line {
-        extend(
-            dst,
-            if must_write_chunked {
-                b", chunked\r\n"
-            } else {
-                b"\r\n"
-            },
-        );
+        end_line(dst, must_write_chunked);
     }
     if !wrote_len {
         framing = match body {
