@@ -283,20 +283,16 @@ fn content_length_parse(value: &HeaderValue) -> Option<u64> {
     })
 }
 
-/// `chunked` is the last coding of a `Transfer-Encoding` value.
+/// `chunked` is the last coding of a `Transfer-Encoding` value (a value that is not
+/// visible ASCII has none, as in hyper).
 fn is_chunked(value: &HeaderValue) -> bool {
-    value
-        .to_str()
-        .ok()
-        .and_then(|s| s.rsplit(',').next())
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+    value.to_str().is_ok() && backstop::http1::is_chunked(value.as_bytes())
 }
 
-/// A comma-separated header value holds `token` (any case).
+/// A comma-separated header value holds `token` (any case; a value that is not visible
+/// ASCII holds none, as in hyper).
 fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    value.to_str().is_ok() && backstop::http1::has_token(value.as_bytes(), token.as_bytes())
 }
 
 /// A chunked request body's decoder: the engine's (`backstop::http1`, which Backstop's

@@ -1,5 +1,6 @@
 //! HTTP/1.1 pieces shared by Backstop's own client (upstreams, `provider`) and server
-//! (clients, `backstop-server`): the chunked transfer coding's decoder.
+//! (clients, `backstop-server`): the chunked transfer coding's decoder, and the reading
+//! of the header values that frame a message.
 
 use bytes::{Buf, Bytes};
 
@@ -7,6 +8,21 @@ use bytes::{Buf, Bytes};
 const MAX_CHUNK_EXT: usize = 16 * 1024;
 /// Trailer bytes, at most.
 const MAX_TRAILERS: usize = 64 * 1024;
+
+/// A comma-separated header value (`Connection`) holds `token`, in any case.
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The last coding of a `Transfer-Encoding` value is `chunked`.
+pub fn is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
 
 /// A chunked body's decoder (RFC 9112 §7.1) that takes its input in any pieces: chunk
 /// extensions and trailers are read and dropped, sizes that overflow and endless

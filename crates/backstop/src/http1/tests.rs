@@ -113,3 +113,15 @@ proptest! {
         prop_assert_eq!(decode_pieces(&pieces), Ok((whole, 0)));
     }
 }
+
+#[test]
+fn tokens_and_the_last_coding() {
+    assert!(has_token(b"keep-alive, Close", b"close"));
+    assert!(has_token(b" close\t", b"close"));
+    assert!(!has_token(b"closed, keep-alive", b"close"));
+    assert!(!has_token(b"", b"close"));
+    assert!(is_chunked(b"gzip, Chunked"));
+    assert!(is_chunked(b"chunked"));
+    assert!(!is_chunked(b"chunked, gzip"));
+    assert!(!is_chunked(b""));
+}

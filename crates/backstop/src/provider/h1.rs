@@ -11,7 +11,7 @@
 //! bytes are handed out as slices of it.
 
 use super::{TransportError, error_chain, is_timeout};
-use crate::http1::{ChunkedDecoder, Step};
+use crate::http1::{ChunkedDecoder, Step, has_token, is_chunked};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -316,16 +316,10 @@ fn head_of(
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // The last coding says whether the body is chunked.
-            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            chunked = Some(is_chunked(h.value));
         } else if name.eq_ignore_ascii_case(b"content-type") {
             content_type.get_or_insert_with(|| buf.slice_ref(h.value));
-        } else if name.eq_ignore_ascii_case(b"connection")
-            && h.value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
+        } else if name.eq_ignore_ascii_case(b"connection") && has_token(h.value, b"close") {
             keep_alive = false;
         }
     }

@@ -714,11 +714,10 @@ impl Upstream {
         if !h.contains_key(http::header::HOST) {
             push_header(&mut head, b"host", host_value(uri).as_bytes());
         }
-        let keep_alive = !h.get_all(http::header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        });
+        let keep_alive = !h
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| crate::http1::has_token(v.as_bytes(), b"close"));
         if h.contains_key(http::header::CONTENT_LENGTH)
             || h.contains_key(http::header::TRANSFER_ENCODING)
         {
