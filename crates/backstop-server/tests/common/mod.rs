@@ -36,10 +36,13 @@ const EXCHANGE_LIMIT: Duration = Duration::from_secs(15);
 /// touches the user's `~/.backstop`.
 pub fn env() -> MapEnv {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // A random part too: a process id comes back in a later run, and a directory an
+    // earlier test binary left behind under it would hand this test its cooldowns.
     let state = std::env::temp_dir().join(format!(
-        "backstop-itest-{}-{}",
+        "backstop-itest-{}-{}-{:x}",
         std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        fastrand::u64(..)
     ));
     MapEnv::default()
         .with("BACKSTOP_STATE_DIR", &state.display().to_string())
