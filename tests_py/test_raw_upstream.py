@@ -145,18 +145,19 @@ def backup_ok(text="from backup"):
 
 
 def openai_stream_handler(frames, chunked=True, close_after=False, writes=None, pause=0.0,
-                          head=None, terminate=True):
+                          head=None, terminate=True, pause_every=1):
     """Answer with the given SSE bytes (`frames`, already framed), split into `writes`
-    (a list of byte strings) when given, pausing `pause` seconds between writes."""
+    (a list of byte strings) when given, pausing `pause` seconds after every
+    `pause_every`-th write."""
 
     async def h(req, conn):
         payload = b"".join(frames)
         parts = writes(payload) if writes else [payload]
         await conn.send(head if head is not None else stream_head(chunked=chunked,
                                                                    close=close_after))
-        for p in parts:
+        for i, p in enumerate(parts, 1):
             await conn.send(chunk(p) if chunked else p)
-            if pause:
+            if pause and i % pause_every == 0:
                 await conn.pause(pause)
         if chunked and terminate:
             await conn.send(b"0\r\n\r\n")
@@ -194,9 +195,12 @@ def test_anthropic_stream_with_crlf_line_endings(raw, ant):
     assert types[-1] == "message_stop"
 
 
+# One byte per write, with a short pause after every fourth write (not every write: with
+# this module's 1 s first-token timeout, a loaded machine's sleep granularity made the
+# hundreds of pauses before the first content byte a timing margin, not a test of parsing).
 def test_openai_stream_one_byte_per_write(raw, oai):
     frames = [sse(d) for d in openai_events("slow and steady")]
-    raw.script(openai_stream_handler(frames, writes=bytewise, pause=0.0005))
+    raw.script(openai_stream_handler(frames, writes=bytewise, pause=0.0005, pause_every=4))
     text, finish, usage = oai_stream(oai)
     assert text == "slow and steady" and finish == "stop" and usage
 
@@ -204,7 +208,7 @@ def test_openai_stream_one_byte_per_write(raw, oai):
 def test_anthropic_stream_one_byte_per_write_cross_format(raw, oai):
     """Anthropic upstream, byte by byte, translated for an OpenAI client."""
     frames = [sse(d, e) for e, d in anthropic_events("slow and steady")]
-    raw.script(openai_stream_handler(frames, writes=bytewise, pause=0.0005))
+    raw.script(openai_stream_handler(frames, writes=bytewise, pause=0.0005, pause_every=4))
     text, finish, usage = oai_stream(oai, model="solo-an")
     assert text == "slow and steady" and finish == "stop"
     assert usage and usage.prompt_tokens == 9 and usage.completion_tokens == 3
