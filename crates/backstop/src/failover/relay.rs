@@ -23,8 +23,11 @@ use crate::sse::SseEvent;
 use crate::state::Admission;
 use crate::wire;
 use bytes::Bytes;
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use hyper::body::Frame;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 /// How many rescues one stream may go through.
@@ -267,178 +270,270 @@ fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-/// Relay a committed stream to the client as bytes in its format, rescuing it if the
-/// upstream fails after content. Dropping the receiver (the client went away) stops the
-/// relay and closes the upstream.
-pub fn relay(
-    engine: Arc<Engine>,
-    call: Call,
-    start: Committed,
-    include_usage: bool,
-) -> mpsc::Receiver<Bytes> {
-    let (tx, rx) = mpsc::channel::<Bytes>(32);
-    tokio::spawn(async move {
-        let ingress = call.ingress;
-        let Committed {
-            mut target,
-            upstream_format,
-            head,
-            mut rest,
-        } = start;
-        let mut writer = Writer::new(ingress, upstream_format, include_usage);
-        let mut delivered = Delivered::default();
-        let mut filter: Option<Filter> = None;
-        let mut first_cause: Option<Failure> = None;
-        let mut rescues = 0usize;
-        let mut tried: Vec<Target> = vec![target.clone()];
-        let mut out = Vec::with_capacity(1024);
-        let mut saw_done = false;
-        for (raw, events) in head {
-            writer.event(&raw, &events, &mut out);
-            saw_done |= delivered.observe(events);
-        }
-        while !saw_done {
-            // Events that came in one upstream read leave in one client write: send only
-            // before waiting on the upstream again (nothing is held back that has arrived).
-            if !out.is_empty()
-                && !rest.has_ready()
-                && tx
-                    .send(Bytes::from(std::mem::take(&mut out)))
-                    .await
-                    .is_err()
-            {
-                abandon(&engine, &target);
-                return;
-            }
-            // Waiting on the upstream, watch the client too: one that went away stops the
-            // relay (and closes the upstream) now, not at the upstream's next event or
-            // stall, which would cool the target down and rescue for nobody. (Events of a
-            // read already made need no watch: a gone client is seen at the next send.)
-            let item = if rest.has_ready() {
-                Some(rest.next_item().await)
+/// A relayed stream: the client's bytes, produced as the client takes them. The relay
+/// runs inside the body (no task, no channel): polling the body advances it, so it reads
+/// the upstream only as fast as the client takes the answer. Dropping the body (the
+/// client went away) stops the relay and closes the upstream at once.
+pub struct RelayBody {
+    run: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    slot: Arc<Slot>,
+}
+
+/// Where the relay leaves its next bytes for the body to take.
+#[derive(Default)]
+struct Slot(Mutex<Option<Bytes>>);
+
+impl Slot {
+    fn put(&self, bytes: Bytes) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(bytes);
+    }
+
+    fn take(&self) -> Option<Bytes> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// Hands bytes to the body and waits until it has taken them.
+struct Handoff(Arc<Slot>);
+
+impl Handoff {
+    async fn send(&self, bytes: Bytes) {
+        self.0.put(bytes);
+        // The body returns the bytes as soon as the relay is pending here and polls it
+        // again for more: one pending poll is the whole wait (no waker is needed).
+        let mut waited = false;
+        std::future::poll_fn(|_| {
+            if waited {
+                Poll::Ready(())
             } else {
-                tokio::select! {
-                    biased;
-                    _ = tx.closed() => None,
-                    item = rest.next_item() => Some(item),
-                }
-            };
-            let Some(item) = item else {
-                abandon(&engine, &target);
-                return;
-            };
-            let failure = match item {
-                StreamItem::Event(raw, events) => {
-                    match filter.as_mut().map(|f| f.apply(events.clone())) {
-                        None => {
-                            writer.event(&raw, &events, &mut out);
-                            saw_done = delivered.observe(events);
-                            continue;
-                        }
-                        Some(Ok(events)) => {
-                            writer.encode(&events, &mut out);
-                            saw_done = delivered.observe(events);
-                            continue;
-                        }
-                        Some(Err(why)) => {
-                            let mut f = Failure::new(
-                                super::Reason::ServerError,
-                                super::Phase::StreamAfterCommit,
-                                why,
-                            );
-                            f.status = None;
-                            f
-                        }
+                waited = true;
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl RelayBody {
+    /// The next bytes; `None` at the end.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| self.poll_bytes(cx)).await
+    }
+
+    fn poll_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(run) = &mut self.run
+            && run.as_mut().poll(cx).is_ready()
+        {
+            self.run = None;
+        }
+        match self.slot.take() {
+            Some(bytes) => Poll::Ready(Some(bytes)),
+            None if self.run.is_none() => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::body::Body for RelayBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .poll_bytes(cx)
+            .map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// What the client's going away does to the relay: the target's attempt is abandoned
+/// while it is `armed` (the relay waits on the upstream or on the client); not while a
+/// failure is being handled (the target was judged already).
+struct Current {
+    engine: Arc<Engine>,
+    target: Target,
+    armed: bool,
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        if self.armed {
+            abandon(&self.engine, &self.target);
+        }
+    }
+}
+
+/// Relay a committed stream to the client as bytes in its format, rescuing it if the
+/// upstream fails after content. Dropping the body (the client went away) stops the
+/// relay and closes the upstream.
+pub fn relay(engine: Arc<Engine>, call: Call, start: Committed, include_usage: bool) -> RelayBody {
+    let slot = Arc::new(Slot::default());
+    let run = run(engine, call, start, include_usage, Handoff(slot.clone()));
+    RelayBody {
+        run: Some(Box::pin(run)),
+        slot,
+    }
+}
+
+async fn run(engine: Arc<Engine>, call: Call, start: Committed, include_usage: bool, tx: Handoff) {
+    let ingress = call.ingress;
+    let Committed {
+        target,
+        upstream_format,
+        head,
+        mut rest,
+    } = start;
+    let mut tried: Vec<Target> = vec![target.clone()];
+    let mut current = Current {
+        engine,
+        target,
+        armed: true,
+    };
+    let mut writer = Writer::new(ingress, upstream_format, include_usage);
+    let mut delivered = Delivered::default();
+    let mut filter: Option<Filter> = None;
+    let mut first_cause: Option<Failure> = None;
+    let mut rescues = 0usize;
+    let mut out = Vec::with_capacity(1024);
+    let mut saw_done = false;
+    for (raw, events) in head {
+        writer.event(&raw, &events, &mut out);
+        saw_done |= delivered.observe(events);
+    }
+    while !saw_done {
+        // Events that came in one upstream read leave in one client write: send only
+        // before waiting on the upstream again (nothing is held back that has arrived).
+        // A client that goes away meanwhile (here or while the upstream is awaited)
+        // drops the body: `current` abandons the attempt and the upstream closes now,
+        // not at its next event or stall, which would cool the target down and rescue
+        // for nobody.
+        if !out.is_empty() && !rest.has_ready() {
+            tx.send(Bytes::from(std::mem::take(&mut out))).await;
+        }
+        let item = rest.next_item().await;
+        let failure = match item {
+            StreamItem::Event(raw, events) => {
+                match filter.as_mut().map(|f| f.apply(events.clone())) {
+                    None => {
+                        writer.event(&raw, &events, &mut out);
+                        saw_done = delivered.observe(events);
+                        continue;
+                    }
+                    Some(Ok(events)) => {
+                        writer.encode(&events, &mut out);
+                        saw_done = delivered.observe(events);
+                        continue;
+                    }
+                    Some(Err(why)) => {
+                        let mut f = Failure::new(
+                            super::Reason::ServerError,
+                            super::Phase::StreamAfterCommit,
+                            why,
+                        );
+                        f.status = None;
+                        f
                     }
                 }
-                StreamItem::End => {
-                    writer.finalise(&mut out);
+            }
+            StreamItem::End => {
+                writer.finalise(&mut out);
+                break;
+            }
+            StreamItem::Failed(f) => f,
+        };
+        let engine = &current.engine;
+        let target = &current.target;
+        tracing::warn!(
+            request_id = %call.request_id,
+            upstream = %target,
+            reason = %failure.reason,
+            error = %failure.message,
+            "stream failed after content reached the client"
+        );
+        // The request's deadline ended an answer that was still coming: the target is
+        // not at fault, and there is no time left to rescue it.
+        let past_deadline = rest.past_deadline();
+        current.armed = false;
+        if past_deadline {
+            abandon(engine, target);
+        } else {
+            engine.cooldowns.on_failure(
+                &target.model.provider,
+                &target.profile,
+                &target.model.model,
+                failure.reason,
+                failure.retry_after,
+            );
+        }
+        // What arrived before the failure reaches the client before any rescue runs.
+        if !out.is_empty() {
+            tx.send(Bytes::from(std::mem::take(&mut out))).await;
+        }
+        let cause = first_cause.get_or_insert(failure).clone();
+        let deadline = rest.deadline();
+        // No rescue for a client that went away meanwhile: it dropped the body, and
+        // with it the rescue. Rare, so boxed: the common state stays small.
+        let rescued = if rescues < MAX_RESCUES && !delivered.tool_calls && !past_deadline {
+            Box::pin(rescue(
+                &current.engine,
+                &call,
+                &current.target,
+                &delivered,
+                &tried,
+                deadline,
+            ))
+            .await
+        } else {
+            None
+        };
+        let Some((next, next_filter, committed)) = rescued else {
+            writer.error(&stream_failure_error(&cause), &mut out);
+            break;
+        };
+        rescues += 1;
+        tracing::info!(
+            request_id = %call.request_id,
+            from = %current.target,
+            to = %next,
+            mode = ?next_filter_mode(&next_filter),
+            "rescuing the stream"
+        );
+        writer.switch_to_encoding(include_usage, &delivered);
+        current.target = next;
+        current.armed = true;
+        tried.push(current.target.clone());
+        rest = committed.1;
+        let mut f = next_filter;
+        let mut head_ok = true;
+        for (_, events) in committed.0 {
+            match f.apply(events) {
+                Ok(events) => {
+                    writer.encode(&events, &mut out);
+                    saw_done |= delivered.observe(events);
+                }
+                Err(why) => {
+                    tracing::warn!(request_id = %call.request_id, "rescue abandoned: {why}");
+                    head_ok = false;
                     break;
                 }
-                StreamItem::Failed(f) => f,
-            };
-            tracing::warn!(
-                request_id = %call.request_id,
-                upstream = %target,
-                reason = %failure.reason,
-                error = %failure.message,
-                "stream failed after content reached the client"
-            );
-            // The request's deadline ended an answer that was still coming: the target is
-            // not at fault, and there is no time left to rescue it.
-            let past_deadline = rest.past_deadline();
-            if past_deadline {
-                abandon(&engine, &target);
-            } else {
-                engine.cooldowns.on_failure(
-                    &target.model.provider,
-                    &target.profile,
-                    &target.model.model,
-                    failure.reason,
-                    failure.retry_after,
-                );
             }
-            // What arrived before the failure reaches the client before any rescue runs.
-            if !out.is_empty() {
-                let _ = tx.send(Bytes::from(std::mem::take(&mut out))).await;
-            }
-            let cause = first_cause.get_or_insert(failure).clone();
-            let deadline = rest.deadline();
-            let rescued = if rescues < MAX_RESCUES && !delivered.tool_calls && !past_deadline {
-                // No rescue for a client that went away meanwhile.
-                tokio::select! {
-                    biased;
-                    _ = tx.closed() => return,
-                    next = rescue(&engine, &call, &target, &delivered, &tried, deadline) => next,
-                }
-            } else {
-                None
-            };
-            let Some((next, next_filter, committed)) = rescued else {
-                writer.error(&stream_failure_error(&cause), &mut out);
-                break;
-            };
-            rescues += 1;
-            tracing::info!(
-                request_id = %call.request_id,
-                from = %target,
-                to = %next,
-                mode = ?next_filter_mode(&next_filter),
-                "rescuing the stream"
-            );
-            writer.switch_to_encoding(include_usage, &delivered);
-            target = next;
-            tried.push(target.clone());
-            rest = committed.1;
-            let mut f = next_filter;
-            let mut head_ok = true;
-            for (_, events) in committed.0 {
-                match f.apply(events) {
-                    Ok(events) => {
-                        writer.encode(&events, &mut out);
-                        saw_done |= delivered.observe(events);
-                    }
-                    Err(why) => {
-                        tracing::warn!(request_id = %call.request_id, "rescue abandoned: {why}");
-                        head_ok = false;
-                        break;
-                    }
-                }
-            }
-            if !head_ok {
-                writer.error(&stream_failure_error(&cause), &mut out);
-                break;
-            }
-            filter = Some(f);
         }
-        if !out.is_empty() {
-            let _ = tx.send(Bytes::from(out)).await;
+        if !head_ok {
+            current.armed = false;
+            writer.error(&stream_failure_error(&cause), &mut out);
+            break;
         }
-        // The client's answer is complete; the upstream connection is given back.
-        drop(tx);
-        rest.release();
-    });
-    rx
+        filter = Some(f);
+    }
+    // The client's answer is complete (the body returns these last bytes, then its
+    // end); the upstream connection is given back.
+    current.armed = false;
+    if !out.is_empty() {
+        tx.0.put(Bytes::from(out));
+    }
+    rest.release();
 }
 
 /// The target's attempt ends through no fault of its own (the client left, the request's
