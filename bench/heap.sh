@@ -11,7 +11,9 @@
 # peak (dhat's t-gmax) a stream, then the largest allocation sites (bench/dhat_summary.py).
 # The dhat file is left in BENCH_HEAP_OUT (default /tmp/backstop-heap) for dh_view.html.
 #
-# Environment: CARGO_TARGET_DIR, BENCH_HEAP_OUT, BENCH_HEAP_SITES (sites shown, default 15).
+# Environment: CARGO_TARGET_DIR, BENCH_HEAP_OUT, BENCH_HEAP_SITES (sites shown, default 15),
+# BENCH_HEAP_PARALLEL (streams being opened at once, default 200: the peak may come while
+# that many are still being set up; a low value measures the streams' own state).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -57,7 +59,8 @@ pids+=("$vg")
 wait_line "$tmp/backstop.out" '^listening on http://'
 addr="$(sed -n 's|^listening on http://||p' "$tmp/backstop.out" | head -1)"
 python3 bench/slow_streams.py --url "http://$addr/v1/chat/completions" \
-  --body-file "$tmp/body.json" --n "$n" --pid "$vg" --hold 3 --timeout 120 >"$tmp/streams.json"
+  --body-file "$tmp/body.json" --n "$n" --pid "$vg" --hold 3 --timeout 120 \
+  --parallel-connects "${BENCH_HEAP_PARALLEL:-200}" >"$tmp/streams.json"
 kill -TERM "$vg"
 wait "$vg" || true
 python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('streams held:', d['opened'], 'of', d['requested'])" "$tmp/streams.json"

@@ -213,13 +213,7 @@ fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Succ
                 head,
                 rest,
             };
-            let rx = relay(state.engine(), call, committed, include_usage);
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv()
-                    .await
-                    .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
-            });
-            Body::from_stream(stream)
+            Body::new(relay(state.engine(), call, committed, include_usage))
         }
     };
     *resp.body_mut() = body;

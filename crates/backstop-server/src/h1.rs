@@ -754,7 +754,8 @@ impl Conn {
                 stop,
                 ..
             } = self;
-            serve_h2(tcp, buf.freeze(), shared.router, stop).await;
+            // Boxed: an HTTP/1 connection's task need not be as large as an HTTP/2 one.
+            Box::pin(serve_h2(tcp, buf.freeze(), shared.router, stop)).await;
             return;
         }
         let mut first = true;
@@ -879,11 +880,26 @@ impl Conn {
 
     /// Serve one request: what the connection does next.
     async fn one(&mut self, first: bool) -> Next {
+        // The request's part is boxed: a connection's task is as large as its largest
+        // state, and a streamed answer waits long in the response's (which is small).
+        let (response, facts) = match Box::pin(self.request(first)).await {
+            Ok(r) => r,
+            Err(next) => return next,
+        };
+        match self.respond(response, facts).await {
+            Ok(true) if !self.stop.is_cancelled() => Next::KeepAlive,
+            _ => Next::Close,
+        }
+    }
+
+    /// Read one request and call the router: its response, or (when there is none to
+    /// write) what the connection does next.
+    async fn request(&mut self, first: bool) -> Result<(Response<Body>, ReqFacts), Next> {
         let head = match self.read_head(first).await {
-            None => return Next::Close,
+            None => return Err(Next::Close),
             Some(Err(e)) => {
                 self.refuse(e).await;
-                return Next::Close;
+                return Err(Next::Close);
             }
             Some(Ok(head)) => head,
         };
@@ -909,16 +925,16 @@ impl Conn {
                     .await
                     .is_err()
             {
-                return Next::Close;
+                return Err(Next::Close);
             }
         }
         let (body, whole) = match self.read_body(kind, limit).await {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::Other => {
                 self.refuse(HeadError::Malformed).await;
-                return Next::Close;
+                return Err(Next::Close);
             }
-            Err(_) => return Next::Close,
+            Err(_) => return Err(Next::Close),
         };
         if !whole {
             keep_alive = false;
@@ -936,7 +952,7 @@ impl Conn {
                 },
                 w = poll_fn(|cx| self.poll_watch(cx)), if watching => match w {
                     Watch::More => {}
-                    Watch::Gone => return Next::Close,
+                    Watch::Gone => return Err(Next::Close),
                 },
             }
         };
@@ -948,15 +964,18 @@ impl Conn {
             http10: facts_http10,
             keep_alive,
         };
-        match self.respond(response, facts).await {
-            Ok(true) if !self.stop.is_cancelled() => Next::KeepAlive,
-            _ => Next::Close,
-        }
+        Ok((response, facts))
     }
 
-    /// Write a response: whether the connection may serve another request.
-    async fn respond(&mut self, response: Response<Body>, facts: ReqFacts) -> io::Result<bool> {
-        let (mut parts, mut body) = response.into_parts();
+    /// Write a response: whether the connection may serve another request. (Its head
+    /// is encoded before the writing future is made: that future, which a stream lives
+    /// in, keeps only what the writing needs.)
+    fn respond(
+        &mut self,
+        response: Response<Body>,
+        facts: ReqFacts,
+    ) -> impl Future<Output = io::Result<bool>> + '_ {
+        let (mut parts, body) = response.into_parts();
         let length = if body.is_end_stream() {
             BodyLength::Empty
         } else {
@@ -969,6 +988,17 @@ impl Conn {
         let (framing, is_last) =
             encode_head(&mut head, parts.status, &mut parts.headers, length, facts);
         drop(parts);
+        self.write_response(head, body, length, framing, is_last)
+    }
+
+    async fn write_response(
+        &mut self,
+        head: Vec<u8>,
+        mut body: Body,
+        length: BodyLength,
+        framing: Framing,
+        is_last: bool,
+    ) -> io::Result<bool> {
         let has_body = framing != Framing::Length(0) && length != BodyLength::Empty;
         if !has_body {
             self.tcp.write_all(&head).await?;

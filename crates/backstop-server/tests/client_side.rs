@@ -119,6 +119,71 @@ async fn a_client_gone_mid_stream_closes_the_upstream_at_once_and_cools_nothing(
     );
 }
 
+/// The same over HTTP/2 (h2c): the client resets its stream and keeps its connection.
+#[tokio::test]
+async fn an_h2_client_resetting_its_stream_closes_the_upstream_at_once_and_cools_nothing() {
+    let fakes = Fakes::start();
+    let (silent, upstream_closed) = silent_after_first_token().await;
+    let gw = Gateway::start(&format!(
+        r#"{{
+  server: {{ api_keys: ["$CLIENT_KEY"] }},
+  providers: {{
+    slow: {{ api: "openai", base_url: "{silent}", auth: [{{ profile: "main", key: "$OA_KEY" }}], models: ["gpt-4o"] }},
+    an: {{ api: "anthropic", base_url: "{an}", auth: [{{ profile: "main", key: "$AN_KEY" }}], models: ["claude-sonnet-4-5"] }},
+  }},
+  agents: {{ defaults: {{ model: {{ primary: "slow/gpt-4o", fallbacks: ["an/claude-sonnet-4-5"] }} }} }},
+  timeouts: {{ connect_ms: 1000, first_token_ms: 3000, idle_ms: 4000, request_ms: 20000 }},
+}}"#,
+        an = fakes.an.anthropic_base_url(),
+    ))
+    .await;
+
+    client();
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut resp = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&openai_body("default", "hi", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("\"one\"") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+            .await
+            .expect("the first content in time")
+            .unwrap()
+            .expect("the stream goes on");
+        got.extend_from_slice(&chunk);
+    }
+    // The client resets the stream (its connection stays) with the upstream still silent.
+    drop(resp);
+
+    tokio::time::timeout(Duration::from_millis(2000), upstream_closed)
+        .await
+        .expect("the gateway closed the upstream connection when the client reset its stream")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        fakes.an.requests().is_empty(),
+        "a rescue ran for a client that went away"
+    );
+    let cooling = send(gw.get("/v1/cooldowns")).await;
+    assert_eq!(cooling.status, 200);
+    assert_eq!(
+        cooling.json()["cooldowns"],
+        serde_json::json!([]),
+        "a client that went away cooled down the provider"
+    );
+    drop(h2);
+}
+
 #[tokio::test]
 async fn a_compressed_body_is_415_in_the_clients_format() {
     let fakes = Fakes::start();

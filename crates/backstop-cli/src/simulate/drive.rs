@@ -168,9 +168,9 @@ async fn one(
                         head,
                         rest,
                     };
-                    let mut rx = relay(engine.clone(), call, committed, false);
+                    let mut relayed = relay(engine.clone(), call, committed, false);
                     let mut body = Vec::new();
-                    while let Some(bytes) = rx.recv().await {
+                    while let Some(bytes) = relayed.next().await {
                         body.extend_from_slice(&bytes);
                     }
                     rec.ok = contains(&body, b"data: [DONE]") && !contains(&body, b"{\"error\"");

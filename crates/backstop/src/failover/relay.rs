@@ -23,8 +23,11 @@ use crate::sse::SseEvent;
 use crate::state::Admission;
 use crate::wire;
 use bytes::Bytes;
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use hyper::body::Frame;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 /// How many rescues one stream may go through.
@@ -40,45 +43,62 @@ pub struct Committed {
     pub rest: Box<UpstreamStream>,
 }
 
-/// What reached the client so far.
+/// What reached the client so far (what a rescue needs of it).
 #[derive(Default)]
 struct Delivered {
-    text: String,
     tool_calls: bool,
-    /// Every content event the client got, to bring a fresh encoder up to the same state.
+    /// Every content event the client got, to bring a fresh encoder up to the same
+    /// state, with a run of text (or thinking) deltas kept as one: an encoder ends in
+    /// the same state either way, and a long answer is not kept as one event (and one
+    /// allocation) a token. Not kept after tool-call output, which no rescue follows.
     log: Vec<StreamEvent>,
 }
 
 impl Delivered {
-    /// Take note of events the client got (kept in the log, not copied); returns
-    /// whether they ended the stream.
+    /// Take note of events the client got; returns whether they ended the stream.
     fn observe(&mut self, events: Vec<StreamEvent>) -> bool {
         let mut done = false;
         for e in events {
-            match &e {
-                StreamEvent::TextDelta { text } => self.text.push_str(text),
-                StreamEvent::ToolCallStart { .. } | StreamEvent::ToolCallDelta { .. } => {
-                    self.tool_calls = true
-                }
+            match e {
                 StreamEvent::Done => done = true,
-                _ => {}
-            }
-            if !matches!(
-                e,
-                StreamEvent::Usage { .. } | StreamEvent::Finish { .. } | StreamEvent::Done
-            ) {
-                self.log.push(e);
+                StreamEvent::Usage { .. } | StreamEvent::Finish { .. } => {}
+                _ if self.tool_calls => {}
+                StreamEvent::ToolCallStart { .. } | StreamEvent::ToolCallDelta { .. } => {
+                    self.tool_calls = true;
+                    self.log = Vec::new();
+                }
+                StreamEvent::TextDelta { text } => match self.log.last_mut() {
+                    Some(StreamEvent::TextDelta { text: run }) => run.push_str(&text),
+                    _ => self.log.push(StreamEvent::TextDelta { text }),
+                },
+                StreamEvent::ThinkingDelta { text } => match self.log.last_mut() {
+                    Some(StreamEvent::ThinkingDelta { text: run }) => run.push_str(&text),
+                    _ => self.log.push(StreamEvent::ThinkingDelta { text }),
+                },
+                e => self.log.push(e),
             }
         }
         done
     }
+
+    /// The text the client got.
+    fn text(&self) -> String {
+        let mut text = String::new();
+        for e in &self.log {
+            if let StreamEvent::TextDelta { text: t } = e {
+                text.push_str(t);
+            }
+        }
+        text
+    }
 }
 
 /// Writes client bytes: forwarded as they came (same format), or encoded.
+/// (The encoders are boxed: a passthrough relay, the common case, keeps a small writer.)
 enum Writer {
     Passthrough(WireFormat),
-    OpenAi(wire::openai::StreamEncoder),
-    Anthropic(wire::anthropic::StreamEncoder),
+    OpenAi(Box<wire::openai::StreamEncoder>),
+    Anthropic(Box<wire::anthropic::StreamEncoder>),
 }
 
 impl Writer {
@@ -88,11 +108,11 @@ impl Writer {
         match ingress {
             WireFormat::Anthropic => {
                 let enc = wire::anthropic::StreamEncoder::new();
-                Writer::Anthropic(if translating { enc.translating() } else { enc })
+                Writer::Anthropic(Box::new(if translating { enc.translating() } else { enc }))
             }
             _ => {
                 let enc = wire::openai::StreamEncoder::new(include_usage);
-                Writer::OpenAi(if translating { enc.translating() } else { enc })
+                Writer::OpenAi(Box::new(if translating { enc.translating() } else { enc }))
             }
         }
     }
@@ -267,178 +287,316 @@ fn estimate_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
 
-/// Relay a committed stream to the client as bytes in its format, rescuing it if the
-/// upstream fails after content. Dropping the receiver (the client went away) stops the
-/// relay and closes the upstream.
-pub fn relay(
-    engine: Arc<Engine>,
-    call: Call,
-    start: Committed,
-    include_usage: bool,
-) -> mpsc::Receiver<Bytes> {
-    let (tx, rx) = mpsc::channel::<Bytes>(32);
-    tokio::spawn(async move {
-        let ingress = call.ingress;
-        let Committed {
-            mut target,
-            upstream_format,
-            head,
-            mut rest,
-        } = start;
-        let mut writer = Writer::new(ingress, upstream_format, include_usage);
-        let mut delivered = Delivered::default();
-        let mut filter: Option<Filter> = None;
-        let mut first_cause: Option<Failure> = None;
-        let mut rescues = 0usize;
-        let mut tried: Vec<Target> = vec![target.clone()];
-        let mut out = Vec::with_capacity(1024);
-        let mut saw_done = false;
-        for (raw, events) in head {
-            writer.event(&raw, &events, &mut out);
-            saw_done |= delivered.observe(events);
+/// A relayed stream: the client's bytes, produced as the client takes them. The relay
+/// runs inside the body (no task, no channel): polling the body advances it, so it reads
+/// the upstream only as fast as the client takes the answer. Dropping the body (the
+/// client went away) stops the relay and closes the upstream at once.
+pub struct RelayBody {
+    run: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    slot: Arc<Slot>,
+}
+
+/// Where the relay leaves its next bytes for the body to take.
+#[derive(Default)]
+struct Slot(Mutex<Option<Bytes>>);
+
+impl Slot {
+    fn put(&self, bytes: Bytes) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(bytes);
+    }
+
+    fn take(&self) -> Option<Bytes> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// Hands bytes to the body and waits until it has taken them.
+struct Handoff(Arc<Slot>);
+
+impl Handoff {
+    async fn send(&self, bytes: Bytes) {
+        self.0.put(bytes);
+        // The body returns the bytes as soon as the relay is pending here and polls it
+        // again for more: one pending poll is the whole wait (no waker is needed).
+        let mut waited = false;
+        std::future::poll_fn(|_| {
+            if waited {
+                Poll::Ready(())
+            } else {
+                waited = true;
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl RelayBody {
+    /// The next bytes; `None` at the end.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| self.poll_bytes(cx)).await
+    }
+
+    fn poll_bytes(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(run) = &mut self.run
+            && run.as_mut().poll(cx).is_ready()
+        {
+            self.run = None;
         }
-        while !saw_done {
-            // Events that came in one upstream read leave in one client write: send only
-            // before waiting on the upstream again (nothing is held back that has arrived).
-            if !out.is_empty()
-                && !rest.has_ready()
-                && tx
-                    .send(Bytes::from(std::mem::take(&mut out)))
-                    .await
-                    .is_err()
-            {
-                abandon(&engine, &target);
-                return;
+        match self.slot.take() {
+            Some(bytes) => Poll::Ready(Some(bytes)),
+            None if self.run.is_none() => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl hyper::body::Body for RelayBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .poll_bytes(cx)
+            .map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// What the client's going away does to the relay: the target's attempt is abandoned
+/// while it is `armed` (the relay waits on the upstream or on the client); not while a
+/// failure is being handled (the target was judged already).
+struct Current {
+    engine: Arc<Engine>,
+    target: Target,
+    armed: bool,
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        if self.armed {
+            abandon(&self.engine, &self.target);
+        }
+    }
+}
+
+/// A relay's state, kept in one place (its future holds it once, and little else while
+/// it waits).
+struct Relay {
+    current: Current,
+    call: Call,
+    rest: Box<UpstreamStream>,
+    writer: Writer,
+    delivered: Delivered,
+    /// How a rescue's events are shaped (none before the first rescue).
+    filter: Option<Filter>,
+    /// The failure the client's error names (the first), once one happened.
+    first_cause: Option<Box<Failure>>,
+    rescues: usize,
+    /// The targets tried before the current one.
+    earlier: Vec<Target>,
+    out: Vec<u8>,
+    include_usage: bool,
+    saw_done: bool,
+    tx: Handoff,
+}
+
+/// Relay a committed stream to the client as bytes in its format, rescuing it if the
+/// upstream fails after content. Dropping the body (the client went away) stops the
+/// relay and closes the upstream.
+pub fn relay(engine: Arc<Engine>, call: Call, start: Committed, include_usage: bool) -> RelayBody {
+    let slot = Arc::new(Slot::default());
+    let Committed {
+        target,
+        upstream_format,
+        head,
+        rest,
+    } = start;
+    let relay = Relay {
+        writer: Writer::new(call.ingress, upstream_format, include_usage),
+        current: Current {
+            engine,
+            target,
+            armed: true,
+        },
+        call,
+        rest,
+        delivered: Delivered::default(),
+        filter: None,
+        first_cause: None,
+        rescues: 0,
+        earlier: Vec::new(),
+        out: Vec::with_capacity(1024),
+        include_usage,
+        saw_done: false,
+        tx: Handoff(slot.clone()),
+    };
+    RelayBody {
+        run: Some(Box::pin(relay.run(head))),
+        slot,
+    }
+}
+
+impl Relay {
+    /// The relay's future. (Not an `async fn`: that would keep the relay twice, as its
+    /// argument and as its local.)
+    #[allow(clippy::manual_async_fn)]
+    fn run(
+        mut self,
+        head: Vec<(SseEvent, Vec<StreamEvent>)>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            for (raw, events) in head {
+                self.writer.event(&raw, &events, &mut self.out);
+                self.saw_done |= self.delivered.observe(events);
             }
-            // Waiting on the upstream, watch the client too: one that went away stops the
-            // relay (and closes the upstream) now, not at the upstream's next event or
-            // stall, which would cool the target down and rescue for nobody. (Events of a
-            // read already made need no watch: a gone client is seen at the next send.)
-            let item = if rest.has_ready() {
-                Some(rest.next_item().await)
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = tx.closed() => None,
-                    item = rest.next_item() => Some(item),
+            while !self.saw_done {
+                // Events that came in one upstream read leave in one client write: send only
+                // before waiting on the upstream again (nothing is held back that has
+                // arrived). A client that goes away meanwhile (here or while the upstream is
+                // awaited) drops the body: `current` abandons the attempt and the upstream
+                // closes now, not at its next event or stall, which would cool the target
+                // down and rescue for nobody.
+                if !self.out.is_empty() && !self.rest.has_ready() {
+                    self.tx
+                        .send(Bytes::from(std::mem::take(&mut self.out)))
+                        .await;
                 }
-            };
-            let Some(item) = item else {
-                abandon(&engine, &target);
-                return;
-            };
-            let failure = match item {
-                StreamItem::Event(raw, events) => {
-                    match filter.as_mut().map(|f| f.apply(events.clone())) {
-                        None => {
-                            writer.event(&raw, &events, &mut out);
-                            saw_done = delivered.observe(events);
-                            continue;
-                        }
-                        Some(Ok(events)) => {
-                            writer.encode(&events, &mut out);
-                            saw_done = delivered.observe(events);
-                            continue;
-                        }
-                        Some(Err(why)) => {
-                            let mut f = Failure::new(
-                                super::Reason::ServerError,
-                                super::Phase::StreamAfterCommit,
-                                why,
-                            );
-                            f.status = None;
-                            f
+                let failure = match self.rest.next_item().await {
+                    StreamItem::Event(raw, events) => {
+                        match self.filter.as_mut().map(|f| f.apply(events.clone())) {
+                            None => {
+                                self.writer.event(&raw, &events, &mut self.out);
+                                self.saw_done = self.delivered.observe(events);
+                                continue;
+                            }
+                            Some(Ok(events)) => {
+                                self.writer.encode(&events, &mut self.out);
+                                self.saw_done = self.delivered.observe(events);
+                                continue;
+                            }
+                            Some(Err(why)) => {
+                                let mut f = Failure::new(
+                                    super::Reason::ServerError,
+                                    super::Phase::StreamAfterCommit,
+                                    why,
+                                );
+                                f.status = None;
+                                Box::new(f)
+                            }
                         }
                     }
-                }
-                StreamItem::End => {
-                    writer.finalise(&mut out);
-                    break;
-                }
-                StreamItem::Failed(f) => f,
-            };
-            tracing::warn!(
-                request_id = %call.request_id,
-                upstream = %target,
-                reason = %failure.reason,
-                error = %failure.message,
-                "stream failed after content reached the client"
-            );
-            // The request's deadline ended an answer that was still coming: the target is
-            // not at fault, and there is no time left to rescue it.
-            let past_deadline = rest.past_deadline();
-            if past_deadline {
-                abandon(&engine, &target);
-            } else {
-                engine.cooldowns.on_failure(
-                    &target.model.provider,
-                    &target.profile,
-                    &target.model.model,
-                    failure.reason,
-                    failure.retry_after,
-                );
-            }
-            // What arrived before the failure reaches the client before any rescue runs.
-            if !out.is_empty() {
-                let _ = tx.send(Bytes::from(std::mem::take(&mut out))).await;
-            }
-            let cause = first_cause.get_or_insert(failure).clone();
-            let deadline = rest.deadline();
-            let rescued = if rescues < MAX_RESCUES && !delivered.tool_calls && !past_deadline {
-                // No rescue for a client that went away meanwhile.
-                tokio::select! {
-                    biased;
-                    _ = tx.closed() => return,
-                    next = rescue(&engine, &call, &target, &delivered, &tried, deadline) => next,
-                }
-            } else {
-                None
-            };
-            let Some((next, next_filter, committed)) = rescued else {
-                writer.error(&stream_failure_error(&cause), &mut out);
-                break;
-            };
-            rescues += 1;
-            tracing::info!(
-                request_id = %call.request_id,
-                from = %target,
-                to = %next,
-                mode = ?next_filter_mode(&next_filter),
-                "rescuing the stream"
-            );
-            writer.switch_to_encoding(include_usage, &delivered);
-            target = next;
-            tried.push(target.clone());
-            rest = committed.1;
-            let mut f = next_filter;
-            let mut head_ok = true;
-            for (_, events) in committed.0 {
-                match f.apply(events) {
-                    Ok(events) => {
-                        writer.encode(&events, &mut out);
-                        saw_done |= delivered.observe(events);
-                    }
-                    Err(why) => {
-                        tracing::warn!(request_id = %call.request_id, "rescue abandoned: {why}");
-                        head_ok = false;
+                    StreamItem::End => {
+                        self.writer.finalise(&mut self.out);
                         break;
                     }
+                    StreamItem::Failed(f) => Box::new(f),
+                };
+                // Rare, so boxed: the state the relay waits in stays small.
+                if !Box::pin(self.on_failure(failure)).await {
+                    break;
                 }
             }
-            if !head_ok {
-                writer.error(&stream_failure_error(&cause), &mut out);
-                break;
+            // The client's answer is complete (the body returns these last bytes, then its
+            // end); the upstream connection is given back.
+            self.current.armed = false;
+            if !self.out.is_empty() {
+                self.tx.0.put(Bytes::from(std::mem::take(&mut self.out)));
             }
-            filter = Some(f);
+            self.rest.release();
         }
-        if !out.is_empty() {
-            let _ = tx.send(Bytes::from(out)).await;
+    }
+
+    /// After the upstream failed: rescue the answer (whether the relay goes on), or
+    /// write the client's error.
+    async fn on_failure(&mut self, failure: Box<Failure>) -> bool {
+        let engine = &self.current.engine;
+        let target = &self.current.target;
+        tracing::warn!(
+            request_id = %self.call.request_id,
+            upstream = %target,
+            reason = %failure.reason,
+            error = %failure.message,
+            "stream failed after content reached the client"
+        );
+        // The request's deadline ended an answer that was still coming: the target is
+        // not at fault, and there is no time left to rescue it.
+        let past_deadline = self.rest.past_deadline();
+        self.current.armed = false;
+        if past_deadline {
+            abandon(engine, target);
+        } else {
+            engine.cooldowns.on_failure(
+                &target.model.provider,
+                &target.profile,
+                &target.model.model,
+                failure.reason,
+                failure.retry_after,
+            );
         }
-        // The client's answer is complete; the upstream connection is given back.
-        drop(tx);
-        rest.release();
-    });
-    rx
+        // What arrived before the failure reaches the client before any rescue runs.
+        if !self.out.is_empty() {
+            self.tx
+                .send(Bytes::from(std::mem::take(&mut self.out)))
+                .await;
+        }
+        let cause = (**self.first_cause.get_or_insert(failure)).clone();
+        let deadline = self.rest.deadline();
+        // No rescue for a client that went away meanwhile: it dropped the body, and
+        // with it the rescue.
+        let rescued = if self.rescues < MAX_RESCUES && !self.delivered.tool_calls && !past_deadline
+        {
+            rescue(
+                &self.current.engine,
+                &self.call,
+                &self.current.target,
+                &self.delivered,
+                &self.earlier,
+                deadline,
+            )
+            .await
+        } else {
+            None
+        };
+        let Some((next, mut filter, committed)) = rescued else {
+            self.writer
+                .error(&stream_failure_error(&cause), &mut self.out);
+            return false;
+        };
+        self.rescues += 1;
+        tracing::info!(
+            request_id = %self.call.request_id,
+            from = %self.current.target,
+            to = %next,
+            mode = ?next_filter_mode(&filter),
+            "rescuing the stream"
+        );
+        self.writer
+            .switch_to_encoding(self.include_usage, &self.delivered);
+        let failed = std::mem::replace(&mut self.current.target, next);
+        self.earlier.push(failed);
+        self.current.armed = true;
+        self.rest = committed.1;
+        for (_, events) in committed.0 {
+            match filter.apply(events) {
+                Ok(events) => {
+                    self.writer.encode(&events, &mut self.out);
+                    self.saw_done |= self.delivered.observe(events);
+                }
+                Err(why) => {
+                    tracing::warn!(request_id = %self.call.request_id, "rescue abandoned: {why}");
+                    self.current.armed = false;
+                    self.writer
+                        .error(&stream_failure_error(&cause), &mut self.out);
+                    return false;
+                }
+            }
+        }
+        self.filter = Some(filter);
+        true
+    }
 }
 
 /// The target's attempt ends through no fault of its own (the client left, the request's
@@ -464,13 +622,14 @@ async fn rescue(
     call: &Call,
     failed: &Target,
     delivered: &Delivered,
-    tried: &[Target],
+    earlier: &[Target],
     deadline: Instant,
 ) -> Option<(Target, Filter, RescueStream)> {
     let modes = &engine.config.stream.rescue;
     if modes.is_empty() {
         return None;
     }
+    let delivered_text = delivered.text();
     let plan = engine.plan(&call.route);
     let same = |a: &Target, b: &Target| a.model == b.model && a.profile == b.profile;
     let pos = plan.targets.iter().position(|t| same(t, failed));
@@ -480,7 +639,8 @@ async fn rescue(
         .targets
         .iter()
         .skip(pos.map_or(0, |p| p + 1))
-        .filter(|t| !tried.iter().any(|x| same(x, t)))
+        // (The failed target was tried, and the ones before it.)
+        .filter(|t| !same(failed, t) && !earlier.iter().any(|x| same(x, t)))
         // Content only the client's format has: only a model of that format can go on.
         .filter(|t| {
             call.request.untranslatable.is_none()
@@ -503,7 +663,7 @@ async fn rescue(
         let prefill = modes.contains(&RescueMode::Prefill)
             && call.request.untranslatable.is_none()
             && !is_failed
-            && !delivered.text.is_empty()
+            && !delivered_text.is_empty()
             && crate::models::accepts_prefill(&engine.config, p, m);
         let splice = modes.contains(&RescueMode::Splice);
         if !prefill && !splice {
@@ -514,7 +674,7 @@ async fn rescue(
         }
         tries += 1;
         let (attempt_call, filter) = if prefill {
-            let trimmed = delivered.text.trim_end();
+            let trimmed = delivered_text.trim_end();
             let mut request = (*call.request).clone();
             request.stream = true;
             request.messages.push(Message {
@@ -531,15 +691,15 @@ async fn rescue(
                     ..call.clone()
                 },
                 Filter::Prefill {
-                    skip_leading_ws: trimmed.len() < delivered.text.len(),
-                    delivered_tokens: estimate_tokens(&delivered.text),
+                    skip_leading_ws: trimmed.len() < delivered_text.len(),
+                    delivered_tokens: estimate_tokens(&delivered_text),
                 },
             )
         } else {
             (
                 call.clone(),
                 Filter::Splice {
-                    expected: delivered.text.clone(),
+                    expected: delivered_text.clone(),
                     matched: 0,
                 },
             )
@@ -569,6 +729,104 @@ mod tests {
 
     fn text(t: &str) -> StreamEvent {
         StreamEvent::TextDelta { text: t.into() }
+    }
+
+    /// The compacted log brings a fresh encoder to the state the whole sequence of
+    /// events would: what it writes next is the same, in both client formats.
+    #[test]
+    fn a_compacted_log_replays_to_the_same_encoder_state() {
+        let mut rng = fastrand::Rng::with_seed(8);
+        let pieces = ["", " ", "a", "é", "b c", "\n", "日本"];
+        for round in 0..4000 {
+            let mut events = Vec::new();
+            if rng.bool() {
+                events.push(StreamEvent::Start {
+                    id: "chatcmpl-x".into(),
+                    model: "m".into(),
+                    input_tokens: rng.bool().then_some(3),
+                });
+            }
+            for _ in 0..rng.usize(0..10) {
+                let text = pieces[rng.usize(0..pieces.len())].to_string();
+                events.push(match rng.usize(0..6) {
+                    0..=2 => StreamEvent::TextDelta { text },
+                    3..=4 => StreamEvent::ThinkingDelta { text },
+                    _ => StreamEvent::Usage {
+                        usage: Usage {
+                            input_tokens: 3,
+                            output_tokens: 1,
+                            ..Usage::default()
+                        },
+                    },
+                });
+            }
+            let mut delivered = Delivered::default();
+            // Observed in random batches, as upstream reads bring them.
+            let mut rest = events.clone();
+            while !rest.is_empty() {
+                let n = rng.usize(1..=rest.len());
+                delivered.observe(rest.drain(..n).collect());
+            }
+            let whole: String = events
+                .iter()
+                .filter_map(|e| match e {
+                    StreamEvent::TextDelta { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(delivered.text(), whole);
+            let then = [
+                text("z"),
+                StreamEvent::ThinkingDelta { text: "t".into() },
+                text("y"),
+                StreamEvent::Finish {
+                    reason: chat::FinishReason::Stop,
+                    stop_sequence: None,
+                },
+                StreamEvent::Usage {
+                    usage: Usage::default(),
+                },
+                StreamEvent::Done,
+            ];
+            for ingress in [WireFormat::OpenAi, WireFormat::Anthropic] {
+                let (mut a, mut b) = (
+                    Writer::encoding(ingress, true, false),
+                    Writer::encoding(ingress, true, false),
+                );
+                let mut discard = Vec::new();
+                a.encode(&events, &mut discard);
+                b.encode(&delivered.log, &mut discard);
+                let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+                a.encode(&then, &mut out_a);
+                b.encode(&then, &mut out_b);
+                // Chunks carry a creation time: compare all but its digits.
+                let strip = |o: &[u8]| {
+                    let text = String::from_utf8_lossy(o).to_string();
+                    let mut parts = text.split("\"created\":");
+                    let mut kept = parts.next().unwrap_or_default().to_string();
+                    for p in parts {
+                        kept.push_str(p.trim_start_matches(|c: char| c.is_ascii_digit()));
+                    }
+                    kept
+                };
+                assert_eq!(strip(&out_a), strip(&out_b), "round {round}: {events:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn tool_call_output_ends_the_log() {
+        let mut d = Delivered::default();
+        d.observe(vec![text("a"), text("b")]);
+        assert_eq!(d.log, vec![text("ab")]);
+        d.observe(vec![StreamEvent::ToolCallStart {
+            index: 0,
+            id: "c".into(),
+            name: "t".into(),
+        }]);
+        d.observe(vec![text("c")]);
+        assert!(d.tool_calls);
+        assert!(d.log.is_empty());
     }
 
     #[test]
