@@ -16,7 +16,7 @@ use super::execute::{Answer, Call, Engine};
 use super::failure::Failure;
 use super::plan::Target;
 use super::stream::{StreamItem, UpstreamStream};
-use crate::chat::{self, Message, Part, Role, StreamEvent, WireFormat};
+use crate::chat::{self, ChunkEvents, Message, Part, Role, StreamEvent, WireFormat};
 use crate::config::RescueMode;
 use crate::render::stream_failure_error;
 use crate::sse::SseEvent;
@@ -36,7 +36,7 @@ const MAX_RESCUE_CANDIDATES: usize = 2;
 pub struct Committed {
     pub target: Target,
     pub upstream_format: WireFormat,
-    pub head: Vec<(SseEvent, Vec<StreamEvent>)>,
+    pub head: Vec<(SseEvent, ChunkEvents)>,
     pub rest: Box<UpstreamStream>,
 }
 
@@ -52,7 +52,7 @@ struct Delivered {
 impl Delivered {
     /// Take note of events the client got (kept in the log, not copied); returns
     /// whether they ended the stream.
-    fn observe(&mut self, events: Vec<StreamEvent>) -> bool {
+    fn observe(&mut self, events: impl IntoIterator<Item = StreamEvent>) -> bool {
         let mut done = false;
         for e in events {
             match &e {
@@ -193,8 +193,12 @@ enum Filter {
 
 impl Filter {
     /// The events to forward, or why the rescue cannot go on.
-    fn apply(&mut self, events: Vec<StreamEvent>) -> Result<Vec<StreamEvent>, String> {
-        let mut out = Vec::with_capacity(events.len());
+    fn apply(
+        &mut self,
+        events: impl IntoIterator<Item = StreamEvent>,
+    ) -> Result<Vec<StreamEvent>, String> {
+        let events = events.into_iter();
+        let mut out = Vec::with_capacity(events.size_hint().0);
         for ev in events {
             match self {
                 Filter::Prefill {
@@ -456,7 +460,7 @@ fn next_filter_mode(f: &Filter) -> RescueMode {
     }
 }
 
-type RescueStream = (Vec<(SseEvent, Vec<StreamEvent>)>, Box<UpstreamStream>);
+type RescueStream = (Vec<(SseEvent, ChunkEvents)>, Box<UpstreamStream>);
 
 /// Find a target that can carry the answer on, and open its stream.
 async fn rescue(
