@@ -144,8 +144,8 @@ impl UpstreamStream {
         }
     }
 
-    /// Whether the next item is ready without reading the upstream again (events of a
-    /// read already made are queued, or the stream has ended).
+    /// Whether the next item is ready without reading the upstream again (an event of
+    /// a read already made is waiting, or the stream has ended).
     pub fn has_ready(&self) -> bool {
         self.done || self.eof || self.ready.is_some()
     }
