@@ -308,6 +308,100 @@ impl StreamEvent {
     }
 }
 
+/// The events of one upstream chunk. Nearly every chunk of a streamed answer is one
+/// text delta, kept inline (no vector to allocate and free per chunk); any other
+/// number of events is a vector. Reads as a slice of events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChunkEvents {
+    One(StreamEvent),
+    Many(Vec<StreamEvent>),
+}
+
+impl ChunkEvents {
+    /// The events of a chunk that carries only `text`: one delta, or none for empty
+    /// text (as the decoders give none).
+    pub fn text(text: String) -> Self {
+        if text.is_empty() {
+            ChunkEvents::Many(Vec::new())
+        } else {
+            ChunkEvents::One(StreamEvent::TextDelta { text })
+        }
+    }
+}
+
+impl Default for ChunkEvents {
+    fn default() -> Self {
+        ChunkEvents::Many(Vec::new())
+    }
+}
+
+impl From<Vec<StreamEvent>> for ChunkEvents {
+    fn from(events: Vec<StreamEvent>) -> Self {
+        ChunkEvents::Many(events)
+    }
+}
+
+impl From<ChunkEvents> for Vec<StreamEvent> {
+    fn from(events: ChunkEvents) -> Self {
+        match events {
+            ChunkEvents::One(e) => vec![e],
+            ChunkEvents::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::Deref for ChunkEvents {
+    type Target = [StreamEvent];
+    fn deref(&self) -> &[StreamEvent] {
+        match self {
+            ChunkEvents::One(e) => std::slice::from_ref(e),
+            ChunkEvents::Many(v) => v,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a ChunkEvents {
+    type Item = &'a StreamEvent;
+    type IntoIter = std::slice::Iter<'a, StreamEvent>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl IntoIterator for ChunkEvents {
+    type Item = StreamEvent;
+    type IntoIter = ChunkEventsIter;
+    fn into_iter(self) -> ChunkEventsIter {
+        match self {
+            ChunkEvents::One(e) => ChunkEventsIter::One(Some(e)),
+            ChunkEvents::Many(v) => ChunkEventsIter::Many(v.into_iter()),
+        }
+    }
+}
+
+/// The events of a [`ChunkEvents`], by value.
+pub enum ChunkEventsIter {
+    One(Option<StreamEvent>),
+    Many(std::vec::IntoIter<StreamEvent>),
+}
+
+impl Iterator for ChunkEventsIter {
+    type Item = StreamEvent;
+    fn next(&mut self) -> Option<StreamEvent> {
+        match self {
+            ChunkEventsIter::One(e) => e.take(),
+            ChunkEventsIter::Many(v) => v.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            ChunkEventsIter::One(e) => (usize::from(e.is_some()), Some(usize::from(e.is_some()))),
+            ChunkEventsIter::Many(v) => v.size_hint(),
+        }
+    }
+}
+
 /// An error as a provider described it (from an error body or an in-band stream error).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamErrorBody {
@@ -444,5 +538,32 @@ impl WireError {
         let mut e = ClientError::invalid(self.message.clone());
         e.param = self.path.clone();
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_events_read_as_their_vector() {
+        let text = |t: &str| StreamEvent::TextDelta { text: t.into() };
+        let cases = [
+            (ChunkEvents::text("hi".into()), vec![text("hi")]),
+            (ChunkEvents::text(String::new()), vec![]),
+            (ChunkEvents::default(), vec![]),
+            (
+                ChunkEvents::from(vec![text("a"), StreamEvent::Done]),
+                vec![text("a"), StreamEvent::Done],
+            ),
+        ];
+        for (events, want) in cases {
+            assert_eq!(&events[..], &want[..]);
+            assert_eq!((&events).into_iter().count(), want.len());
+            let by_value = events.clone().into_iter();
+            assert_eq!(by_value.size_hint(), (want.len(), Some(want.len())));
+            assert_eq!(by_value.collect::<Vec<_>>(), want);
+            assert_eq!(Vec::from(events), want);
+        }
     }
 }

@@ -111,16 +111,40 @@ impl SseParser {
 
     /// Feed bytes as they arrive; returns the events completed by them.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        self.extend(chunk);
         let mut out = Vec::new();
-        if chunk.is_empty() {
-            return out;
+        while let Some(event) = self.next_event() {
+            out.push(event);
         }
+        out
+    }
+
+    /// Take bytes as they arrive, to be read as events with
+    /// [`next_event`](Self::next_event) (one at a time, so that the events of a read
+    /// need no queue of their own).
+    pub fn extend(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next event the bytes taken so far complete, if any.
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        if self.line_start == 0
+            && self.buf.starts_with(b"data:")
+            && let Some(event) = self.one_data_line()
+        {
+            return Some(event);
+        }
         loop {
             let len = self.buf.len();
-            let Some(rel) = memchr::memchr2(b'\n', b'\r', &self.buf[self.search_from..]) else {
+            // A line ending right where the search starts (the blank line after a
+            // field line, nearly always) needs no search.
+            let rel = match self.buf.get(self.search_from) {
+                Some(b'\n' | b'\r') => Some(0),
+                _ => memchr::memchr2(b'\n', b'\r', &self.buf[self.search_from..]),
+            };
+            let Some(rel) = rel else {
                 self.search_from = len;
-                break;
+                return None;
             };
             let term = self.search_from + rel;
             let next = if self.buf[term] == b'\n' {
@@ -130,13 +154,54 @@ impl SseParser {
             } else {
                 // A CR as the last byte so far: wait to see whether an LF follows.
                 self.search_from = term;
-                break;
+                return None;
             };
             if let Some(event) = self.line(term, next) {
-                out.push(event);
+                return Some(event);
             }
         }
-        out
+    }
+
+    /// The frame at the start of the buffer when it is one `data:` line and a blank
+    /// line, both complete (nearly every frame of a stream): read as [`line`](Self::line)
+    /// would read it, line by line, and dispatched. `None` (nothing changed) for
+    /// anything else, which the general path reads.
+    fn one_data_line(&mut self) -> Option<SseEvent> {
+        if self.line_start != 0
+            || self.at_stream_start
+            || !matches!(self.data, Data::None)
+            || self.event.is_some()
+            || !self.buf.starts_with(b"data:")
+        {
+            return None;
+        }
+        let len = self.buf.len();
+        // `search_from` is past what an earlier read of this line saw.
+        let from = self.search_from.max(5);
+        let term = from + memchr::memchr2(b'\n', b'\r', self.buf.get(from..)?)?;
+        let next = match self.buf[term] {
+            b'\n' => term + 1,
+            _ if term + 1 < len => term + 1 + usize::from(self.buf[term + 1] == b'\n'),
+            _ => return None,
+        };
+        let end = match *self.buf.get(next)? {
+            b'\n' => next + 1,
+            b'\r' if next + 1 < len => next + 1 + usize::from(self.buf[next + 1] == b'\n'),
+            _ => return None,
+        };
+        let value = if self.buf.get(5) == Some(&b' ') && term > 5 {
+            6..term
+        } else {
+            5..term
+        };
+        let raw = self.buf.split_to(end).freeze();
+        let data = raw.slice(value);
+        self.search_from = 0;
+        Some(SseEvent {
+            event: None,
+            data,
+            raw,
+        })
     }
 
     /// The stream ended: returns a final event if one was pending without its
@@ -182,7 +247,13 @@ impl SseParser {
             }
         }
         let line = &self.buf[start..content_end];
-        let (field, value) = match memchr::memchr(b':', line) {
+        // A `data:` line (nearly all) has its first colon right after the field name.
+        let colon = if line.starts_with(b"data:") {
+            Some(4)
+        } else {
+            memchr::memchr(b':', line)
+        };
+        let (field, value) = match colon {
             Some(0) => return None, // a comment
             Some(colon) => {
                 let mut from = start + colon + 1;
@@ -587,6 +658,124 @@ mod tests {
             out.extend_from_slice(bytes.as_bytes());
         }
         (out, expected)
+    }
+
+    /// The events of `input` by the WHATWG rules, read whole and line by line (no
+    /// incremental state, no shortcuts): `(event, data)` of each dispatched one.
+    fn reference(input: &[u8]) -> Vec<(Option<String>, Vec<u8>)> {
+        let mut input = input;
+        if input.starts_with(BOM) {
+            input = &input[BOM.len()..];
+        }
+        let mut out = Vec::new();
+        let (mut event, mut data): (Option<String>, Option<Vec<u8>>) = (None, None);
+        let mut rest = input;
+        while !rest.is_empty() {
+            let end = rest
+                .iter()
+                .position(|&b| b == b'\n' || b == b'\r')
+                .unwrap_or(rest.len());
+            let line = &rest[..end];
+            let skip = match rest.get(end..end + 2) {
+                Some(b"\r\n") => 2,
+                Some(_) | None if end < rest.len() => 1,
+                _ => 0,
+            };
+            rest = &rest[end + skip..];
+            if line.is_empty() {
+                if let Some(d) = data.take() {
+                    out.push((event.take(), d));
+                }
+                event = None;
+                continue;
+            }
+            if line[0] == b':' {
+                continue;
+            }
+            let (field, mut value) = match line.iter().position(|&b| b == b':') {
+                Some(c) => (&line[..c], &line[c + 1..]),
+                None => (line, &line[line.len()..]),
+            };
+            if value.first() == Some(&b' ') {
+                value = &value[1..];
+            }
+            match field {
+                b"data" => match &mut data {
+                    Some(d) => {
+                        d.push(b'\n');
+                        d.extend_from_slice(value);
+                    }
+                    None => data = Some(value.to_vec()),
+                },
+                b"event" => {
+                    event =
+                        (!value.is_empty()).then(|| String::from_utf8_lossy(value).into_owned());
+                }
+                _ => {}
+            }
+        }
+        if let Some(d) = data {
+            out.push((event, d));
+        }
+        out
+    }
+
+    /// Byte soup from the pieces that matter to the parser.
+    fn soup() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop::sample::select(vec![
+                &b"data"[..],
+                b"data:",
+                b"data: ",
+                b"event",
+                b"event: ",
+                b":",
+                b" ",
+                b"\n",
+                b"\r",
+                b"\r\n",
+                b"\n\n",
+                b"x",
+                b"{\"a\":1}",
+                b"id: 1",
+                "\u{e9}".as_bytes(),
+                b"\xe2\x82",
+                b"\xff",
+                BOM,
+            ]),
+            0..40,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        /// Any bytes, read whole or split at any one point or byte by byte, give the
+        /// events the line-by-line reading gives, with the same `raw` bytes.
+        #[test]
+        fn any_bytes_read_as_the_reference_reads_them(
+            input in soup(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let whole = parse_all(&input);
+            let got: Vec<_> = whole.iter().map(|e| (e.event.clone(), e.data.to_vec())).collect();
+            prop_assert_eq!(got, reference(&input));
+
+            let cut = cut.index(input.len() + 1);
+            let mut p = SseParser::new();
+            let mut split = p.push(&input[..cut]);
+            p.extend(&input[cut..]);
+            split.extend(std::iter::from_fn(|| p.next_event()));
+            split.extend(p.finish());
+            prop_assert_eq!(&split, &whole);
+
+            let mut p = SseParser::new();
+            let mut bytewise = Vec::new();
+            for b in &input {
+                bytewise.extend(p.push(std::slice::from_ref(b)));
+            }
+            bytewise.extend(p.finish());
+            prop_assert_eq!(&bytewise, &whole);
+        }
     }
 
     proptest! {

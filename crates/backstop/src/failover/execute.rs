@@ -12,7 +12,7 @@ use super::failure::{Failure, Phase, Reason};
 use super::plan::{AttemptPlan, LazyPlan, Target};
 use super::session::SessionCtx;
 use super::stream::{StreamItem, UpstreamDecoder, UpstreamStream};
-use crate::chat::{self, StreamEvent, WireFormat};
+use crate::chat::{self, ChunkEvents, StreamEvent, WireFormat};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ModelRef, Route, StreamCommit};
 use crate::health::{FailoverEvent, Health};
@@ -122,7 +122,7 @@ pub enum Answer {
     },
     /// A stream whose first content has arrived. `head` holds every event read so far.
     Stream {
-        head: Vec<(SseEvent, Vec<StreamEvent>)>,
+        head: Vec<(SseEvent, ChunkEvents)>,
         rest: Box<UpstreamStream>,
     },
 }
@@ -1256,10 +1256,11 @@ impl Engine {
             )
         })?;
         let mut rest = Box::new(UpstreamStream::new(response, decoder, idle, deadline));
-        let mut head = Vec::new();
         // With `stream.commit: "complete"` the whole stream is held back, so any failure
         // before its end still fails over invisibly.
         let hold_all = hold_all || self.config.stream.commit == StreamCommit::Complete;
+        // Room for a short answer's events held whole, without growing the vector.
+        let mut head = Vec::with_capacity(if hold_all { 32 } else { 4 });
         let mut got_content = false;
         loop {
             let until = if got_content {

@@ -16,7 +16,7 @@ use super::execute::{Answer, Call, Engine};
 use super::failure::Failure;
 use super::plan::Target;
 use super::stream::{StreamItem, UpstreamStream};
-use crate::chat::{self, Message, Part, Role, StreamEvent, WireFormat};
+use crate::chat::{self, ChunkEvents, Message, Part, Role, StreamEvent, WireFormat};
 use crate::config::RescueMode;
 use crate::render::stream_failure_error;
 use crate::sse::SseEvent;
@@ -39,7 +39,7 @@ const MAX_RESCUE_CANDIDATES: usize = 2;
 pub struct Committed {
     pub target: Target,
     pub upstream_format: WireFormat,
-    pub head: Vec<(SseEvent, Vec<StreamEvent>)>,
+    pub head: Vec<(SseEvent, ChunkEvents)>,
     pub rest: Box<UpstreamStream>,
 }
 
@@ -56,7 +56,7 @@ struct Delivered {
 
 impl Delivered {
     /// Take note of events the client got; returns whether they ended the stream.
-    fn observe(&mut self, events: Vec<StreamEvent>) -> bool {
+    fn observe(&mut self, events: impl IntoIterator<Item = StreamEvent>) -> bool {
         let mut done = false;
         for e in events {
             match e {
@@ -213,8 +213,12 @@ enum Filter {
 
 impl Filter {
     /// The events to forward, or why the rescue cannot go on.
-    fn apply(&mut self, events: Vec<StreamEvent>) -> Result<Vec<StreamEvent>, String> {
-        let mut out = Vec::with_capacity(events.len());
+    fn apply(
+        &mut self,
+        events: impl IntoIterator<Item = StreamEvent>,
+    ) -> Result<Vec<StreamEvent>, String> {
+        let events = events.into_iter();
+        let mut out = Vec::with_capacity(events.size_hint().0);
         for ev in events {
             match self {
                 Filter::Prefill {
@@ -445,7 +449,7 @@ impl Relay {
     #[allow(clippy::manual_async_fn)]
     fn run(
         mut self,
-        head: Vec<(SseEvent, Vec<StreamEvent>)>,
+        head: Vec<(SseEvent, ChunkEvents)>,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             for (raw, events) in head {
@@ -614,7 +618,7 @@ fn next_filter_mode(f: &Filter) -> RescueMode {
     }
 }
 
-type RescueStream = (Vec<(SseEvent, Vec<StreamEvent>)>, Box<UpstreamStream>);
+type RescueStream = (Vec<(SseEvent, ChunkEvents)>, Box<UpstreamStream>);
 
 /// Find a target that can carry the answer on, and open its stream.
 async fn rescue(
@@ -765,7 +769,7 @@ mod tests {
             let mut rest = events.clone();
             while !rest.is_empty() {
                 let n = rng.usize(1..=rest.len());
-                delivered.observe(rest.drain(..n).collect());
+                delivered.observe(rest.drain(..n));
             }
             let whole: String = events
                 .iter()

@@ -2,10 +2,9 @@
 
 use super::classify;
 use super::failure::{Failure, Phase, Reason};
-use crate::chat::{StreamEvent, WireError, WireFormat};
+use crate::chat::{ChunkEvents, StreamEvent, WireError, WireFormat};
 use crate::sse::{SseEvent, SseParser};
 use crate::wire;
-use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -25,11 +24,11 @@ impl UpstreamDecoder {
         }
     }
 
-    pub fn push(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, WireError> {
+    pub fn push(&mut self, ev: &SseEvent) -> Result<ChunkEvents, WireError> {
         match self {
-            Self::OpenAi(d) => d.push(ev),
-            Self::Anthropic(d) => d.push(ev),
-            Self::Gemini(d) => d.push(ev),
+            Self::OpenAi(d) => d.push_chunk(ev),
+            Self::Anthropic(d) => d.push_chunk(ev),
+            Self::Gemini(d) => d.push(ev).map(ChunkEvents::from),
         }
     }
 }
@@ -37,7 +36,7 @@ impl UpstreamDecoder {
 /// One step of an upstream stream.
 pub enum StreamItem {
     /// An SSE event with what it means.
-    Event(SseEvent, Vec<StreamEvent>),
+    Event(SseEvent, ChunkEvents),
     /// The stream ended properly (its terminator arrived, or it closed after its finish reason).
     End,
     /// The stream failed: cut, stall, malformed chunk or in-band error.
@@ -49,7 +48,9 @@ pub struct UpstreamStream {
     response: crate::provider::Response,
     parser: SseParser,
     decoder: UpstreamDecoder,
-    queue: VecDeque<SseEvent>,
+    /// The next event, read from the parser's bytes (the rest of a read's events stay
+    /// there until this one is taken).
+    ready: Option<SseEvent>,
     idle: Duration,
     /// The request's deadline (`timeouts.request_ms`, PRODUCT §3.4): a stream still
     /// running then fails, however steadily it sends.
@@ -92,7 +93,7 @@ impl UpstreamStream {
             response,
             parser: SseParser::new(),
             decoder,
-            queue: VecDeque::new(),
+            ready: None,
             idle,
             deadline,
             committed: false,
@@ -143,10 +144,10 @@ impl UpstreamStream {
         }
     }
 
-    /// Whether the next item is ready without reading the upstream again (events of a
-    /// read already made are queued, or the stream has ended).
+    /// Whether the next item is ready without reading the upstream again (an event of
+    /// a read already made is waiting, or the stream has ended).
     pub fn has_ready(&self) -> bool {
-        self.done || self.eof || !self.queue.is_empty()
+        self.done || self.eof || self.ready.is_some()
     }
 
     /// The next item. Waits at most the idle timeout for upstream bytes.
@@ -155,7 +156,8 @@ impl UpstreamStream {
             if self.done {
                 return StreamItem::End;
             }
-            if let Some(ev) = self.queue.pop_front() {
+            if let Some(ev) = self.ready.take() {
+                self.ready = self.parser.next_event();
                 return self.decode(ev);
             }
             if self.eof {
@@ -206,11 +208,12 @@ impl UpstreamStream {
                     ));
                 }
                 Ok(Ok(Some(bytes))) => {
-                    self.queue.extend(self.parser.push(&bytes));
+                    self.parser.extend(&bytes);
+                    self.ready = self.parser.next_event();
                 }
                 Ok(Ok(None)) => {
                     self.eof = true;
-                    self.queue.extend(self.parser.finish());
+                    self.ready = self.parser.finish();
                 }
             }
         }
@@ -219,7 +222,7 @@ impl UpstreamStream {
     fn decode(&mut self, ev: SseEvent) -> StreamItem {
         match self.decoder.push(&ev) {
             Ok(events) => {
-                for e in &events {
+                for e in events.iter() {
                     match e {
                         StreamEvent::Error { error } => {
                             return StreamItem::Failed(classify::classify_stream_error(

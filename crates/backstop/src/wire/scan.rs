@@ -49,6 +49,35 @@ fn stop_at(b: &[u8], mut pos: usize) -> Option<usize> {
     Some(pos + n)
 }
 
+/// Where the JSON string whose content starts at `pos` (just after its opening quote)
+/// ends: its closing quote's position, and whether it has escapes. `None` when it is
+/// not a valid JSON string (a control character, a bad escape, no closing quote). The
+/// bytes are not checked as UTF-8.
+fn string_end(b: &[u8], mut pos: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        pos = stop_at(b, pos)?;
+        match b[pos] {
+            b'"' => return Some((pos, escaped)),
+            b'\\' => escaped = true,
+            _ => return None, // a control character
+        }
+        pos += 1;
+        match *b.get(pos)? {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+            b'u' => {
+                let hex = b.get(pos + 1..pos + 5)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                pos += 4;
+            }
+            _ => return None,
+        }
+        pos += 1;
+    }
+}
+
 /// Nesting deeper than this is left to serde (which has its own limit of 128).
 const MAX_DEPTH: usize = 64;
 
@@ -165,34 +194,11 @@ impl<'a> Cursor<'a> {
     /// A string.
     pub(crate) fn string(&mut self) -> Option<RawStr<'a>> {
         self.eat(b'"')?;
-        let b = self.bytes();
         let start = self.pos;
-        let mut escaped = false;
-        loop {
-            self.pos = stop_at(b, self.pos)?;
-            let c = b[self.pos];
-            match c {
-                b'"' => break,
-                b'\\' => escaped = true,
-                _ => return None, // a control character
-            }
-            self.pos += 1;
-            match *b.get(self.pos)? {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
-                b'u' => {
-                    let hex = b.get(self.pos + 1..self.pos + 5)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return None;
-                    }
-                    self.pos += 4;
-                }
-                _ => return None,
-            }
-            self.pos += 1;
-        }
+        let (end, escaped) = string_end(self.bytes(), start)?;
         // Both ends are ASCII quotes, so the slice is on char boundaries.
-        let raw = self.src.get(start..self.pos)?;
-        self.pos += 1;
+        let raw = self.src.get(start..end)?;
+        self.pos = end + 1;
         Some(RawStr { raw, escaped })
     }
 
@@ -405,10 +411,24 @@ impl Template {
     /// (see [`Template::set`]), so equal bytes through its closing quote are that same
     /// string, and the scan would end where the comparison does.
     pub(crate) fn text_of<'a>(&self, data: &'a str) -> Option<RawStr<'a>> {
+        let text = self.text_hole(data.as_bytes())?;
+        let raw = std::str::from_utf8(text.raw).ok()?;
+        Some(RawStr {
+            raw,
+            escaped: text.escaped,
+        })
+    }
+
+    /// [`Template::text_of`] of bytes not yet known to be UTF-8, the text left as
+    /// bytes too ([`TextHole::into_string`] checks it). The other holes scanned are
+    /// checked as UTF-8 here; the rest equals the template, which is text, and every
+    /// hole is bounded by ASCII quotes, so `b` is valid UTF-8 as a whole when the
+    /// text is, and reads as `text_of` reads it.
+    pub(crate) fn text_hole<'a>(&self, b: &'a [u8]) -> Option<TextHole<'a>> {
         if self.holes.is_empty() {
             return None;
         }
-        let (src, b) = (self.src.as_bytes(), data.as_bytes());
+        let src = self.src.as_bytes();
         let (mut from, mut at) = (0, 0);
         let mut text = None;
         for (i, hole) in self.holes.iter().enumerate() {
@@ -421,22 +441,44 @@ impl Template {
                 }
             }
             let same = &src[from..hole.start];
-            if b.get(at..at + same.len())? != same || b.get(at + same.len()) != Some(&b'"') {
+            let open = at + same.len();
+            if b.get(at..open)? != same || b.get(open) != Some(&b'"') {
                 return None;
             }
-            let mut c = Cursor {
-                src: data,
-                pos: at + same.len(),
-            };
-            let s = c.string()?;
+            let (close, escaped) = string_end(b, open + 1)?;
+            let raw = &b[open + 1..close];
             if i == self.text {
-                text = Some(s);
+                text = Some(TextHole { raw, escaped });
+            } else if !raw.is_ascii() {
+                std::str::from_utf8(raw).ok()?;
             }
-            at = c.pos;
+            at = close + 1;
             from = hole.end;
         }
         (b.get(at..)? == &src[from..]).then_some(())?;
         text
+    }
+}
+
+/// A template's text hole in a matching chunk: a valid JSON string (between the
+/// quotes, escapes not decoded) whose bytes are not yet checked as UTF-8.
+#[derive(Clone, Copy)]
+pub(crate) struct TextHole<'a> {
+    raw: &'a [u8],
+    escaped: bool,
+}
+
+impl TextHole<'_> {
+    /// The string's value, as [`RawStr::text`] reads it: `None` when it is not UTF-8
+    /// or its escapes do not decode.
+    pub(crate) fn into_string(self) -> Option<String> {
+        let raw = std::str::from_utf8(self.raw).ok()?;
+        RawStr {
+            raw,
+            escaped: self.escaped,
+        }
+        .text()
+        .map(Cow::into_owned)
     }
 }
 

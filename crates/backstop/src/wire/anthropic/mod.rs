@@ -40,12 +40,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 
 use crate::chat::{
-    self, ClientError, ErrorKind, FinishReason, ImageSource, Message, Part, ResponseFormat, Role,
-    StreamEvent, SystemBlock, Tool, ToolChoice, Untranslatable, UpstreamErrorBody, Usage,
-    WireError,
+    self, ChunkEvents, ClientError, ErrorKind, FinishReason, ImageSource, Message, Part,
+    ResponseFormat, Role, StreamEvent, SystemBlock, Tool, ToolChoice, Untranslatable,
+    UpstreamErrorBody, Usage, WireError,
 };
 use crate::sse::{SseEvent, write_event};
-use crate::wire::scan::{Cursor, RawStr, Seen, Template};
+use crate::wire::scan::{Cursor, RawStr, Seen, Template, TextHole};
 
 /// The `anthropic-version` header value we speak.
 pub const API_VERSION: &str = "2023-06-01";
@@ -1175,6 +1175,21 @@ impl StreamDecoder {
     /// Decodes one SSE event. Unknown event and delta types are ignored (Anthropic
     /// may add new ones); malformed JSON is an error.
     pub fn push(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, WireError> {
+        self.push_chunk(ev).map(Vec::from)
+    }
+
+    /// [`push`](Self::push), a text delta's one event kept inline.
+    pub fn push_chunk(&mut self, ev: &SseEvent) -> Result<ChunkEvents, WireError> {
+        // A text delta like the last one is matched on its bytes, before (and instead
+        // of) checking it all as UTF-8 (see `Template::text_hole`; the template starts
+        // and ends with a brace, so only ASCII whitespace was around it).
+        if let Some(text) = self
+            .repeat
+            .text_hole(ev.data.trim_ascii())
+            .and_then(TextHole::into_string)
+        {
+            return Ok(ChunkEvents::text(text));
+        }
         let text = ev.data_text();
         let data = text.trim();
         let text = match self.repeat.text_of(data) {
@@ -1182,9 +1197,9 @@ impl StreamDecoder {
             None => self.text_delta(data),
         };
         if let Some(text) = text {
-            return Ok(crate::wire::text_events(text));
+            return Ok(ChunkEvents::text(text.into_owned()));
         }
-        self.push_value(ev, data)
+        self.push_value(ev, data).map(ChunkEvents::from)
     }
 
     /// The text of a `content_block_delta` event carrying a `text_delta`, walked once

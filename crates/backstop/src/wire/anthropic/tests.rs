@@ -1465,3 +1465,78 @@ event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n
         .collect();
     assert_eq!(args, vec![(0, "{}"), (1, "{\"a\":1}")]);
 }
+
+/// The general reading of an event: its data decoded (invalid UTF-8 replaced) and
+/// trimmed, then walked through a `Value` (what `push` gives when no shortcut applies).
+fn push_general(dec: &mut StreamDecoder, ev: &SseEvent) -> Result<Vec<StreamEvent>, String> {
+    let text = ev.data_text();
+    dec.push_value(ev, text.trim()).map_err(|e| e.to_string())
+}
+
+/// Bytes put into events by the byte-level template test: invalid UTF-8, whitespace
+/// that `str::trim` removes and `trim_ascii` does not, multi-byte characters, JSON
+/// specials.
+const BYTE_EDITS: [&[u8]; 13] = [
+    b"\x80",
+    b"\xe2\x82",
+    b"\xff",
+    b"\x0b",
+    "\u{a0}".as_bytes(),
+    "\u{3000}".as_bytes(),
+    "\u{e9}".as_bytes(),
+    "\u{1F600}".as_bytes(),
+    b" ",
+    b"\"",
+    b"\\",
+    b"\n",
+    b"\x01",
+];
+
+proptest! {
+    /// Text deltas matched against the template on their bytes (before any UTF-8
+    /// check) decode exactly as the general reading decodes them, whatever bytes are
+    /// put in, dropped or replaced, and whatever surrounds the event.
+    #[test]
+    fn text_delta_on_bytes_matches_the_general_reading(
+        texts in proptest::collection::vec("[a-z \\\\\"\u{e9}\u{1F600}]{0,8}", 1..4),
+        edits in proptest::collection::vec(
+            (any::<proptest::sample::Index>(), 0u8..3, 0..BYTE_EDITS.len()), 0..3),
+        around in (0..BYTE_EDITS.len(), 0..BYTE_EDITS.len(), any::<bool>()),
+    ) {
+        let (mut fast, mut general) = (StreamDecoder::new(), StreamDecoder::new());
+        let first = text_delta(r#""first""#);
+        fast.push(&delta_event(&first)).unwrap();
+        push_general(&mut general, &delta_event(&first)).unwrap();
+        for (i, text) in texts.iter().enumerate() {
+            let mut data = text_delta(&serde_json::to_string(text).unwrap()).into_bytes();
+            if i + 1 == texts.len() {
+                for &(at, edit, with) in &edits {
+                    let at = at.index(data.len());
+                    match edit {
+                        0 => {
+                            data.remove(at);
+                        }
+                        1 => {
+                            data.splice(at..at, BYTE_EDITS[with].iter().copied());
+                        }
+                        _ => {
+                            data.splice(at..=at, BYTE_EDITS[with].iter().copied());
+                        }
+                    }
+                }
+                if around.2 {
+                    data.splice(0..0, BYTE_EDITS[around.0].iter().copied());
+                    data.extend_from_slice(BYTE_EDITS[around.1]);
+                }
+            }
+            let ev = SseEvent {
+                event: Some("content_block_delta".into()),
+                data: data.clone().into(),
+                raw: Bytes::new(),
+            };
+            let got = fast.push(&ev).map_err(|e| e.to_string());
+            let want = push_general(&mut general, &ev);
+            prop_assert_eq!(got, want, "event {:?}", String::from_utf8_lossy(&data));
+        }
+    }
+}

@@ -21,11 +21,12 @@ use serde_json::{Map, Value, json};
 
 use crate::chat::{self};
 use crate::chat::{
-    ClientError, ErrorKind, FinishReason, ImageSource, Message, Part, Request, ResponseFormat,
-    Role, StreamEvent, SystemBlock, Tool, ToolChoice, UpstreamErrorBody, Usage, WireError,
+    ChunkEvents, ClientError, ErrorKind, FinishReason, ImageSource, Message, Part, Request,
+    ResponseFormat, Role, StreamEvent, SystemBlock, Tool, ToolChoice, UpstreamErrorBody, Usage,
+    WireError,
 };
 use crate::sse::{SseEvent, write_event};
-use crate::wire::scan::{Cursor, RawStr, Seen, Template};
+use crate::wire::scan::{Cursor, RawStr, Seen, Template, TextHole};
 use std::ops::Range;
 
 /// Stream id used when a stream to a client begins without a `Start` event.
@@ -1312,21 +1313,41 @@ impl StreamDecoder {
     /// Decode one SSE event. Comments and empty events yield nothing; a chunk
     /// that is not JSON is an error (the caller decides what to do with it).
     pub fn push(&mut self, ev: &SseEvent) -> Result<Vec<StreamEvent>, WireError> {
+        self.push_chunk(ev).map(Vec::from)
+    }
+
+    /// [`push`](Self::push), a text chunk's one event kept inline.
+    pub fn push_chunk(&mut self, ev: &SseEvent) -> Result<ChunkEvents, WireError> {
+        // A chunk like the last text-only one is matched on its bytes, before (and
+        // instead of) checking it all as UTF-8: a match is valid UTF-8 (see
+        // `Template::text_hole`), and its trimmed text is these bytes (the
+        // template starts and ends with a brace, so only ASCII whitespace was around).
+        if let Some(text) = self
+            .repeat
+            .text_hole(ev.data.trim_ascii())
+            .and_then(TextHole::into_string)
+        {
+            return Ok(ChunkEvents::text(text));
+        }
         let text = ev.data_text();
         let data = text.trim();
         if data.is_empty() {
-            return Ok(Vec::new());
+            return Ok(ChunkEvents::default());
         }
         if data == "[DONE]" {
-            return Ok(vec![StreamEvent::Done]);
+            return Ok(ChunkEvents::One(StreamEvent::Done));
         }
-        if let Some(text) = self.repeat.text_of(data).and_then(RawStr::text) {
-            return Ok(crate::wire::text_events(text));
+        // Read otherwise (invalid UTF-8 replaced, other whitespace trimmed), it may still
+        // be like the template.
+        let same_bytes =
+            matches!(text, Cow::Borrowed(_)) && data.len() == ev.data.trim_ascii().len();
+        if !same_bytes && let Some(text) = self.repeat.text_of(data).and_then(RawStr::text) {
+            return Ok(crate::wire::text_events(text).into());
         }
         if let Some(out) = self.push_fast(data) {
-            return Ok(out);
+            return Ok(out.into());
         }
-        self.push_value(ev, data)
+        self.push_value(ev, data).map(ChunkEvents::from)
     }
 
     /// The general decoder: any chunk, through a `Value`.

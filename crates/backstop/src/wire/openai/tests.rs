@@ -1766,3 +1766,113 @@ proptest! {
         );
     }
 }
+
+/// The general reading of an event: its data decoded (invalid UTF-8 replaced) and
+/// trimmed, then walked through a `Value` (what `push` gives when no shortcut applies).
+fn push_general(dec: &mut StreamDecoder, ev: &SseEvent) -> Result<Vec<StreamEvent>, String> {
+    let text = ev.data_text();
+    let data = text.trim();
+    if data.is_empty() {
+        return Ok(Vec::new());
+    }
+    if data == "[DONE]" {
+        return Ok(vec![StreamEvent::Done]);
+    }
+    dec.push_value(ev, data).map_err(|e| e.to_string())
+}
+
+/// Bytes put into chunks by the byte-level template test: invalid UTF-8 (a lone
+/// continuation byte, a cut sequence, 0xFF), whitespace that `str::trim` removes and
+/// `trim_ascii` does not (VT, NBSP, U+3000), multi-byte characters and JSON specials.
+const BYTE_EDITS: [&[u8]; 14] = [
+    b"\x80",
+    b"\xe2\x82",
+    b"\xff",
+    b"\xc3",
+    b"\x0b",
+    "\u{a0}".as_bytes(),
+    "\u{3000}".as_bytes(),
+    "\u{e9}".as_bytes(),
+    "\u{1F600}".as_bytes(),
+    b" ",
+    b"\"",
+    b"\\",
+    b"\n",
+    b"\x01",
+];
+
+proptest! {
+    /// Text chunks matched against the template on their bytes (before any UTF-8
+    /// check) decode exactly as the general reading decodes them, whatever bytes are
+    /// put in, dropped or replaced, inside the text or the padding or elsewhere, and
+    /// whatever surrounds the chunk.
+    #[test]
+    fn template_on_bytes_matches_the_general_reading(
+        texts in proptest::collection::vec("[a-z \\\\\"\u{e9}\u{1F600}]{0,8}", 1..4),
+        pads in proptest::collection::vec("[a-zA-Z0-9]{0,16}", 1..4),
+        edits in proptest::collection::vec(
+            (any::<proptest::sample::Index>(), 0u8..3, 0..BYTE_EDITS.len()), 0..3),
+        around in (0..BYTE_EDITS.len(), 0..BYTE_EDITS.len(), any::<bool>()),
+    ) {
+        let (mut fast, mut general) = (StreamDecoder::new(), StreamDecoder::new());
+        let first = text_chunk(r#""content":"first""#, "pad1");
+        fast.push(&sse(&first)).unwrap();
+        push_general(&mut general, &sse(&first)).unwrap();
+        for (i, text) in texts.iter().enumerate() {
+            let delta = format!(r#""content":{}"#, serde_json::to_string(text).unwrap());
+            let mut chunk = text_chunk(&delta, &pads[i % pads.len()]).into_bytes();
+            if i + 1 == texts.len() {
+                for &(at, edit, with) in &edits {
+                    let at = at.index(chunk.len());
+                    match edit {
+                        0 => {
+                            chunk.remove(at);
+                        }
+                        1 => {
+                            chunk.splice(at..at, BYTE_EDITS[with].iter().copied());
+                        }
+                        _ => {
+                            chunk.splice(at..=at, BYTE_EDITS[with].iter().copied());
+                        }
+                    }
+                }
+                if around.2 {
+                    chunk.splice(0..0, BYTE_EDITS[around.0].iter().copied());
+                    chunk.extend_from_slice(BYTE_EDITS[around.1]);
+                }
+            }
+            let ev = SseEvent { event: None, data: chunk.clone().into(), raw: bytes::Bytes::new() };
+            let got = fast.push(&ev).map_err(|e| e.to_string());
+            let want = push_general(&mut general, &ev);
+            prop_assert_eq!(got, want, "chunk {:?}", String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+/// Unchanged text chunks are read by the byte-level template, and ASCII whitespace
+/// around one does not keep it from matching.
+#[test]
+fn template_on_bytes_takes_plain_chunks() {
+    let mut dec = StreamDecoder::new();
+    let first = text_chunk(r#""content":"first""#, "pad1");
+    dec.push(&sse(&first)).unwrap();
+    for chunk in [
+        text_chunk(r#""content":"caf\u00e9""#, "abc"),
+        format!(" \t{}\r\n", text_chunk(r#""content":"é😀""#, "")),
+    ] {
+        let text = dec
+            .repeat
+            .text_hole(chunk.as_bytes().trim_ascii())
+            .and_then(crate::wire::scan::TextHole::into_string);
+        assert!(text.is_some(), "{chunk}");
+    }
+    let bad = text_chunk("\"content\":\"a\u{fffd}\"", "x").replace('\u{fffd}', "\u{e9}");
+    let mut bytes = bad.into_bytes();
+    let at = bytes.iter().position(|&b| b == 0xc3).unwrap();
+    bytes[at + 1] = b'z'; // a cut sequence inside the text
+    assert!(
+        dec.repeat
+            .text_hole(&bytes)
+            .is_some_and(|t| t.into_string().is_none())
+    );
+}
