@@ -31,7 +31,7 @@ pub async fn anthropic(State(state): State<Arc<AppState>>, req: Request) -> Resp
     handle(state, WireFormat::Anthropic, req).await
 }
 
-async fn handle(state: Arc<AppState>, ingress: WireFormat, req: Request) -> Response {
+pub(crate) async fn handle(state: Arc<AppState>, ingress: WireFormat, req: Request) -> Response {
     let started = std::time::Instant::now();
     let metrics = state.engine().metrics.clone();
     let (resp, upstream_time) = match serve(state, ingress, req).await {

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use backstop::WireFormat;
 use backstop::chat::{ClientError, ErrorKind};
 use http::{HeaderName, HeaderValue, header};
+use std::future::Future;
 use std::sync::Arc;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-backstop-request-id");
@@ -45,13 +46,23 @@ pub fn error_response(format: WireFormat, err: &ClientError) -> Response {
 /// costing a clone of the inner service and a boxed future per request.
 pub async fn request_id_and_auth(
     State(state): State<Arc<AppState>>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
+    guarded(&state, req, |req| next.run(req)).await
+}
+
+/// What [`request_id_and_auth`] does around `next`: the router's layer, and the chat
+/// routes served without the router ([`crate::Direct`]).
+pub(crate) async fn guarded<F, Fut>(state: &AppState, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let id = new_request_id(fastrand::u64(..), fastrand::u32(..));
     let header = HeaderValue::from_str(&id);
     req.extensions_mut().insert(RequestId(id));
-    let mut resp = authenticate(&state, req, next).await;
+    let mut resp = authenticate(state, req, next).await;
     if let Ok(v) = header {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
@@ -91,11 +102,15 @@ fn presented_keys(req: &Request) -> [Option<&[u8]>; 2] {
 }
 
 /// When `server.api_keys` is set, every route but `/health` and `/ready` needs one of them.
-async fn authenticate(state: &AppState, req: Request, next: Next) -> Response {
+async fn authenticate<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let keys = &state.config().server.api_keys;
     let path = req.uri().path();
     if keys.is_empty() || path == "/health" || path == "/ready" {
-        return next.run(req).await;
+        return next(req).await;
     }
     let format = format_for_path(path);
     let candidates = presented_keys(&req);
@@ -122,7 +137,7 @@ async fn authenticate(state: &AppState, req: Request, next: Next) -> Response {
                 .with_code("invalid_api_key"),
         );
     }
-    next.run(req).await
+    next(req).await
 }
 
 /// A panic in a handler becomes a 500 in OpenAI's shape, never a dropped connection.
@@ -137,25 +152,40 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// Strict security headers, when `server.security_headers` is on.
 pub fn with_security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
     use tower_http::set_header::SetResponseHeaderLayer;
-    let set = |name: &'static str, value: &'static str| {
-        SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        )
-    };
-    router
-        .layer(set("x-content-type-options", "nosniff"))
-        .layer(set("x-frame-options", "DENY"))
-        .layer(set("referrer-policy", "no-referrer"))
-        .layer(set("cache-control", "no-store"))
-        .layer(set(
-            "content-security-policy",
-            "default-src 'none'; frame-ancestors 'none'",
-        ))
-        .layer(set(
-            "strict-transport-security",
-            "max-age=63072000; includeSubDomains",
-        ))
+    SECURITY_HEADERS
+        .iter()
+        .fold(router, |router, &(name, value)| {
+            router.layer(SetResponseHeaderLayer::if_not_present(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            ))
+        })
+}
+
+/// The security headers, innermost layer first: each is set unless the response has it.
+const SECURITY_HEADERS: [(&str, &str); 6] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    (
+        "strict-transport-security",
+        "max-age=63072000; includeSubDomains",
+    ),
+];
+
+/// What the layers of [`with_security_headers`] do to a response.
+pub(crate) fn set_security_headers(headers: &mut http::HeaderMap) {
+    for (name, value) in SECURITY_HEADERS {
+        let name = HeaderName::from_static(name);
+        if !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
 }
 
 impl IntoResponse for RequestId {

@@ -18,6 +18,7 @@
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use std::future::{Future, poll_fn};
@@ -52,6 +53,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[derive(Clone)]
 pub(crate) struct Shared {
     pub router: Router,
+    /// The chat routes, served without the router (see [`crate::Direct`]).
+    pub direct: Option<crate::Direct>,
     /// `server.max_body_bytes` of the config serving now.
     pub max_body: Arc<dyn Fn() -> usize + Send + Sync>,
 }
@@ -924,8 +927,15 @@ impl Conn {
             keep_alive = false;
         }
         let request = request.map(|()| body);
-        let fut = self.shared.router.call(request);
-        tokio::pin!(fut);
+        let direct = self
+            .shared
+            .direct
+            .as_ref()
+            .and_then(|d| Some((d, d.route(&request)?)));
+        let mut fut = match direct {
+            Some((direct, ingress)) => Either::Left(direct.call(ingress, request)),
+            None => Either::Right(self.shared.router.call(request)),
+        };
         let response = loop {
             let watching = self.buf.len() < MAX_PENDING && whole;
             tokio::select! {

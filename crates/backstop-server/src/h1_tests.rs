@@ -369,6 +369,7 @@ async fn start(dropped: Dropped) -> (String, tokio::sync::oneshot::Sender<()>) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shared = Shared {
         router,
+        direct: None,
         max_body: Arc::new(|| 100),
     };
     tokio::spawn(serve(listener, shared, async move {
@@ -547,6 +548,7 @@ async fn shutdown_closes_idle_connections_and_returns() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shared = Shared {
         router,
+        direct: None,
         max_body: Arc::new(|| 100),
     };
     let server = tokio::spawn(serve(listener, shared, async move {
