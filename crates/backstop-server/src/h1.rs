@@ -624,7 +624,7 @@ async fn read_more(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }
-        match tcp.try_read_buf(buf) {
+        match backstop::http1::read_buf(tcp, buf) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Readiness left over: hold no buffer while waiting again.
@@ -709,7 +709,7 @@ impl Conn {
                 Poll::Ready(Ok(())) => {}
             }
             let mut tmp = [0u8; 1024];
-            match self.tcp.try_read(&mut tmp) {
+            match backstop::http1::read_buf(&self.tcp, &mut &mut tmp[..]) {
                 Ok(0) => return Poll::Ready(Watch::Gone),
                 Ok(n) => {
                     self.buf.extend_from_slice(&tmp[..n]);
@@ -846,7 +846,7 @@ impl Conn {
                     self.tcp.readable().await?;
                     let left = n - body.len();
                     let mut limited = (&mut body).limit(left);
-                    match self.tcp.try_read_buf(&mut limited) {
+                    match backstop::http1::read_buf(&self.tcp, &mut limited) {
                         Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
