@@ -22,6 +22,11 @@ pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-backstop-attempts");
 pub const FALLBACK: HeaderName = HeaderName::from_static("x-backstop-fallback");
 pub const FALLBACK_NOTICE: HeaderName = HeaderName::from_static("x-backstop-fallback-notice");
 pub const FALLBACKS_HEADER: &str = "x-backstop-fallbacks";
+// Request headers looked up by name: a `HeaderName` is found without parsing a `&str`.
+const FALLBACKS: HeaderName = HeaderName::from_static(FALLBACKS_HEADER);
+const SESSION: HeaderName = HeaderName::from_static(SESSION_HEADER);
+const PROFILE: HeaderName = HeaderName::from_static(PROFILE_HEADER);
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 pub async fn openai(State(state): State<Arc<AppState>>, req: Request) -> Response {
     handle(state, WireFormat::OpenAi, req).await
@@ -94,7 +99,7 @@ async fn serve(
         .await
         .map_err(|_| too_large())?;
     let (raw, request) = decode_body(ingress, bytes, config.server.max_json_depth)?;
-    let fallbacks = match parts.headers.get(FALLBACKS_HEADER) {
+    let fallbacks = match parts.headers.get(FALLBACKS) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
             ClientError::invalid(format!("{FALLBACKS_HEADER}: not valid text"))
@@ -124,7 +129,7 @@ async fn serve(
         session,
         translate: false,
         anthropic_beta: match ingress {
-            WireFormat::Anthropic => parts.headers.get("anthropic-beta").cloned(),
+            WireFormat::Anthropic => parts.headers.get(ANTHROPIC_BETA).cloned(),
             _ => None,
         },
     };
@@ -309,9 +314,10 @@ fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ClientError> {
 /// The session of a request (`x-backstop-session`), with a user profile pin from
 /// `x-backstop-profile` applied first.
 fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCtx>, ClientError> {
-    let text = |name: &str| -> Result<Option<String>, ClientError> {
+    let text = |header: HeaderName| -> Result<Option<String>, ClientError> {
+        let name = header.as_str();
         headers
-            .get(name)
+            .get(&header)
             .map(|v| {
                 v.to_str().map(|s| s.trim().to_string()).map_err(|_| {
                     ClientError::invalid(format!("{name}: not valid text")).with_param(name)
@@ -319,8 +325,8 @@ fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCt
             })
             .transpose()
     };
-    let Some(id) = text(SESSION_HEADER)?.filter(|s| !s.is_empty()) else {
-        if headers.contains_key(PROFILE_HEADER) {
+    let Some(id) = text(SESSION)?.filter(|s| !s.is_empty()) else {
+        if headers.contains_key(PROFILE) {
             return Err(ClientError::invalid(format!(
                 "{PROFILE_HEADER} needs a session: send {SESSION_HEADER} too"
             ))
@@ -331,7 +337,7 @@ fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCt
     check_id(&id).map_err(|e| {
         ClientError::invalid(format!("{SESSION_HEADER}: {e}")).with_param(SESSION_HEADER)
     })?;
-    if let Some(profile) = text(PROFILE_HEADER)?.filter(|s| !s.is_empty()) {
+    if let Some(profile) = text(PROFILE)?.filter(|s| !s.is_empty()) {
         let config = state.config();
         let current = state.sessions.get(&id);
         // Checked against the provider of the session's user model pin, else any provider.

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-backstop-request-id");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The request id of this request (set by [`request_id`]).
 #[derive(Clone, Debug)]
@@ -73,14 +74,15 @@ where
 /// the formatting machinery.
 fn new_request_id(a: u64, b: u32) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(28);
-    id.push_str("req_");
-    let digits = (0..16)
-        .rev()
-        .map(|i| (a >> (i * 4)) & 0xf)
-        .chain((0..8).rev().map(|i| u64::from(b >> (i * 4)) & 0xf));
-    id.extend(digits.map(|d| char::from(HEX[d as usize])));
-    id
+    let mut id = *b"req_000000000000000000000000";
+    // Both numbers as one 96-bit one, least significant digit last.
+    let n = (u128::from(a) << 32) | u128::from(b);
+    for (i, d) in id[4..].iter_mut().rev().enumerate() {
+        *d = HEX[((n >> (4 * i)) & 0xf) as usize];
+    }
+    std::str::from_utf8(&id)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// The client keys a request carries: `Authorization: Bearer …`, and `x-api-key` on
@@ -93,7 +95,7 @@ fn presented_keys(req: &Request) -> [Option<&[u8]>; 2] {
     });
     let x_api_key = if req.uri().path().starts_with("/v1/messages") {
         req.headers()
-            .get("x-api-key")
+            .get(X_API_KEY)
             .map(|v| v.as_bytes().trim_ascii())
     } else {
         None
