@@ -29,17 +29,32 @@ const PROFILE: HeaderName = HeaderName::from_static(PROFILE_HEADER);
 const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 pub async fn openai(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    handle(state, WireFormat::OpenAi, req).await
+    let id = request_id(&req);
+    handle(state, WireFormat::OpenAi, req, id).await
 }
 
 pub async fn anthropic(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    handle(state, WireFormat::Anthropic, req).await
+    let id = request_id(&req);
+    handle(state, WireFormat::Anthropic, req, id).await
 }
 
-pub(crate) async fn handle(state: Arc<AppState>, ingress: WireFormat, req: Request) -> Response {
+/// The id the guard layer gave a request (through the router).
+fn request_id(req: &Request) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
+}
+
+pub(crate) async fn handle(
+    state: Arc<AppState>,
+    ingress: WireFormat,
+    req: Request,
+    request_id: String,
+) -> Response {
     let started = std::time::Instant::now();
     let metrics = state.engine().metrics.clone();
-    let (resp, upstream_time) = match serve(state, ingress, req).await {
+    let (resp, upstream_time) = match serve(state, ingress, req, request_id).await {
         Ok(ok) => ok,
         Err(err) => (error_response(ingress, &err), std::time::Duration::ZERO),
     };
@@ -56,14 +71,10 @@ async fn serve(
     state: Arc<AppState>,
     ingress: WireFormat,
     req: Request,
+    request_id: String,
 ) -> Result<(Response, std::time::Duration), ClientError> {
     let config = state.config();
     let (parts, body) = req.into_parts();
-    let request_id = parts
-        .extensions
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
     let limit = config.server.max_body_bytes;
     let too_large = || {
         ClientError::new(

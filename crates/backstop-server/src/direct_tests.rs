@@ -11,6 +11,8 @@ use tower::ServiceExt;
 
 const KEY: &str = "sk-client-direct-0123456789abcdef";
 
+/// Latency-based health is off: a slow moment of a loaded machine would mark a target
+/// degraded between the two calls of a case.
 fn config(oa: &FakeHandle, an: &FakeHandle, keys: bool, security: bool) -> Config {
     let state = std::env::temp_dir().join(format!(
         "backstop-direct-{}-{:x}",
@@ -33,7 +35,8 @@ fn config(oa: &FakeHandle, an: &FakeHandle, keys: bool, security: bool) -> Confi
     "defaults": {{ "model": {{ "primary": "oa/gpt-4o", "fallbacks": [] }} }},
     "list": [{{ "id": "cross", "model": {{ "primary": "an/claude-m", "fallbacks": [] }} }}]
   }},
-  "state": {{ "dir": "{state}" }}
+  "state": {{ "dir": "{state}" }},
+  "health": {{ "enabled": false }}
 }}"#,
         oa = oa.openai_base_url(),
         an = an.anthropic_base_url(),

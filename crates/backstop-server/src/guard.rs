@@ -50,20 +50,25 @@ pub async fn request_id_and_auth(
     req: Request,
     next: Next,
 ) -> Response {
-    guarded(&state, req, |req| next.run(req)).await
+    guarded(&state, req, |mut req, id| {
+        req.extensions_mut().insert(id);
+        next.run(req)
+    })
+    .await
 }
 
 /// What [`request_id_and_auth`] does around `next`: the router's layer, and the chat
-/// routes served without the router ([`crate::Direct`]).
-pub(crate) async fn guarded<F, Fut>(state: &AppState, mut req: Request, next: F) -> Response
+/// routes served without the router ([`crate::Direct`]), which hand the id to the
+/// handler as it is (the router's layer puts it in the request's extensions).
+pub(crate) async fn guarded<F, Fut>(state: &AppState, req: Request, next: F) -> Response
 where
-    F: FnOnce(Request) -> Fut,
+    F: FnOnce(Request, RequestId) -> Fut,
     Fut: Future<Output = Response>,
 {
     let id = new_request_id(fastrand::u64(..), fastrand::u32(..));
     let header = HeaderValue::from_str(&id);
-    req.extensions_mut().insert(RequestId(id));
-    let mut resp = authenticate(state, req, next).await;
+    let id = RequestId(id);
+    let mut resp = authenticate(state, req, move |req| next(req, id)).await;
     if let Ok(v) = header {
         resp.headers_mut().insert(REQUEST_ID, v);
     }

@@ -202,7 +202,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     // The same rules as hyper's (RFC 9112 §6.3).
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
+        let name = header_name(h.name.as_bytes()).ok_or(HeadError::Malformed)?;
         let value =
             HeaderValue::from_maybe_shared(slice(h.value)).map_err(|_| HeadError::Malformed)?;
         match name {
@@ -273,6 +273,32 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         },
         len,
     )))
+}
+
+/// A request header's name: `HeaderName::from_bytes`, with the names SDKs send on
+/// every request matched first by length and bytes (any case), without its lowercasing
+/// table walk, and the custom ones among them without an allocation.
+fn header_name(name: &[u8]) -> Option<HeaderName> {
+    const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    let common = match name.len() {
+        4 if is(b"host") => Some(header::HOST),
+        6 if is(b"accept") => Some(header::ACCEPT),
+        9 if is(b"x-api-key") => Some(X_API_KEY),
+        10 if is(b"user-agent") => Some(header::USER_AGENT),
+        10 if is(b"connection") => Some(header::CONNECTION),
+        12 if is(b"content-type") => Some(header::CONTENT_TYPE),
+        13 if is(b"authorization") => Some(header::AUTHORIZATION),
+        14 if is(b"content-length") => Some(header::CONTENT_LENGTH),
+        15 if is(b"accept-encoding") => Some(header::ACCEPT_ENCODING),
+        17 if is(b"anthropic-version") => Some(ANTHROPIC_VERSION),
+        _ => None,
+    };
+    match common {
+        Some(n) => Some(n),
+        None => HeaderName::from_bytes(name).ok(),
+    }
 }
 
 /// hyper's `content_length_parse`: digits only, at most 19 of them.

@@ -182,8 +182,8 @@ impl Direct {
         let state = self.state.clone();
         let security = self.security;
         Box::pin(async move {
-            let answer = std::panic::AssertUnwindSafe(guard::guarded(&state, req, |req| {
-                chat::handle(state.clone(), ingress, req)
+            let answer = std::panic::AssertUnwindSafe(guard::guarded(&state, req, |req, id| {
+                chat::handle(state.clone(), ingress, req, id.0)
             }));
             let mut resp = match futures_util::FutureExt::catch_unwind(answer).await {
                 Ok(resp) => resp,
