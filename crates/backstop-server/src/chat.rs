@@ -22,19 +22,39 @@ pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-backstop-attempts");
 pub const FALLBACK: HeaderName = HeaderName::from_static("x-backstop-fallback");
 pub const FALLBACK_NOTICE: HeaderName = HeaderName::from_static("x-backstop-fallback-notice");
 pub const FALLBACKS_HEADER: &str = "x-backstop-fallbacks";
+// Request headers looked up by name: a `HeaderName` is found without parsing a `&str`.
+const FALLBACKS: HeaderName = HeaderName::from_static(FALLBACKS_HEADER);
+const SESSION: HeaderName = HeaderName::from_static(SESSION_HEADER);
+const PROFILE: HeaderName = HeaderName::from_static(PROFILE_HEADER);
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 pub async fn openai(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    handle(state, WireFormat::OpenAi, req).await
+    let id = request_id(&req);
+    handle(state, WireFormat::OpenAi, req, id).await
 }
 
 pub async fn anthropic(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    handle(state, WireFormat::Anthropic, req).await
+    let id = request_id(&req);
+    handle(state, WireFormat::Anthropic, req, id).await
 }
 
-async fn handle(state: Arc<AppState>, ingress: WireFormat, req: Request) -> Response {
+/// The id the guard layer gave a request (through the router).
+fn request_id(req: &Request) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
+}
+
+pub(crate) async fn handle(
+    state: Arc<AppState>,
+    ingress: WireFormat,
+    req: Request,
+    request_id: String,
+) -> Response {
     let started = std::time::Instant::now();
     let metrics = state.engine().metrics.clone();
-    let (resp, upstream_time) = match serve(state, ingress, req).await {
+    let (resp, upstream_time) = match serve(state, ingress, req, request_id).await {
         Ok(ok) => ok,
         Err(err) => (error_response(ingress, &err), std::time::Duration::ZERO),
     };
@@ -51,14 +71,10 @@ async fn serve(
     state: Arc<AppState>,
     ingress: WireFormat,
     req: Request,
+    request_id: String,
 ) -> Result<(Response, std::time::Duration), ClientError> {
     let config = state.config();
     let (parts, body) = req.into_parts();
-    let request_id = parts
-        .extensions
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
     let limit = config.server.max_body_bytes;
     let too_large = || {
         ClientError::new(
@@ -94,7 +110,7 @@ async fn serve(
         .await
         .map_err(|_| too_large())?;
     let (raw, request) = decode_body(ingress, bytes, config.server.max_json_depth)?;
-    let fallbacks = match parts.headers.get(FALLBACKS_HEADER) {
+    let fallbacks = match parts.headers.get(FALLBACKS) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
             ClientError::invalid(format!("{FALLBACKS_HEADER}: not valid text"))
@@ -124,7 +140,7 @@ async fn serve(
         session,
         translate: false,
         anthropic_beta: match ingress {
-            WireFormat::Anthropic => parts.headers.get("anthropic-beta").cloned(),
+            WireFormat::Anthropic => parts.headers.get(ANTHROPIC_BETA).cloned(),
             _ => None,
         },
     };
@@ -303,9 +319,10 @@ fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ClientError> {
 /// The session of a request (`x-backstop-session`), with a user profile pin from
 /// `x-backstop-profile` applied first.
 fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCtx>, ClientError> {
-    let text = |name: &str| -> Result<Option<String>, ClientError> {
+    let text = |header: HeaderName| -> Result<Option<String>, ClientError> {
+        let name = header.as_str();
         headers
-            .get(name)
+            .get(&header)
             .map(|v| {
                 v.to_str().map(|s| s.trim().to_string()).map_err(|_| {
                     ClientError::invalid(format!("{name}: not valid text")).with_param(name)
@@ -313,8 +330,8 @@ fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCt
             })
             .transpose()
     };
-    let Some(id) = text(SESSION_HEADER)?.filter(|s| !s.is_empty()) else {
-        if headers.contains_key(PROFILE_HEADER) {
+    let Some(id) = text(SESSION)?.filter(|s| !s.is_empty()) else {
+        if headers.contains_key(PROFILE) {
             return Err(ClientError::invalid(format!(
                 "{PROFILE_HEADER} needs a session: send {SESSION_HEADER} too"
             ))
@@ -325,7 +342,7 @@ fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCt
     check_id(&id).map_err(|e| {
         ClientError::invalid(format!("{SESSION_HEADER}: {e}")).with_param(SESSION_HEADER)
     })?;
-    if let Some(profile) = text(PROFILE_HEADER)?.filter(|s| !s.is_empty()) {
+    if let Some(profile) = text(PROFILE)?.filter(|s| !s.is_empty()) {
         let config = state.config();
         let current = state.sessions.get(&id);
         // Checked against the provider of the session's user model pin, else any provider.

@@ -9,9 +9,11 @@ use axum::response::{IntoResponse, Response};
 use backstop::WireFormat;
 use backstop::chat::{ClientError, ErrorKind};
 use http::{HeaderName, HeaderValue, header};
+use std::future::Future;
 use std::sync::Arc;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-backstop-request-id");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The request id of this request (set by [`request_id`]).
 #[derive(Clone, Debug)]
@@ -45,13 +47,28 @@ pub fn error_response(format: WireFormat, err: &ClientError) -> Response {
 /// costing a clone of the inner service and a boxed future per request.
 pub async fn request_id_and_auth(
     State(state): State<Arc<AppState>>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
+    guarded(&state, req, |mut req, id| {
+        req.extensions_mut().insert(id);
+        next.run(req)
+    })
+    .await
+}
+
+/// What [`request_id_and_auth`] does around `next`: the router's layer, and the chat
+/// routes served without the router ([`crate::Direct`]), which hand the id to the
+/// handler as it is (the router's layer puts it in the request's extensions).
+pub(crate) async fn guarded<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request, RequestId) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let id = new_request_id(fastrand::u64(..), fastrand::u32(..));
     let header = HeaderValue::from_str(&id);
-    req.extensions_mut().insert(RequestId(id));
-    let mut resp = authenticate(&state, req, next).await;
+    let id = RequestId(id);
+    let mut resp = authenticate(state, req, move |req| next(req, id)).await;
     if let Ok(v) = header {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
@@ -62,14 +79,15 @@ pub async fn request_id_and_auth(
 /// the formatting machinery.
 fn new_request_id(a: u64, b: u32) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(28);
-    id.push_str("req_");
-    let digits = (0..16)
-        .rev()
-        .map(|i| (a >> (i * 4)) & 0xf)
-        .chain((0..8).rev().map(|i| u64::from(b >> (i * 4)) & 0xf));
-    id.extend(digits.map(|d| char::from(HEX[d as usize])));
-    id
+    let mut id = *b"req_000000000000000000000000";
+    // Both numbers as one 96-bit one, least significant digit last.
+    let n = (u128::from(a) << 32) | u128::from(b);
+    for (i, d) in id[4..].iter_mut().rev().enumerate() {
+        *d = HEX[((n >> (4 * i)) & 0xf) as usize];
+    }
+    std::str::from_utf8(&id)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// The client keys a request carries: `Authorization: Bearer …`, and `x-api-key` on
@@ -82,7 +100,7 @@ fn presented_keys(req: &Request) -> [Option<&[u8]>; 2] {
     });
     let x_api_key = if req.uri().path().starts_with("/v1/messages") {
         req.headers()
-            .get("x-api-key")
+            .get(X_API_KEY)
             .map(|v| v.as_bytes().trim_ascii())
     } else {
         None
@@ -91,11 +109,15 @@ fn presented_keys(req: &Request) -> [Option<&[u8]>; 2] {
 }
 
 /// When `server.api_keys` is set, every route but `/health` and `/ready` needs one of them.
-async fn authenticate(state: &AppState, req: Request, next: Next) -> Response {
+async fn authenticate<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let keys = &state.config().server.api_keys;
     let path = req.uri().path();
     if keys.is_empty() || path == "/health" || path == "/ready" {
-        return next.run(req).await;
+        return next(req).await;
     }
     let format = format_for_path(path);
     let candidates = presented_keys(&req);
@@ -122,7 +144,7 @@ async fn authenticate(state: &AppState, req: Request, next: Next) -> Response {
                 .with_code("invalid_api_key"),
         );
     }
-    next.run(req).await
+    next(req).await
 }
 
 /// A panic in a handler becomes a 500 in OpenAI's shape, never a dropped connection.
@@ -137,25 +159,40 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// Strict security headers, when `server.security_headers` is on.
 pub fn with_security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
     use tower_http::set_header::SetResponseHeaderLayer;
-    let set = |name: &'static str, value: &'static str| {
-        SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        )
-    };
-    router
-        .layer(set("x-content-type-options", "nosniff"))
-        .layer(set("x-frame-options", "DENY"))
-        .layer(set("referrer-policy", "no-referrer"))
-        .layer(set("cache-control", "no-store"))
-        .layer(set(
-            "content-security-policy",
-            "default-src 'none'; frame-ancestors 'none'",
-        ))
-        .layer(set(
-            "strict-transport-security",
-            "max-age=63072000; includeSubDomains",
-        ))
+    SECURITY_HEADERS
+        .iter()
+        .fold(router, |router, &(name, value)| {
+            router.layer(SetResponseHeaderLayer::if_not_present(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            ))
+        })
+}
+
+/// The security headers, innermost layer first: each is set unless the response has it.
+const SECURITY_HEADERS: [(&str, &str); 6] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cache-control", "no-store"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    (
+        "strict-transport-security",
+        "max-age=63072000; includeSubDomains",
+    ),
+];
+
+/// What the layers of [`with_security_headers`] do to a response.
+pub(crate) fn set_security_headers(headers: &mut http::HeaderMap) {
+    for (name, value) in SECURITY_HEADERS {
+        let name = HeaderName::from_static(name);
+        if !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
 }
 
 impl IntoResponse for RequestId {

@@ -18,6 +18,7 @@
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use std::future::{Future, poll_fn};
@@ -52,6 +53,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[derive(Clone)]
 pub(crate) struct Shared {
     pub router: Router,
+    /// The chat routes, served without the router (see [`crate::Direct`]).
+    pub direct: Option<crate::Direct>,
     /// `server.max_body_bytes` of the config serving now.
     pub max_body: Arc<dyn Fn() -> usize + Send + Sync>,
 }
@@ -199,7 +202,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     // The same rules as hyper's (RFC 9112 §6.3).
     for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
+        let name = header_name(h.name.as_bytes()).ok_or(HeadError::Malformed)?;
         let value =
             HeaderValue::from_maybe_shared(slice(h.value)).map_err(|_| HeadError::Malformed)?;
         match name {
@@ -270,6 +273,32 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         },
         len,
     )))
+}
+
+/// A request header's name: `HeaderName::from_bytes`, with the names SDKs send on
+/// every request matched first by length and bytes (any case), without its lowercasing
+/// table walk, and the custom ones among them without an allocation.
+fn header_name(name: &[u8]) -> Option<HeaderName> {
+    const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    let common = match name.len() {
+        4 if is(b"host") => Some(header::HOST),
+        6 if is(b"accept") => Some(header::ACCEPT),
+        9 if is(b"x-api-key") => Some(X_API_KEY),
+        10 if is(b"user-agent") => Some(header::USER_AGENT),
+        10 if is(b"connection") => Some(header::CONNECTION),
+        12 if is(b"content-type") => Some(header::CONTENT_TYPE),
+        13 if is(b"authorization") => Some(header::AUTHORIZATION),
+        14 if is(b"content-length") => Some(header::CONTENT_LENGTH),
+        15 if is(b"accept-encoding") => Some(header::ACCEPT_ENCODING),
+        17 if is(b"anthropic-version") => Some(ANTHROPIC_VERSION),
+        _ => None,
+    };
+    match common {
+        Some(n) => Some(n),
+        None => HeaderName::from_bytes(name).ok(),
+    }
 }
 
 /// hyper's `content_length_parse`: digits only, at most 19 of them.
@@ -621,7 +650,7 @@ async fn read_more(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }
-        match tcp.try_read_buf(buf) {
+        match backstop::http1::read_buf(tcp, buf) {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Readiness left over: hold no buffer while waiting again.
@@ -706,7 +735,7 @@ impl Conn {
                 Poll::Ready(Ok(())) => {}
             }
             let mut tmp = [0u8; 1024];
-            match self.tcp.try_read(&mut tmp) {
+            match backstop::http1::read_buf(&self.tcp, &mut &mut tmp[..]) {
                 Ok(0) => return Poll::Ready(Watch::Gone),
                 Ok(n) => {
                     self.buf.extend_from_slice(&tmp[..n]);
@@ -844,7 +873,7 @@ impl Conn {
                     self.tcp.readable().await?;
                     let left = n - body.len();
                     let mut limited = (&mut body).limit(left);
-                    match self.tcp.try_read_buf(&mut limited) {
+                    match backstop::http1::read_buf(&self.tcp, &mut limited) {
                         Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -940,8 +969,15 @@ impl Conn {
             keep_alive = false;
         }
         let request = request.map(|()| body);
-        let fut = self.shared.router.call(request);
-        tokio::pin!(fut);
+        let direct = self
+            .shared
+            .direct
+            .as_ref()
+            .and_then(|d| Some((d, d.route(&request)?)));
+        let mut fut = match direct {
+            Some((direct, ingress)) => Either::Left(direct.call(ingress, request)),
+            None => Either::Right(self.shared.router.call(request)),
+        };
         let response = loop {
             let watching = self.buf.len() < MAX_PENDING && whole;
             tokio::select! {

@@ -369,6 +369,7 @@ async fn start(dropped: Dropped) -> (String, tokio::sync::oneshot::Sender<()>) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shared = Shared {
         router,
+        direct: None,
         max_body: Arc::new(|| 100),
     };
     tokio::spawn(serve(listener, shared, async move {
@@ -547,6 +548,7 @@ async fn shutdown_closes_idle_connections_and_returns() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shared = Shared {
         router,
+        direct: None,
         max_body: Arc::new(|| 100),
     };
     let server = tokio::spawn(serve(listener, shared, async move {
@@ -566,4 +568,60 @@ async fn shutdown_closes_idle_connections_and_returns() {
         .await
         .expect("the server stopped")
         .unwrap();
+}
+
+/// The common names' shortcut gives what `HeaderName::from_bytes` gives, for any case
+/// and for names one byte away from them.
+#[test]
+fn header_names_as_from_bytes() {
+    let known = [
+        "host",
+        "accept",
+        "x-api-key",
+        "user-agent",
+        "connection",
+        "content-type",
+        "authorization",
+        "content-length",
+        "accept-encoding",
+        "anthropic-version",
+        "transfer-encoding",
+        "expect",
+        "x-backstop-session",
+    ];
+    let check = |name: &[u8]| {
+        let ours = header_name(name);
+        let theirs = HeaderName::from_bytes(name).ok();
+        assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(name));
+        if let (Some(a), Some(b)) = (ours, theirs) {
+            assert_eq!(a.as_str(), b.as_str());
+        }
+    };
+    let mut rng = fastrand::Rng::with_seed(5);
+    for name in known {
+        for _ in 0..200 {
+            let mut b: Vec<u8> = name
+                .bytes()
+                .map(|c| {
+                    if rng.bool() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            check(&b);
+            let i = rng.usize(0..b.len());
+            match rng.u8(0..3) {
+                0 => b[i] = rng.u8(..),
+                1 => {
+                    b.remove(i);
+                }
+                _ => b.insert(i, rng.u8(..)),
+            }
+            check(&b);
+        }
+    }
+    check(b"");
+    check("h\u{e9}st".as_bytes());
 }

@@ -23,6 +23,7 @@ use backstop::Config;
 use backstop::clock::{Clock, SystemClock};
 use backstop::failover::Engine;
 use backstop::state::{SessionStore, StateStore};
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,6 +138,79 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
 }
 
+/// The chat routes (`POST` to `/v1/chat/completions`, `/chat/completions`,
+/// `/v1/messages`), served by the HTTP/1 loop without the router: what the router's
+/// route and layers do to such a request and its answer is done here in place (request
+/// id and authentication by the same code, a panic's 500, the security headers, and
+/// axum's `content-length` of an answer of known length), without a boxed future and a
+/// cloned service per layer. Any other request goes to the router.
+#[derive(Clone)]
+pub(crate) struct Direct {
+    state: Arc<AppState>,
+    /// `server.security_headers` when the router was built (as [`router`] reads it).
+    security: bool,
+}
+
+/// A response future of [`Direct`] or of the router.
+pub(crate) type Answer =
+    std::pin::Pin<Box<dyn Future<Output = Result<axum::response::Response, Infallible>> + Send>>;
+
+impl Direct {
+    pub(crate) fn new(state: Arc<AppState>) -> Self {
+        let security = state.config().server.security_headers;
+        Direct { state, security }
+    }
+
+    /// The chat handler a request goes to, if it is one of the chat routes.
+    pub(crate) fn route<B>(&self, req: &http::Request<B>) -> Option<backstop::WireFormat> {
+        if req.method() != http::Method::POST {
+            return None;
+        }
+        match req.uri().path() {
+            "/v1/chat/completions" | "/chat/completions" => Some(backstop::WireFormat::OpenAi),
+            "/v1/messages" => Some(backstop::WireFormat::Anthropic),
+            _ => None,
+        }
+    }
+
+    /// Serve a request of a chat route ([`Direct::route`]).
+    pub(crate) fn call(
+        &self,
+        ingress: backstop::WireFormat,
+        req: axum::extract::Request,
+    ) -> Answer {
+        let state = self.state.clone();
+        let security = self.security;
+        Box::pin(async move {
+            let answer = std::panic::AssertUnwindSafe(guard::guarded(&state, req, |req, id| {
+                chat::handle(state.clone(), ingress, req, id.0)
+            }));
+            let mut resp = match futures_util::FutureExt::catch_unwind(answer).await {
+                Ok(resp) => resp,
+                Err(panic) => guard::panic_response(panic),
+            };
+            if security {
+                guard::set_security_headers(resp.headers_mut());
+            }
+            set_content_length(&mut resp);
+            Ok(resp)
+        })
+    }
+}
+
+/// axum's `set_content_length` (a top-level route's answer): a body of known length gets
+/// its `content-length` header now, after every layer's headers.
+fn set_content_length(resp: &mut axum::response::Response) {
+    use axum::body::HttpBody;
+    if resp.headers().contains_key(http::header::CONTENT_LENGTH) {
+        return;
+    }
+    if let Some(size) = resp.body().size_hint().exact() {
+        resp.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(size));
+    }
+}
+
 /// Why the gateway refuses to start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -197,9 +271,14 @@ pub async fn serve_state(
     // Backstop's own HTTP/1 connection loop (h2c goes to hyper): see `h1`.
     let limits = state.clone();
     let shared = h1::Shared {
+        direct: Some(Direct::new(state.clone())),
         router: router(state),
         max_body: Arc::new(move || limits.engine.load().config.server.max_body_bytes),
     };
     h1::serve(listener, shared, shutdown).await;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "direct_tests.rs"]
+mod direct_tests;

@@ -6,6 +6,7 @@
 //! module knows nothing of plans. Time comes in as epoch milliseconds from the
 //! engine's clock, so tests drive it on a manual clock.
 
+use crate::NameHasher;
 use crate::failover::Reason;
 use crate::sync::lock;
 use serde::Serialize;
@@ -229,7 +230,7 @@ pub struct LastError {
 pub struct Health {
     config: std::sync::RwLock<HealthConfig>,
     /// provider → model → figures (nested, so a lookup by `&str` allocates nothing).
-    models: Mutex<HashMap<String, HashMap<String, ModelHealth>>>,
+    models: Mutex<HashMap<String, HashMap<String, ModelHealth, NameHasher>, NameHasher>>,
     events: Mutex<VecDeque<FailoverEvent>>,
     /// Keyed (provider, profile, model): bounded by the configuration's size.
     last_errors: Mutex<HashMap<(String, String, String), LastError>>,

@@ -1,13 +1,40 @@
 //! HTTP/1.1 pieces shared by Backstop's own client (upstreams, `provider`) and server
 //! (clients, `backstop-server`): the chunked transfer coding's decoder, and the reading
-//! of the header values that frame a message.
+//! of the header values that frame a message, and a socket read that forgets a spent
+//! read readiness.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
+use std::io;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 /// Chunk-size line extensions, at most (hostile input is cut off).
 const MAX_CHUNK_EXT: usize = 16 * 1024;
 /// Trailer bytes, at most.
 const MAX_TRAILERS: usize = 64 * 1024;
+
+/// `try_read_buf`, and after a short read (fewer bytes than `buf` had room for) the
+/// socket's read readiness is forgotten, as tokio's own `poll_read` does: the next wait
+/// for readability waits for the reactor's next event instead of returning at once for
+/// a read that fails with `WouldBlock`. Sound with epoll's edge-triggered events: bytes
+/// (or a close) coming after this read bring a new event, and one that came while it
+/// read keeps the readiness (tokio compares the readiness's tick).
+pub fn read_buf<B: BufMut>(stream: &TcpStream, buf: &mut B) -> io::Result<usize> {
+    let mut got = None;
+    let res = stream.try_io(Interest::READABLE, || {
+        let room = buf.chunk_mut().len();
+        let n = stream.try_read_buf(buf)?;
+        if n > 0 && n < room {
+            got = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (res, got) {
+        (_, Some(n)) => Ok(n),
+        (res, None) => res,
+    }
+}
 
 /// A comma-separated header value (`Connection`) holds `token`, in any case.
 pub fn has_token(value: &[u8], token: &[u8]) -> bool {

@@ -24,6 +24,12 @@ pub mod secret;
 pub mod sse;
 pub mod state;
 mod sync;
+
+/// The hasher of the maps looked up on every request by provider and model names
+/// (health, upstreams, the active model per chain): foldhash, randomly seeded per map.
+/// SipHash (std's) cost ~160 instructions per short name; foldhash a fraction of that,
+/// and a per-map random seed still keeps colliding names out of an outsider's reach.
+pub(crate) type NameHasher = foldhash::fast::RandomState;
 pub mod wire;
 
 pub use chat::WireFormat;

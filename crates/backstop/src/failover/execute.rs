@@ -272,7 +272,7 @@ pub struct Engine {
     rng: Mutex<fastrand::Rng>,
     /// The model that last answered each chain (agent id, or the first model), to tell
     /// when traffic returns to the primary.
-    active: Mutex<std::collections::HashMap<String, ModelRef>>,
+    active: Mutex<std::collections::HashMap<String, ModelRef, crate::NameHasher>>,
 }
 
 /// How one target ended.
@@ -363,7 +363,7 @@ impl Engine {
             cooldowns,
             budget,
             rng: Mutex::new(fastrand::Rng::new()),
-            active: Mutex::new(std::collections::HashMap::new()),
+            active: Mutex::new(std::collections::HashMap::default()),
         })
     }
 
@@ -728,26 +728,45 @@ impl Engine {
         };
         let notice = success.fallback_notice();
         // Back on the chain's first model after a fallback: say so once.
-        let agent = call.route.agent.clone().unwrap_or_else(|| {
-            success
-                .first_model
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        });
-        let previous = {
+        let first_model_name;
+        let agent = match (&call.route.agent, &success.first_model) {
+            (Some(agent), _) => agent.as_str(),
+            (None, Some(m)) => {
+                // What `m.to_string()` writes, without the formatting machinery.
+                let mut name = String::with_capacity(m.provider.len() + 1 + m.model.len());
+                name.push_str(&m.provider);
+                name.push('/');
+                name.push_str(&m.model);
+                first_model_name = name;
+                first_model_name.as_str()
+            }
+            (None, None) => "",
+        };
+        // Whether the chain's model before this answer (the map holds this one after)
+        // was another than its first: no allocation when this model answered last time.
+        let was_elsewhere = {
             let mut active = lock(&self.active);
-            active.insert(agent, success.target.model.clone())
+            let model = &success.target.model;
+            match active.get_mut(agent) {
+                Some(slot) => {
+                    let elsewhere = Some(&*slot) != success.first_model.as_ref();
+                    if slot != model {
+                        *slot = model.clone();
+                    }
+                    elsewhere
+                }
+                None => {
+                    active.insert(agent.to_string(), model.clone());
+                    false
+                }
+            }
         };
         let session_had_notice = call
             .session
             .as_ref()
             .and_then(|c| c.store.get(&c.id))
             .is_some_and(|s| s.fallback_notice.is_some());
-        if notice.is_none()
-            && (session_had_notice
-                || previous.is_some_and(|p| Some(&p) != success.first_model.as_ref()))
-        {
+        if notice.is_none() && (session_had_notice || was_elsewhere) {
             let cleared = format!("fallback cleared: back on {}", success.target.model);
             tracing::info!(request_id = %call.request_id, "{cleared}");
             self.health.push_event(FailoverEvent {

@@ -125,3 +125,42 @@ fn tokens_and_the_last_coding() {
     assert!(!is_chunked(b"chunked, gzip"));
     assert!(!is_chunked(b""));
 }
+
+/// A short read forgets the read readiness (no read that would fail comes next); bytes
+/// or a close that come later bring it back, a full read keeps it.
+#[tokio::test]
+async fn a_short_read_forgets_the_read_readiness() {
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (ours, _) = listener.accept().await.unwrap();
+    let ready = |s: &tokio::net::TcpStream| {
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(s.poll_read_ready(&mut cx), Poll::Ready(Ok(())))
+    };
+    peer.write_all(b"hello").await.unwrap();
+    ours.readable().await.unwrap();
+    let mut buf = bytes::BytesMut::with_capacity(64);
+    assert_eq!(read_buf(&ours, &mut buf).unwrap(), 5);
+    assert!(!ready(&ours), "a short read clears the readiness");
+    // A read that fills the buffer keeps it: more may be waiting.
+    peer.write_all(b"0123456789").await.unwrap();
+    ours.readable().await.unwrap();
+    let mut small = [0u8; 4];
+    assert_eq!(read_buf(&ours, &mut &mut small[..]).unwrap(), 4);
+    assert!(ready(&ours));
+    let mut rest = bytes::BytesMut::with_capacity(64);
+    assert_eq!(read_buf(&ours, &mut rest).unwrap(), 6);
+    assert_eq!(&rest[..], b"456789");
+    assert!(!ready(&ours));
+    // Nothing to read: WouldBlock, as try_read_buf.
+    let err = read_buf(&ours, &mut rest).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    // A close comes as readiness again, then a read of 0.
+    drop(peer);
+    ours.readable().await.unwrap();
+    assert_eq!(read_buf(&ours, &mut rest).unwrap(), 0);
+}

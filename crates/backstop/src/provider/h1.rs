@@ -68,7 +68,15 @@ impl Pool {
                 i
             };
             // Still open? Nothing may be waiting on an idle connection: a close (0) or
-            // bytes the server should not have sent both make it useless.
+            // bytes the server should not have sent both make it useless. Without read
+            // readiness (the body's last read was short, see `http1::read_buf`) nothing
+            // has come since, and no read is needed to know it.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match idle.stream.poll_read_ready(&mut cx) {
+                std::task::Poll::Pending => return Some(idle.stream),
+                std::task::Poll::Ready(Err(_)) => continue,
+                std::task::Poll::Ready(Ok(())) => {}
+            }
             match idle.stream.try_read(&mut [0u8; 1]) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(idle.stream),
                 _ => continue,
@@ -434,7 +442,7 @@ impl Body {
             }
             let mut read = BytesMut::with_capacity(self.buf.len() + self.read_size);
             read.extend_from_slice(&self.buf);
-            match stream.try_read_buf(&mut read) {
+            match crate::http1::read_buf(stream, &mut read) {
                 Ok(n) => {
                     if n == self.read_size && self.read_size < MAX_READ {
                         self.read_size *= 2;

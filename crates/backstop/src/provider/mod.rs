@@ -782,12 +782,12 @@ impl Upstream {
 /// Every configured provider, by id.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    by_id: HashMap<String, Arc<Upstream>>,
+    by_id: HashMap<String, Arc<Upstream>, crate::NameHasher>,
 }
 
 impl Upstreams {
     pub fn new(config: &Config) -> Result<Self, String> {
-        let mut by_id = HashMap::new();
+        let mut by_id = HashMap::default();
         for p in &config.providers {
             by_id.insert(
                 p.id.clone(),
