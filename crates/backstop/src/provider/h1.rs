@@ -18,13 +18,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Idle connections kept per upstream (nginx in bench/ keeps 256).
 const MAX_IDLE: usize = 256;
-/// An idle connection older than this is closed when it is next seen.
+/// An idle connection older than this is closed (when next seen, or by the sweep).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often a pool that holds idle connections is swept: those past [`IDLE_TIMEOUT`]
+/// and those the server closed are closed then, not only when the pool is next used (a
+/// quiet upstream would otherwise keep its closed sockets in CLOSE_WAIT).
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// The largest response head read (hyper's default limit is ~400 KB; 64 KB is plenty).
 const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a response head may have.
@@ -45,7 +50,16 @@ pub(super) struct Client {
 
 #[derive(Default)]
 pub(super) struct Pool {
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<IdleSet>,
+}
+
+/// The idle connections, oldest first, and whether a sweep task is running for them
+/// (one runs while there are any: [`Pool::checkin`] starts it, it ends when the pool is
+/// empty or dropped).
+#[derive(Default)]
+struct IdleSet {
+    conns: VecDeque<Idle>,
+    sweeping: bool,
 }
 
 struct Idle {
@@ -58,48 +72,86 @@ impl Pool {
     fn checkout(&self) -> Option<TcpStream> {
         loop {
             let idle = {
-                let mut idle = self.idle.lock().ok()?;
-                let i = idle.pop_back()?;
+                let mut set = self.idle.lock().ok()?;
+                let i = set.conns.pop_back()?;
                 if i.since.elapsed() >= IDLE_TIMEOUT {
                     // The rest are older still.
-                    idle.clear();
+                    set.conns.clear();
                     return None;
                 }
                 i
             };
-            // Still open? Nothing may be waiting on an idle connection: a close (0) or
-            // bytes the server should not have sent both make it useless. Without read
-            // readiness (the body's last read was short, see `http1::read_buf`) nothing
-            // has come since, and no read is needed to know it.
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            match idle.stream.poll_read_ready(&mut cx) {
-                std::task::Poll::Pending => return Some(idle.stream),
-                std::task::Poll::Ready(Err(_)) => continue,
-                std::task::Poll::Ready(Ok(())) => {}
-            }
-            match idle.stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(idle.stream),
-                _ => continue,
+            if idle.still_open() {
+                return Some(idle.stream);
             }
         }
     }
 
-    fn checkin(&self, stream: TcpStream) {
-        let Ok(mut idle) = self.idle.lock() else {
+    fn checkin(self: &Arc<Self>, stream: TcpStream) {
+        let Ok(mut set) = self.idle.lock() else {
             return;
         };
-        while idle
+        while set
+            .conns
             .front()
             .is_some_and(|i| i.since.elapsed() >= IDLE_TIMEOUT)
         {
-            idle.pop_front();
+            set.conns.pop_front();
         }
-        if idle.len() < MAX_IDLE {
-            idle.push_back(Idle {
+        if set.conns.len() < MAX_IDLE {
+            set.conns.push_back(Idle {
                 stream,
                 since: Instant::now(),
             });
         }
+        if !set.sweeping
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            set.sweeping = true;
+            runtime.spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Close the idle connections that are too old or no longer open; whether any are
+    /// left (when none are, the sweep ends: the next check-in starts another).
+    fn sweep_once(&self) -> bool {
+        let Ok(mut set) = self.idle.lock() else {
+            return false;
+        };
+        set.conns
+            .retain(|i| i.since.elapsed() < IDLE_TIMEOUT && i.still_open());
+        set.sweeping = !set.conns.is_empty();
+        set.sweeping
+    }
+}
+
+/// Sweep a pool every [`SWEEP_EVERY`] while it holds idle connections and exists.
+async fn sweep(pool: std::sync::Weak<Pool>) {
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        match pool.upgrade() {
+            Some(pool) if pool.sweep_once() => {}
+            _ => return,
+        }
+    }
+}
+
+impl Idle {
+    /// Still open? Nothing may be waiting on an idle connection: a close (0) or bytes the
+    /// server should not have sent both make it useless. Without read readiness (the
+    /// body's last read was short, see `http1::read_buf`) nothing has come since, and no
+    /// read is needed to know it.
+    fn still_open(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            std::task::Poll::Pending => return true,
+            std::task::Poll::Ready(Err(_)) => return false,
+            std::task::Poll::Ready(Ok(())) => {}
+        }
+        matches!(
+            self.stream.try_read(&mut [0u8; 1]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
     }
 }
 

@@ -86,7 +86,7 @@ async fn body(resp: &mut Response) -> Result<Vec<u8>, TransportError> {
 }
 
 fn idle(client: &Client) -> usize {
-    client.pool.idle.lock().unwrap().len()
+    client.pool.idle.lock().unwrap().conns.len()
 }
 
 #[tokio::test]
@@ -367,7 +367,66 @@ async fn pool_drops_old_idle_connections() {
     pool.idle
         .lock()
         .unwrap()
+        .conns
         .push_back(Idle { stream, since: old });
     assert!(pool.checkout().is_none());
-    assert!(pool.idle.lock().unwrap().is_empty());
+    assert!(pool.idle.lock().unwrap().conns.is_empty());
+}
+
+/// Two idle connections to a server holding them open: the pool gets both.
+async fn two_idle(pool: &Arc<Pool>) -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        servers.push(listener.accept().await.unwrap().0);
+        pool.checkin(stream);
+    }
+    let b = servers.pop().unwrap();
+    (servers.pop().unwrap(), b)
+}
+
+fn sweeping(pool: &Pool) -> (usize, bool) {
+    let set = pool.idle.lock().unwrap();
+    (set.conns.len(), set.sweeping)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweep_closes_what_the_server_closed_without_waiting_for_a_request() {
+    let pool = Arc::new(Pool::default());
+    let (first, _second) = two_idle(&pool).await;
+    assert_eq!(sweeping(&pool), (2, true));
+    // Nothing changed: a sweep keeps both.
+    tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(1)).await;
+    assert_eq!(sweeping(&pool), (2, true));
+    // The server closes one: the next sweep closes it on our side too, unasked.
+    drop(first);
+    tokio::time::sleep(SWEEP_EVERY).await;
+    assert_eq!(sweeping(&pool), (1, true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweep_closes_old_connections_and_ends_with_the_last() {
+    let pool = Arc::new(Pool::default());
+    let (_a, _b) = two_idle(&pool).await;
+    // Open but idle past IDLE_TIMEOUT: closed by a sweep, and the sweep ends.
+    tokio::time::sleep(IDLE_TIMEOUT + SWEEP_EVERY).await;
+    assert_eq!(sweeping(&pool), (0, false));
+    // A later check-in starts a sweep again.
+    let (_c, _d) = two_idle(&pool).await;
+    assert_eq!(sweeping(&pool), (2, true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_pool_ends_its_sweep() {
+    let pool = Arc::new(Pool::default());
+    let (_a, _b) = two_idle(&pool).await;
+    let weak = Arc::downgrade(&pool);
+    drop(pool);
+    assert!(
+        weak.upgrade().is_none(),
+        "the sweep holds no strong reference"
+    );
+    tokio::time::sleep(SWEEP_EVERY * 2).await;
 }
