@@ -30,16 +30,8 @@ static STOPS: [bool; 256] = {
 /// with none of them is skipped in a dozen instructions (the classic has-zero-byte
 /// test, whose lowest flagged byte is always exact), the tail a byte at a time.
 fn stop_at(b: &[u8], mut pos: usize) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = ONES * 0x80;
     while let Some(word) = b.get(pos..pos + 8) {
-        let w = u64::from_le_bytes(word.try_into().ok()?);
-        let quote = w ^ (ONES * u64::from(b'"'));
-        let backslash = w ^ (ONES * u64::from(b'\\'));
-        let stops = (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash)
-            | (w.wrapping_sub(ONES * 0x20) & !w);
-        let stops = stops & HIGH;
+        let stops = word_stops(word)?;
         if stops != 0 {
             return Some(pos + (stops.trailing_zeros() / 8) as usize);
         }
@@ -47,6 +39,21 @@ fn stop_at(b: &[u8], mut pos: usize) -> Option<usize> {
     }
     let n = b.get(pos..)?.iter().position(|&c| STOPS[usize::from(c)])?;
     Some(pos + n)
+}
+
+/// The stop bytes of an eight-byte word, each flagged by its high bit (the lowest
+/// flag is exact; flags above it may be false). `None` when `word` is not eight bytes.
+#[inline(always)]
+fn word_stops(word: &[u8]) -> Option<u64> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = ONES * 0x80;
+    let w = u64::from_le_bytes(word.try_into().ok()?);
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    let stops = (quote.wrapping_sub(ONES) & !quote)
+        | (backslash.wrapping_sub(ONES) & !backslash)
+        | (w.wrapping_sub(ONES * 0x20) & !w);
+    Some(stops & HIGH)
 }
 
 /// Where the JSON string whose content starts at `pos` (just after its opening quote)
@@ -202,6 +209,47 @@ impl<'a> Cursor<'a> {
         Some(RawStr { raw, escaped })
     }
 
+    /// An object's key and the colon after it. Keys are short and plain: one whose
+    /// closing quote is the first stop byte within three words is read here, inline
+    /// (the same word test as [`stop_at`], so it ends where [`string_end`] would);
+    /// any other (escapes, control characters, longer keys, whitespace before it)
+    /// takes [`Cursor::string`].
+    #[inline(always)]
+    fn key(&mut self) -> Option<RawStr<'a>> {
+        let b = self.bytes();
+        if b.get(self.pos) == Some(&b'"') {
+            let start = self.pos + 1;
+            let mut at = start;
+            while at < start + 24
+                && let Some(word) = b.get(at..at + 8)
+            {
+                let stops = word_stops(word)?;
+                if stops != 0 {
+                    let end = at + (stops.trailing_zeros() / 8) as usize;
+                    if b[end] != b'"' {
+                        break;
+                    }
+                    // Both ends are ASCII quotes, so the slice is on char boundaries.
+                    let raw = self.src.get(start..end)?;
+                    self.pos = end + 1;
+                    if b.get(self.pos) == Some(&b':') {
+                        self.pos += 1;
+                    } else {
+                        self.eat(b':')?;
+                    }
+                    return Some(RawStr {
+                        raw,
+                        escaped: false,
+                    });
+                }
+                at += 8;
+            }
+        }
+        let key = self.string()?;
+        self.eat(b':')?;
+        Some(key)
+    }
+
     /// A string, with where it is written (quotes included): a [`Template`]'s hole.
     pub(crate) fn spanned_string(&mut self) -> Option<(RawStr<'a>, std::ops::Range<usize>)> {
         self.peek()?;
@@ -254,8 +302,7 @@ impl<'a> Cursor<'a> {
             return Some(());
         }
         loop {
-            let key = self.string()?;
-            self.eat(b':')?;
+            let key = self.key()?;
             field(self, key)?;
             match self.peek()? {
                 b',' => self.pos += 1,
@@ -772,6 +819,106 @@ mod tests {
             let mut c = Cursor::new(&raw);
             let ours = c.string().and_then(RawStr::text).is_some() && c.end().is_some();
             proptest::prop_assert_eq!(ours, serde_ok, "{}", raw);
+        }
+    }
+
+    /// An object's keys as [`Cursor::object`] reads them before its inline key path:
+    /// each through [`Cursor::string`], then the colon.
+    fn keys_by_string(s: &str) -> Option<Vec<(&str, bool)>> {
+        let mut c = Cursor::new(s);
+        let mut out = Vec::new();
+        c.eat(b'{')?;
+        if c.peek()? == b'}' {
+            c.pos += 1;
+        } else {
+            loop {
+                let key = c.string()?;
+                c.eat(b':')?;
+                out.push((key.raw, key.escaped));
+                c.skip()?;
+                match c.peek()? {
+                    b',' => c.pos += 1,
+                    b'}' => {
+                        c.pos += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        c.end()?;
+        Some(out)
+    }
+
+    fn keys_by_object(s: &str) -> Option<Vec<(&str, bool)>> {
+        let mut c = Cursor::new(s);
+        let mut out = Vec::new();
+        c.object(|c, key| {
+            out.push((key.raw, key.escaped));
+            c.skip()
+        })?;
+        c.end()?;
+        Some(out)
+    }
+
+    /// Keys for the key test: short, a word long and longer (the inline path reads
+    /// three words), prefixes of one another, escaped (`\u0069d` is `id`), with
+    /// multi-byte UTF-8, and broken ones.
+    const KEYS: &[&str] = &[
+        r#""id""#,
+        r#""i""#,
+        r#""idx""#,
+        r#""""#,
+        r#""exactly8""#,
+        r#""seven_7""#,
+        r#""sixteen_bytes_ab""#,
+        r#""system_fingerprint""#,
+        r#""twenty_three_bytes_abcd""#,
+        r#""twenty_four_bytes_abcdef""#,
+        r#""accepted_prediction_tokens""#,
+        r#""\u0069d""#,
+        r#""i\"d""#,
+        r#""a\\""#,
+        r#""long_key_with_escape_late\n""#,
+        r#""\ud83d\ude00""#,
+        "\"caf\u{e9}\u{1F600}\"",
+        "\"tab\tkey\"",
+        r#""a\q""#,
+        r#""a"b""#,
+        r#""unterminated"#,
+        r#"5"#,
+    ];
+    const GAPS: &[&str] = &["", " ", "\n", "\r\n\t "];
+
+    proptest::proptest! {
+        #[test]
+        fn object_keys_read_as_strings_do(
+            members in proptest::collection::vec(
+                (0..KEYS.len(), 0..GAPS.len(), 0..GAPS.len(), 0..GAPS.len()),
+                0..5,
+            ),
+            cut in proptest::option::of(0usize..120),
+        ) {
+            let mut s = String::from("{");
+            for (i, &(k, g1, g2, g3)) in members.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(GAPS[g1]);
+                s.push_str(KEYS[k]);
+                s.push_str(GAPS[g2]);
+                s.push(':');
+                s.push_str(GAPS[g3]);
+                s.push_str("[1,\"v\"]");
+            }
+            s.push('}');
+            if let Some(cut) = cut.filter(|&c| c < s.len() && s.is_char_boundary(c)) {
+                s.truncate(cut);
+            }
+            let got = keys_by_object(&s);
+            proptest::prop_assert_eq!(&got, &keys_by_string(&s), "{}", s);
+            let serde_ok = serde_json::from_str::<serde::de::IgnoredAny>(&s).is_ok();
+            proptest::prop_assert_eq!(got.is_some(), serde_ok, "{}", s);
         }
     }
 

@@ -1490,6 +1490,41 @@ fn fast_stream_path_matches_the_general_decoder() {
     }
 }
 
+/// Keys the fast path's inline key reading must read as the general decoder does:
+/// escaped (`\u0069d` is `id`), duplicated, prefixes or extensions of known keys,
+/// long, with whitespace around them.
+#[test]
+fn fast_stream_path_reads_odd_keys_as_the_general_decoder() {
+    let chunks = [
+        r#"{"\u0069d":"c1","model":"m","choices":[{"index":0,"delta":{"content":"x"}}]}"#,
+        r#"{"id":"c1","model":"m","choices":[{"ind\u0065x":1,"delta":{"content":"x"}}]}"#,
+        r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"cont\u0065nt":"x"}}]}"#,
+        r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"x","content":"y"}}]}"#,
+        r#"{"id":"c1","model":"m","model":"n","choices":[]}"#,
+        r#"{"i":"c1","ids":"c2","modelx":"m","choices":[{"indexx":1,"delt":{},"delta":{"conten":"a","contents":"b","content":"x"}}]}"#,
+        r#"{"id":"c1","a_key_longer_than_three_words_of_eight":"v","choices":[{"index":0,"delta":{"content":"x"}}]}"#,
+        "{\"id\":\"c1\",\"caf\\u00e9\":1,\"caf\u{e9}\u{1F600}\":2,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}",
+        "{ \"id\" : \"c1\" ,\n\"choices\"\t:\r\n[ { \"index\" :0 , \"delta\": {\"content\" : \"x\" } } ] , \"usage\" : { \"prompt_tokens\" : 1 } }",
+        r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#,
+        r#"{"id":"c1","choices":[],"usage":{"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":2}}}"#,
+        r#"{"id":"c1","choices":[],"usage":{"prompt_tokens\u0000":1}}"#,
+        "{\"id\":\"c1\",\"ta\tb\":1,\"choices\":[]}",
+        r#"{"id":"c1","a\qb":1,"choices":[]}"#,
+    ];
+    for chunk in chunks {
+        let ev = SseEvent {
+            event: None,
+            data: chunk.to_string().into(),
+            raw: bytes::Bytes::new(),
+        };
+        let fast = StreamDecoder::new().push(&ev).map_err(|e| e.to_string());
+        let general = StreamDecoder::new()
+            .push_value(&ev, chunk.trim())
+            .map_err(|e| e.to_string());
+        assert_eq!(fast, general, "chunk {chunk}");
+    }
+}
+
 proptest! {
     #[test]
     fn fast_stream_path_matches_for_any_text(
