@@ -466,6 +466,16 @@ impl Template {
         })
     }
 
+    /// The one event of an SSE event's data that is a text chunk like the template's:
+    /// [`Template::text_hole`] on the bytes, before (and instead of) checking them all
+    /// as UTF-8; only ASCII whitespace is trimmed (the template starts and ends with a
+    /// brace, so a match had only that around it).
+    pub(crate) fn text_chunk(&self, data: &[u8]) -> Option<crate::chat::ChunkEvents> {
+        self.text_hole(data.trim_ascii())
+            .and_then(TextHole::into_string)
+            .map(crate::chat::ChunkEvents::text)
+    }
+
     /// [`Template::text_of`] of bytes not yet known to be UTF-8, the text left as
     /// bytes too ([`TextHole::into_string`] checks it). The other holes scanned are
     /// checked as UTF-8 here; the rest equals the template, which is text, and every

@@ -45,7 +45,7 @@ use crate::chat::{
     UpstreamErrorBody, Usage, WireError,
 };
 use crate::sse::{SseEvent, write_event};
-use crate::wire::scan::{Cursor, RawStr, Seen, Template, TextHole};
+use crate::wire::scan::{Cursor, RawStr, Seen, Template};
 
 /// The `anthropic-version` header value we speak.
 pub const API_VERSION: &str = "2023-06-01";
@@ -1180,15 +1180,9 @@ impl StreamDecoder {
 
     /// [`push`](Self::push), a text delta's one event kept inline.
     pub fn push_chunk(&mut self, ev: &SseEvent) -> Result<ChunkEvents, WireError> {
-        // A text delta like the last one is matched on its bytes, before (and instead
-        // of) checking it all as UTF-8 (see `Template::text_hole`; the template starts
-        // and ends with a brace, so only ASCII whitespace was around it).
-        if let Some(text) = self
-            .repeat
-            .text_hole(ev.data.trim_ascii())
-            .and_then(TextHole::into_string)
-        {
-            return Ok(ChunkEvents::text(text));
+        // A text chunk like the last one, matched on its bytes (`Template::text_chunk`).
+        if let Some(events) = self.repeat.text_chunk(&ev.data) {
+            return Ok(events);
         }
         let text = ev.data_text();
         let data = text.trim();

@@ -26,7 +26,7 @@ use crate::chat::{
     WireError,
 };
 use crate::sse::{SseEvent, write_event};
-use crate::wire::scan::{Cursor, RawStr, Seen, Template, TextHole};
+use crate::wire::scan::{Cursor, RawStr, Seen, Template};
 use std::ops::Range;
 
 /// Stream id used when a stream to a client begins without a `Start` event.
@@ -1318,16 +1318,9 @@ impl StreamDecoder {
 
     /// [`push`](Self::push), a text chunk's one event kept inline.
     pub fn push_chunk(&mut self, ev: &SseEvent) -> Result<ChunkEvents, WireError> {
-        // A chunk like the last text-only one is matched on its bytes, before (and
-        // instead of) checking it all as UTF-8: a match is valid UTF-8 (see
-        // `Template::text_hole`), and its trimmed text is these bytes (the
-        // template starts and ends with a brace, so only ASCII whitespace was around).
-        if let Some(text) = self
-            .repeat
-            .text_hole(ev.data.trim_ascii())
-            .and_then(TextHole::into_string)
-        {
-            return Ok(ChunkEvents::text(text));
+        // A text chunk like the last one, matched on its bytes (`Template::text_chunk`).
+        if let Some(events) = self.repeat.text_chunk(&ev.data) {
+            return Ok(events);
         }
         let text = ev.data_text();
         let data = text.trim();
