@@ -63,9 +63,9 @@ async fn silent_after_first_token() -> (String, tokio::sync::oneshot::Receiver<(
     (base, closed_rx)
 }
 
-#[tokio::test]
-async fn a_client_gone_mid_stream_closes_the_upstream_at_once_and_cools_nothing() {
-    let fakes = Fakes::start();
+/// A gateway whose chain is the silent upstream (first) and the Anthropic fake, and the
+/// upstream's report of its connection closing.
+async fn behind_a_silent_upstream(fakes: &Fakes) -> (Gateway, tokio::sync::oneshot::Receiver<()>) {
     let (silent, upstream_closed) = silent_after_first_token().await;
     let gw = Gateway::start(&format!(
         r#"{{
@@ -80,13 +80,11 @@ async fn a_client_gone_mid_stream_closes_the_upstream_at_once_and_cools_nothing(
         an = fakes.an.anthropic_base_url(),
     ))
     .await;
+    (gw, upstream_closed)
+}
 
-    let mut resp = gw
-        .openai(&openai_body("default", "hi", true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+/// Read a stream until its first content (`one`) has come.
+async fn read_first_content(resp: &mut reqwest::Response) {
     let mut got = Vec::new();
     while !String::from_utf8_lossy(&got).contains("\"one\"") {
         let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
@@ -96,16 +94,10 @@ async fn a_client_gone_mid_stream_closes_the_upstream_at_once_and_cools_nothing(
             .expect("the stream goes on");
         got.extend_from_slice(&chunk);
     }
-    // The client goes away with the upstream still silent.
-    drop(resp);
+}
 
-    // The upstream request is cancelled at once, not after `idle_ms` (4 s).
-    tokio::time::timeout(Duration::from_millis(2000), upstream_closed)
-        .await
-        .expect("the gateway closed the upstream connection when the client left")
-        .unwrap();
-    // Nothing was rescued for a client that is gone, and nothing cools down.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+/// Nothing was rescued for a client that is gone, and nothing cools down.
+async fn nothing_rescued_nothing_cooling(fakes: &Fakes, gw: &Gateway) {
     assert!(
         fakes.an.requests().is_empty(),
         "a rescue ran for a client that went away"
@@ -119,24 +111,36 @@ async fn a_client_gone_mid_stream_closes_the_upstream_at_once_and_cools_nothing(
     );
 }
 
+#[tokio::test]
+async fn a_client_gone_mid_stream_closes_the_upstream_at_once_and_cools_nothing() {
+    let fakes = Fakes::start();
+    let (gw, upstream_closed) = behind_a_silent_upstream(&fakes).await;
+
+    let mut resp = gw
+        .openai(&openai_body("default", "hi", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    read_first_content(&mut resp).await;
+    // The client goes away with the upstream still silent.
+    drop(resp);
+
+    // The upstream request is cancelled at once, not after `idle_ms` (4 s).
+    tokio::time::timeout(Duration::from_millis(2000), upstream_closed)
+        .await
+        .expect("the gateway closed the upstream connection when the client left")
+        .unwrap();
+    // Nothing was rescued for a client that is gone, and nothing cools down.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    nothing_rescued_nothing_cooling(&fakes, &gw).await;
+}
+
 /// The same over HTTP/2 (h2c): the client resets its stream and keeps its connection.
 #[tokio::test]
 async fn an_h2_client_resetting_its_stream_closes_the_upstream_at_once_and_cools_nothing() {
     let fakes = Fakes::start();
-    let (silent, upstream_closed) = silent_after_first_token().await;
-    let gw = Gateway::start(&format!(
-        r#"{{
-  server: {{ api_keys: ["$CLIENT_KEY"] }},
-  providers: {{
-    slow: {{ api: "openai", base_url: "{silent}", auth: [{{ profile: "main", key: "$OA_KEY" }}], models: ["gpt-4o"] }},
-    an: {{ api: "anthropic", base_url: "{an}", auth: [{{ profile: "main", key: "$AN_KEY" }}], models: ["claude-sonnet-4-5"] }},
-  }},
-  agents: {{ defaults: {{ model: {{ primary: "slow/gpt-4o", fallbacks: ["an/claude-sonnet-4-5"] }} }} }},
-  timeouts: {{ connect_ms: 1000, first_token_ms: 3000, idle_ms: 4000, request_ms: 20000 }},
-}}"#,
-        an = fakes.an.anthropic_base_url(),
-    ))
-    .await;
+    let (gw, upstream_closed) = behind_a_silent_upstream(&fakes).await;
 
     client();
     let h2 = reqwest::Client::builder()
@@ -153,15 +157,7 @@ async fn an_h2_client_resetting_its_stream_closes_the_upstream_at_once_and_cools
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
-    let mut got = Vec::new();
-    while !String::from_utf8_lossy(&got).contains("\"one\"") {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
-            .await
-            .expect("the first content in time")
-            .unwrap()
-            .expect("the stream goes on");
-        got.extend_from_slice(&chunk);
-    }
+    read_first_content(&mut resp).await;
     // The client resets the stream (its connection stays) with the upstream still silent.
     drop(resp);
 
@@ -170,17 +166,7 @@ async fn an_h2_client_resetting_its_stream_closes_the_upstream_at_once_and_cools
         .expect("the gateway closed the upstream connection when the client reset its stream")
         .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        fakes.an.requests().is_empty(),
-        "a rescue ran for a client that went away"
-    );
-    let cooling = send(gw.get("/v1/cooldowns")).await;
-    assert_eq!(cooling.status, 200);
-    assert_eq!(
-        cooling.json()["cooldowns"],
-        serde_json::json!([]),
-        "a client that went away cooled down the provider"
-    );
+    nothing_rescued_nothing_cooling(&fakes, &gw).await;
     drop(h2);
 }
 
