@@ -555,6 +555,37 @@ impl Seen {
     }
 }
 
+/// Test support for the decoders' differential proptests: `edits` applied to `data` in
+/// turn (at a position: 0 removes a byte, 1 inserts `table[with]`, else replaces the byte
+/// with it), then, when `around.2`, `table[around.0]` put before and `table[around.1]`
+/// after.
+#[cfg(test)]
+pub(crate) fn edit_bytes(
+    data: &mut Vec<u8>,
+    table: &[&[u8]],
+    edits: &[(proptest::sample::Index, u8, usize)],
+    around: (usize, usize, bool),
+) {
+    for &(at, edit, with) in edits {
+        let at = at.index(data.len());
+        match edit {
+            0 => {
+                data.remove(at);
+            }
+            1 => {
+                data.splice(at..at, table[with].iter().copied());
+            }
+            _ => {
+                data.splice(at..=at, table[with].iter().copied());
+            }
+        }
+    }
+    if around.2 {
+        data.splice(0..0, table[around.0].iter().copied());
+        data.extend_from_slice(table[around.1]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

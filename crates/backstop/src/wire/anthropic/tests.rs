@@ -1510,24 +1510,7 @@ proptest! {
         for (i, text) in texts.iter().enumerate() {
             let mut data = text_delta(&serde_json::to_string(text).unwrap()).into_bytes();
             if i + 1 == texts.len() {
-                for &(at, edit, with) in &edits {
-                    let at = at.index(data.len());
-                    match edit {
-                        0 => {
-                            data.remove(at);
-                        }
-                        1 => {
-                            data.splice(at..at, BYTE_EDITS[with].iter().copied());
-                        }
-                        _ => {
-                            data.splice(at..=at, BYTE_EDITS[with].iter().copied());
-                        }
-                    }
-                }
-                if around.2 {
-                    data.splice(0..0, BYTE_EDITS[around.0].iter().copied());
-                    data.extend_from_slice(BYTE_EDITS[around.1]);
-                }
+                crate::wire::scan::edit_bytes(&mut data, &BYTE_EDITS, &edits, around);
             }
             let ev = SseEvent {
                 event: Some("content_block_delta".into()),

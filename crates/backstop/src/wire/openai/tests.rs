@@ -1857,24 +1857,7 @@ proptest! {
             let delta = format!(r#""content":{}"#, serde_json::to_string(text).unwrap());
             let mut chunk = text_chunk(&delta, &pads[i % pads.len()]).into_bytes();
             if i + 1 == texts.len() {
-                for &(at, edit, with) in &edits {
-                    let at = at.index(chunk.len());
-                    match edit {
-                        0 => {
-                            chunk.remove(at);
-                        }
-                        1 => {
-                            chunk.splice(at..at, BYTE_EDITS[with].iter().copied());
-                        }
-                        _ => {
-                            chunk.splice(at..=at, BYTE_EDITS[with].iter().copied());
-                        }
-                    }
-                }
-                if around.2 {
-                    chunk.splice(0..0, BYTE_EDITS[around.0].iter().copied());
-                    chunk.extend_from_slice(BYTE_EDITS[around.1]);
-                }
+                crate::wire::scan::edit_bytes(&mut chunk, &BYTE_EDITS, &edits, around);
             }
             let ev = SseEvent { event: None, data: chunk.clone().into(), raw: bytes::Bytes::new() };
             let got = fast.push(&ev).map_err(|e| e.to_string());
