@@ -165,14 +165,10 @@ impl SseParser {
     /// The frame at the start of the buffer when it is one `data:` line and a blank
     /// line, both complete (nearly every frame of a stream): read as [`line`](Self::line)
     /// would read it, line by line, and dispatched. `None` (nothing changed) for
-    /// anything else, which the general path reads.
+    /// anything else, which the general path reads. Called only at a frame's start
+    /// (`line_start` 0) with the buffer starting `data:` (see `next_event`).
     fn one_data_line(&mut self) -> Option<SseEvent> {
-        if self.line_start != 0
-            || self.at_stream_start
-            || !matches!(self.data, Data::None)
-            || self.event.is_some()
-            || !self.buf.starts_with(b"data:")
-        {
+        if self.at_stream_start || !matches!(self.data, Data::None) || self.event.is_some() {
             return None;
         }
         let len = self.buf.len();
