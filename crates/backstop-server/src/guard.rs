@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-backstop-request-id");
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub(crate) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// The request id of this request (set by [`request_id`]).
 #[derive(Clone, Debug)]

@@ -279,13 +279,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
 /// every request matched first by length and bytes (any case), without its lowercasing
 /// table walk, and the custom ones among them without an allocation.
 fn header_name(name: &[u8]) -> Option<HeaderName> {
-    const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
     const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
     let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
     let common = match name.len() {
         4 if is(b"host") => Some(header::HOST),
         6 if is(b"accept") => Some(header::ACCEPT),
-        9 if is(b"x-api-key") => Some(X_API_KEY),
+        9 if is(b"x-api-key") => Some(crate::guard::X_API_KEY),
         10 if is(b"user-agent") => Some(header::USER_AGENT),
         10 if is(b"connection") => Some(header::CONNECTION),
         12 if is(b"content-type") => Some(header::CONTENT_TYPE),
