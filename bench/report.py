@@ -36,6 +36,13 @@ def cpu_us(r):
     return r["cpu_ticks"] / r["clk_tck"] * 1e6 / r["requests"]
 
 
+def user_us(r):
+    """The user-space part of cpu_us (utime alone); the rest is the kernel's."""
+    if cpu_us(r) is None or "cpu_user_ticks" not in r:
+        return None
+    return r["cpu_user_ticks"] / r["clk_tck"] * 1e6 / r["requests"]
+
+
 def errors(r):
     return sum(r[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
 
@@ -58,7 +65,7 @@ def main():
     out = []
     w = out.append
     w("All latencies in µs; CPU = the proxy process's user+system time per request "
-      "(/proc/PID/stat, 10 ms ticks); RSS = peak VmRSS during the run. "
+      "(/proc/PID/stat, 10 ms ticks), “user” its user-space part (utime); RSS = peak VmRSS during the run. "
       "“×nginx” = Backstop ÷ nginx in the same run; “+p50” = p50 over direct.\n")
     for case, title in CASES:
         present = [k for k in first if k[0] == case]
@@ -66,8 +73,8 @@ def main():
             continue
         w(f"### {title}\n")
         fo = case.startswith("failover")
-        head = "| conns | path | req/s | p50 | p99 | CPU µs/req | RSS MB | errors | ×nginx req/s | ×nginx CPU | +p50 |"
-        sep = "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        head = "| conns | path | req/s | p50 | p99 | CPU µs/req | user µs/req | RSS MB | errors | ×nginx req/s | ×nginx CPU | +p50 |"
+        sep = "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         if fo:
             head += " primary attempts |"
             sep += "---:|"
@@ -88,7 +95,7 @@ def main():
                 if m != "direct" and direct:
                     add = r["p50_us"] - direct["p50_us"]
                 line = (f"| {c} | {m} | {rps(r):.0f} | {r['p50_us']} | {r['p99_us']} | "
-                        f"{fmt(cpu_us(r))} | {fmt(r['rss_load_kb'] / 1024 if r['rss_load_kb'] else None, '{:.1f}')} | "
+                        f"{fmt(cpu_us(r))} | {fmt(user_us(r))} | {fmt(r['rss_load_kb'] / 1024 if r['rss_load_kb'] else None, '{:.1f}')} | "
                         f"{errors(r)} | {fmt(x_rps, '{:.2f}')} | {fmt(x_cpu, '{:.2f}')} | "
                         f"{fmt(add, '{:+.0f}')} |")
                 if fo:
@@ -106,7 +113,7 @@ def main():
             vals = [rps(r) for r in rs]
             med = statistics.median(vals)
             spread = (max(vals) - min(vals)) / med * 100 if med else 0
-            cpus = ", ".join(fmt(cpu_us(r)) for r in rs)
+            cpus = ", ".join(fmt(cpu_us(r)) + (f" ({fmt(user_us(r))} user)" if user_us(r) is not None else "") for r in rs)
             w(f"| {c} | {m} | {len(rs)} | {', '.join(f'{v:.0f}' for v in vals)} | {spread:.1f} % | {cpus} |")
         w("")
 

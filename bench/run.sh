@@ -283,6 +283,14 @@ cpu_ticks() { # utime+stime of each pid, summed (fields 14 and 15 of /proc/PID/s
   done
   echo "$total"
 }
+user_ticks() { # utime alone (field 14): the user-space part of cpu_ticks
+  local total=0 p v
+  for p in "$@"; do
+    v="$(awk '{ sub(/^.*\) /, ""); print $12 }' "/proc/$p/stat" 2>/dev/null || true)"
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
 
 backstop_idle_rss="$(rss_kb "$backstop_pid")"
 nginx_idle_rss="$(rss_kb $(nginx_pids))"
@@ -324,13 +332,13 @@ results="$tmp/results.jsonl"
 : >"$results"
 # One wrk run: case mode conns url body-file [extra json fields]
 measure() {
-  local case="$1" m="$2" c="$3" url="$4" body="$5" extra="${6:-}" watch=() out pid rss peak=0 t0 t1
+  local case="$1" m="$2" c="$3" url="$4" body="$5" extra="${6:-}" watch=() out pid rss peak=0 t0 t1 u0 u1
   [[ "$case" =~ $cases_re ]] || return 0
   case "$m" in
     nginx) read -r -a watch <<<"$(nginx_pids)" ;;
     backstop) watch=("$backstop_pid") ;;
   esac
-  t0="$(cpu_ticks "${watch[@]}")"
+  t0="$(cpu_ticks "${watch[@]}")" u0="$(user_ticks "${watch[@]}")"
   BODY_FILE="$tmp/$body.json" taskset -c "$load_core" \
     wrk -t1 -c"$c" -d"${duration}s" --timeout 10s --latency -s bench/post.lua "$url" \
     >"$tmp/wrk.out" 2>&1 &
@@ -348,14 +356,14 @@ measure() {
     sleep 0.2
   done
   wait "$pid" || { cat "$tmp/wrk.out" >&2; fail "wrk failed on $case/$m/$c"; }
-  t1="$(cpu_ticks "${watch[@]}")"
+  t1="$(cpu_ticks "${watch[@]}")" u1="$(user_ticks "${watch[@]}")"
   out="$(sed -n 's/^RESULT //p' "$tmp/wrk.out")"
   [ -n "$out" ] || { cat "$tmp/wrk.out" >&2; fail "wrk printed no result for $case/$m/$c"; }
-  python3 - "$out" "$case" "$m" "$c" "$((t1 - t0))" "$clk_tck" "$peak" "$extra" >>"$results" <<'EOF'
+  python3 - "$out" "$case" "$m" "$c" "$((t1 - t0))" "$clk_tck" "$peak" "$extra" "$((u1 - u0))" >>"$results" <<'EOF'
 import json, sys
 r = json.loads(sys.argv[1])
 r.update(case=sys.argv[2], mode=sys.argv[3], conns=int(sys.argv[4]), cpu_ticks=int(sys.argv[5]),
-         clk_tck=int(sys.argv[6]), rss_load_kb=int(sys.argv[7]))
+         clk_tck=int(sys.argv[6]), rss_load_kb=int(sys.argv[7]), cpu_user_ticks=int(sys.argv[9]))
 if sys.argv[8]:
     r.update(json.loads(sys.argv[8]))
 print(json.dumps(r))
