@@ -16,7 +16,8 @@
 # `callgrind_annotate`.
 #
 # Environment: CARGO_TARGET_DIR, BENCH_PROF_REQUESTS, BENCH_PROF_OUT, BENCH_PROF_CONNS
-# (concurrent connections of the client, default 1). Builds the release binaries with
+# (concurrent connections of the client, default 1), BENCH_PROF_VALGRIND_ARGS (more
+# callgrind options, e.g. "--cache-sim=yes" for simulated cache misses). Builds the release binaries with
 # symbols (CARGO_PROFILE_RELEASE_STRIP=none, DEBUG=line-tables-only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +69,8 @@ cat >"$tmp/backstop.json" <<EOF
 }
 EOF
 
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/cg.out" \
+# shellcheck disable=SC2086 # BENCH_PROF_VALGRIND_ARGS is a list of options
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/cg.out" ${BENCH_PROF_VALGRIND_ARGS:-} \
   "$bin/backstop" serve --config "$tmp/backstop.json" >"$tmp/backstop.out" 2>"$tmp/backstop.log" &
 vg=$!
 pids+=("$vg")
