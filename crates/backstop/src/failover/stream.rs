@@ -150,27 +150,44 @@ impl UpstreamStream {
         self.done || self.eof || self.ready.is_some()
     }
 
+    /// The bytes read from the upstream but not yet taken as items (the rest of the
+    /// last read): a passthrough relay writes them all on, so it makes room for them
+    /// once rather than growing its buffer event by event.
+    pub fn pending_bytes(&self) -> usize {
+        self.parser.buffered() + self.ready.as_ref().map_or(0, |ev| ev.raw.len())
+    }
+
+    /// The next item when it is ready without reading the upstream again
+    /// ([`has_ready`](Self::has_ready)): what [`next_item`](Self::next_item) returns at
+    /// once then, taken without a future.
+    pub fn ready_item(&mut self) -> Option<StreamItem> {
+        if self.done {
+            return Some(StreamItem::End);
+        }
+        if let Some(ev) = self.ready.take() {
+            self.ready = self.parser.next_event();
+            return Some(self.decode(ev));
+        }
+        if self.eof {
+            return Some(if self.finished {
+                self.done = true;
+                StreamItem::End
+            } else {
+                StreamItem::Failed(Failure::new(
+                    Reason::Timeout,
+                    self.phase(),
+                    "upstream closed the stream before it finished",
+                ))
+            });
+        }
+        None
+    }
+
     /// The next item. Waits at most the idle timeout for upstream bytes.
     pub async fn next_item(&mut self) -> StreamItem {
         loop {
-            if self.done {
-                return StreamItem::End;
-            }
-            if let Some(ev) = self.ready.take() {
-                self.ready = self.parser.next_event();
-                return self.decode(ev);
-            }
-            if self.eof {
-                return if self.finished {
-                    self.done = true;
-                    StreamItem::End
-                } else {
-                    StreamItem::Failed(Failure::new(
-                        Reason::Timeout,
-                        self.phase(),
-                        "upstream closed the stream before it finished",
-                    ))
-                };
+            if let Some(item) = self.ready_item() {
+                return item;
             }
             let wait = if self.complete {
                 self.idle.min(TERMINATOR_GRACE)
