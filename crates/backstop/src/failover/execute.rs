@@ -1234,12 +1234,17 @@ impl Engine {
         let hold_all = assembler.is_some();
         let idle = Duration::from_millis(self.config.timeouts.idle_ms);
         // `to_str` of a header value: visible ASCII only, or nothing.
-        let content_type = response
-            .content_type()
-            .filter(|v| v.iter().all(|&b| (32..127).contains(&b) || b == b'\t'))
-            .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
-            .unwrap_or_default();
-        if !content_type.starts_with("text/event-stream") {
+        let visible = |v: &&[u8]| v.iter().all(|&b| (32..127).contains(&b) || b == b'\t');
+        let event_stream = response.content_type().filter(visible).is_some_and(|v| {
+            v.get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
+        });
+        if !event_stream {
+            let content_type = response
+                .content_type()
+                .filter(visible)
+                .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+                .unwrap_or_default();
             let status = response.status().as_u16();
             let body = read_body(response, deadline, idle)
                 .await
