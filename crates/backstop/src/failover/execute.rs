@@ -11,7 +11,7 @@ use super::decide::{Action, Situation, decide};
 use super::failure::{Failure, Phase, Reason};
 use super::plan::{AttemptPlan, LazyPlan, Target};
 use super::session::SessionCtx;
-use super::stream::{StreamItem, UpstreamDecoder, UpstreamStream};
+use super::stream::{Assembler, StreamItem, UpstreamDecoder, UpstreamStream};
 use crate::chat::{self, ChunkEvents, StreamEvent, WireFormat};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ModelRef, Route, StreamCommit};
@@ -1173,7 +1173,8 @@ impl Engine {
                 body,
             ));
         }
-        let client_streams = call.request.stream;
+        // A non-streamed answer is assembled as its events are read.
+        let mut assembler = (!call.request.stream).then(Assembler::new);
         let answer = self
             .commit_stream(
                 upstream,
@@ -1181,24 +1182,23 @@ impl Engine {
                 (target, started),
                 head_deadline,
                 deadline,
-                !client_streams,
+                assembler.as_mut(),
             )
             .await?;
-        if client_streams {
+        let Some(assembler) = assembler else {
             return Ok(answer);
-        }
+        };
         match answer {
             Answer::Complete { .. } => Ok(answer),
-            Answer::Stream { head, rest } => {
+            Answer::Stream { rest, .. } => {
                 rest.release();
-                let response = super::stream::assemble(head.iter().flat_map(|(_, evs)| evs))
-                    .map_err(|e| {
-                        Failure::new(
-                            Reason::ServerError,
-                            Phase::Body,
-                            format!("upstream stream could not be assembled: {e}"),
-                        )
-                    })?;
+                let response = assembler.finish().map_err(|e| {
+                    Failure::new(
+                        Reason::ServerError,
+                        Phase::Body,
+                        format!("upstream stream could not be assembled: {e}"),
+                    )
+                })?;
                 // The upstream-format body is what a client of the same format gets; any
                 // other client's answer is encoded from `response` (`render::complete_body`),
                 // so it is not built for nothing. Gemini has no client side.
@@ -1220,7 +1220,8 @@ impl Engine {
     /// Read a stream up to its first content (or its clean end). The first content's
     /// arrival, since `started`, is the attempt's time to first token: recorded for
     /// every stream, the client's streamed or not (a non-streamed answer is read
-    /// whole from an upstream stream).
+    /// whole from an upstream stream, its events going into `assembler`, not into the
+    /// answer's `head`).
     async fn commit_stream(
         &self,
         upstream: &Upstream,
@@ -1228,16 +1229,22 @@ impl Engine {
         (target, started): (&Target, Instant),
         first_token_deadline: Instant,
         deadline: Instant,
-        hold_all: bool,
+        mut assembler: Option<&mut Assembler>,
     ) -> Result<Answer, Failure> {
+        let hold_all = assembler.is_some();
         let idle = Duration::from_millis(self.config.timeouts.idle_ms);
         // `to_str` of a header value: visible ASCII only, or nothing.
-        let content_type = response
-            .content_type()
-            .filter(|v| v.iter().all(|&b| (32..127).contains(&b) || b == b'\t'))
-            .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
-            .unwrap_or_default();
-        if !content_type.starts_with("text/event-stream") {
+        let visible = |v: &&[u8]| v.iter().all(|&b| (32..127).contains(&b) || b == b'\t');
+        let event_stream = response.content_type().filter(visible).is_some_and(|v| {
+            v.get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
+        });
+        if !event_stream {
+            let content_type = response
+                .content_type()
+                .filter(visible)
+                .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+                .unwrap_or_default();
             let status = response.status().as_u16();
             let body = read_body(response, deadline, idle)
                 .await
@@ -1278,8 +1285,13 @@ impl Engine {
         // With `stream.commit: "complete"` the whole stream is held back, so any failure
         // before its end still fails over invisibly.
         let hold_all = hold_all || self.config.stream.commit == StreamCommit::Complete;
-        // Room for a short answer's events held whole, without growing the vector.
-        let mut head = Vec::with_capacity(if hold_all { 32 } else { 4 });
+        // Room for a short answer's events held whole, without growing the vector (none
+        // for an assembled answer's).
+        let mut head = Vec::with_capacity(match (&assembler, hold_all) {
+            (Some(_), _) => 0,
+            (None, true) => 32,
+            (None, false) => 4,
+        });
         let mut got_content = false;
         loop {
             let until = if got_content {
@@ -1321,7 +1333,10 @@ impl Engine {
                         self.metrics.time_to_first_token(p, m, ttft);
                     }
                     let done = rest.done;
-                    head.push((raw, events));
+                    match assembler.as_deref_mut() {
+                        Some(assembler) => assembler.push_all(events),
+                        None => head.push((raw, events)),
+                    }
                     if (got_content && !hold_all) || done {
                         rest.committed = true;
                         return Ok(Answer::Stream { head, rest });

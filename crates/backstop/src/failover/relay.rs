@@ -30,6 +30,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 
+/// The most room a passthrough relay makes at once for upstream bytes still to be
+/// written (see [`Writer::event`]).
+const MAX_RESERVE: usize = 16 * 1024;
+/// The room a delivered text run starts with: a short answer's text then needs no
+/// growing, token by token.
+const TEXT_RUN: usize = 128;
 /// How many rescues one stream may go through.
 const MAX_RESCUES: usize = 2;
 /// How many targets one rescue may try.
@@ -59,26 +65,44 @@ impl Delivered {
     fn observe(&mut self, events: impl IntoIterator<Item = StreamEvent>) -> bool {
         let mut done = false;
         for e in events {
-            match e {
-                StreamEvent::Done => done = true,
-                StreamEvent::Usage { .. } | StreamEvent::Finish { .. } => {}
-                _ if self.tool_calls => {}
-                StreamEvent::ToolCallStart { .. } | StreamEvent::ToolCallDelta { .. } => {
-                    self.tool_calls = true;
-                    self.log = Vec::new();
-                }
-                StreamEvent::TextDelta { text } => match self.log.last_mut() {
-                    Some(StreamEvent::TextDelta { text: run }) => run.push_str(&text),
-                    _ => self.log.push(StreamEvent::TextDelta { text }),
-                },
-                StreamEvent::ThinkingDelta { text } => match self.log.last_mut() {
-                    Some(StreamEvent::ThinkingDelta { text: run }) => run.push_str(&text),
-                    _ => self.log.push(StreamEvent::ThinkingDelta { text }),
-                },
-                e => self.log.push(e),
-            }
+            done |= self.observe_one(e);
         }
         done
+    }
+
+    /// [`observe`](Self::observe) a chunk's events (nearly always one, taken as it is).
+    fn observe_chunk(&mut self, events: ChunkEvents) -> bool {
+        match events {
+            ChunkEvents::One(e) => self.observe_one(e),
+            ChunkEvents::Many(events) => self.observe(events),
+        }
+    }
+
+    /// Take note of one event the client got; returns whether it ended the stream.
+    fn observe_one(&mut self, e: StreamEvent) -> bool {
+        match e {
+            StreamEvent::Done => return true,
+            StreamEvent::Usage { .. } | StreamEvent::Finish { .. } => {}
+            _ if self.tool_calls => {}
+            StreamEvent::ToolCallStart { .. } | StreamEvent::ToolCallDelta { .. } => {
+                self.tool_calls = true;
+                self.log = Vec::new();
+            }
+            StreamEvent::TextDelta { text } => match self.log.last_mut() {
+                Some(StreamEvent::TextDelta { text: run }) => run.push_str(&text),
+                _ => {
+                    let mut run = String::with_capacity(text.len().max(TEXT_RUN));
+                    run.push_str(&text);
+                    self.log.push(StreamEvent::TextDelta { text: run });
+                }
+            },
+            StreamEvent::ThinkingDelta { text } => match self.log.last_mut() {
+                Some(StreamEvent::ThinkingDelta { text: run }) => run.push_str(&text),
+                _ => self.log.push(StreamEvent::ThinkingDelta { text }),
+            },
+            e => self.log.push(e),
+        }
+        false
     }
 
     /// The text the client got.
@@ -132,9 +156,13 @@ impl Writer {
         }
     }
 
-    fn event(&mut self, raw: &SseEvent, events: &[StreamEvent], out: &mut Vec<u8>) {
+    /// Write one upstream event; `pending`: the upstream bytes read after it (the rest
+    /// of its read), which a passthrough makes room for at once.
+    fn event(&mut self, raw: &SseEvent, events: &[StreamEvent], pending: usize, out: &mut Vec<u8>) {
         match self {
             Writer::Passthrough(_) => {
+                // Bounded: a huge event still being read is not room to hold yet.
+                out.reserve(raw.raw.len() + pending.min(MAX_RESERVE));
                 out.extend_from_slice(&raw.raw);
                 complete_frame(&raw.raw, out);
             }
@@ -453,8 +481,9 @@ impl Relay {
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             for (raw, events) in head {
-                self.writer.event(&raw, &events, &mut self.out);
-                self.saw_done |= self.delivered.observe(events);
+                let pending = self.rest.pending_bytes();
+                self.writer.event(&raw, &events, pending, &mut self.out);
+                self.saw_done |= self.delivered.observe_chunk(events);
             }
             while !self.saw_done {
                 // Events that came in one upstream read leave in one client write: send only
@@ -468,12 +497,17 @@ impl Relay {
                         .send(Bytes::from(std::mem::take(&mut self.out)))
                         .await;
                 }
-                let failure = match self.rest.next_item().await {
+                let item = match self.rest.ready_item() {
+                    Some(item) => item,
+                    None => self.rest.next_item().await,
+                };
+                let failure = match item {
                     StreamItem::Event(raw, events) => {
                         match self.filter.as_mut().map(|f| f.apply(events.clone())) {
                             None => {
-                                self.writer.event(&raw, &events, &mut self.out);
-                                self.saw_done = self.delivered.observe(events);
+                                let pending = self.rest.pending_bytes();
+                                self.writer.event(&raw, &events, pending, &mut self.out);
+                                self.saw_done = self.delivered.observe_chunk(events);
                                 continue;
                             }
                             Some(Ok(events)) => {
@@ -831,6 +865,28 @@ mod tests {
         d.observe(vec![text("c")]);
         assert!(d.tool_calls);
         assert!(d.log.is_empty());
+    }
+
+    #[test]
+    fn a_chunk_is_observed_as_its_events_are() {
+        let done = StreamEvent::Done;
+        let usage = StreamEvent::Usage {
+            usage: chat::Usage::default(),
+        };
+        let chunks = vec![
+            ChunkEvents::One(text("a")),
+            ChunkEvents::Many(vec![]),
+            ChunkEvents::Many(vec![text("b"), usage.clone()]),
+            ChunkEvents::One(usage),
+            ChunkEvents::Many(vec![done.clone(), text("c")]),
+            ChunkEvents::One(done),
+        ];
+        let (mut a, mut b) = (Delivered::default(), Delivered::default());
+        for chunk in chunks {
+            assert_eq!(a.observe_chunk(chunk.clone()), b.observe(Vec::from(chunk)));
+            assert_eq!(a.log, b.log);
+        }
+        assert_eq!(a.log, vec![text("abc")]);
     }
 
     #[test]

@@ -150,27 +150,44 @@ impl UpstreamStream {
         self.done || self.eof || self.ready.is_some()
     }
 
+    /// The bytes read from the upstream but not yet taken as items (the rest of the
+    /// last read): a passthrough relay writes them all on, so it makes room for them
+    /// once rather than growing its buffer event by event.
+    pub fn pending_bytes(&self) -> usize {
+        self.parser.buffered() + self.ready.as_ref().map_or(0, |ev| ev.raw.len())
+    }
+
+    /// The next item when it is ready without reading the upstream again
+    /// ([`has_ready`](Self::has_ready)): what [`next_item`](Self::next_item) returns at
+    /// once then, taken without a future.
+    pub fn ready_item(&mut self) -> Option<StreamItem> {
+        if self.done {
+            return Some(StreamItem::End);
+        }
+        if let Some(ev) = self.ready.take() {
+            self.ready = self.parser.next_event();
+            return Some(self.decode(ev));
+        }
+        if self.eof {
+            return Some(if self.finished {
+                self.done = true;
+                StreamItem::End
+            } else {
+                StreamItem::Failed(Failure::new(
+                    Reason::Timeout,
+                    self.phase(),
+                    "upstream closed the stream before it finished",
+                ))
+            });
+        }
+        None
+    }
+
     /// The next item. Waits at most the idle timeout for upstream bytes.
     pub async fn next_item(&mut self) -> StreamItem {
         loop {
-            if self.done {
-                return StreamItem::End;
-            }
-            if let Some(ev) = self.ready.take() {
-                self.ready = self.parser.next_event();
-                return self.decode(ev);
-            }
-            if self.eof {
-                return if self.finished {
-                    self.done = true;
-                    StreamItem::End
-                } else {
-                    StreamItem::Failed(Failure::new(
-                        Reason::Timeout,
-                        self.phase(),
-                        "upstream closed the stream before it finished",
-                    ))
-                };
+            if let Some(item) = self.ready_item() {
+                return item;
             }
             let wait = if self.complete {
                 self.idle.min(TERMINATOR_GRACE)
@@ -252,80 +269,146 @@ impl UpstreamStream {
 pub fn assemble<'a>(
     events: impl IntoIterator<Item = &'a StreamEvent>,
 ) -> Result<crate::chat::Response, String> {
-    use crate::chat::{Part, Response, Usage};
-    let mut resp = Response {
-        id: String::new(),
-        model: String::new(),
-        content: Vec::new(),
-        finish_reason: None,
-        stop_sequence: None,
-        usage: Usage::default(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
-    let mut start_input: Option<u64> = None;
-    // Our tool index → position in `content`.
-    let mut tools: Vec<(u32, usize)> = Vec::new();
+    let mut assembler = Assembler::new();
     for ev in events {
+        assembler.push(ev.clone());
+    }
+    assembler.finish()
+}
+
+/// The room an assembled answer's text starts with: a short answer's text then needs
+/// no growing, token by token.
+const ANSWER_TEXT: usize = 1024;
+
+/// A complete answer assembled from a stream's events as they are read ([`assemble`],
+/// one event at a time): their strings move into the answer, and the events need not
+/// be kept until the stream ends.
+pub struct Assembler {
+    resp: crate::chat::Response,
+    start_input: Option<u64>,
+    /// Our tool index → position in `content`.
+    tools: Vec<(u32, usize)>,
+    /// Why the answer cannot be assembled: the first such event (the rest are ignored).
+    error: Option<String>,
+}
+
+impl Default for Assembler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Assembler {
+    pub fn new() -> Self {
+        use crate::chat::{Response, Usage};
+        Assembler {
+            resp: Response {
+                id: String::new(),
+                model: String::new(),
+                content: Vec::new(),
+                finish_reason: None,
+                stop_sequence: None,
+                usage: Usage::default(),
+                created: 0,
+            },
+            start_input: None,
+            tools: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Take the events of one chunk.
+    pub fn push_all(&mut self, events: ChunkEvents) {
+        match events {
+            ChunkEvents::One(ev) => self.push(ev),
+            ChunkEvents::Many(evs) => evs.into_iter().for_each(|ev| self.push(ev)),
+        }
+    }
+
+    /// Take one event.
+    pub fn push(&mut self, ev: StreamEvent) {
+        use crate::chat::Part;
+        if self.error.is_some() {
+            return;
+        }
+        let resp = &mut self.resp;
         match ev {
             StreamEvent::Start {
                 id,
                 model,
                 input_tokens,
             } => {
-                resp.id.clone_from(id);
-                resp.model.clone_from(model);
-                start_input = *input_tokens;
+                resp.id = id;
+                resp.model = model;
+                self.start_input = input_tokens;
             }
             StreamEvent::TextDelta { text } => match resp.content.last_mut() {
-                Some(Part::Text { text: t }) => t.push_str(text),
-                _ => resp.content.push(Part::Text { text: text.clone() }),
+                Some(Part::Text { text: t }) => t.push_str(&text),
+                _ => {
+                    let mut t = String::with_capacity(text.len().max(ANSWER_TEXT));
+                    t.push_str(&text);
+                    resp.content.push(Part::Text { text: t });
+                }
             },
             StreamEvent::ThinkingDelta { text } => match resp.content.last_mut() {
-                Some(Part::Thinking { text: t, .. }) => t.push_str(text),
+                Some(Part::Thinking { text: t, .. }) => t.push_str(&text),
                 _ => resp.content.push(Part::Thinking {
-                    text: text.clone(),
+                    text,
                     signature: None,
                 }),
             },
             StreamEvent::ToolCallStart { index, id, name } => {
-                tools.push((*index, resp.content.len()));
+                self.tools.push((index, resp.content.len()));
                 resp.content.push(Part::ToolCall {
-                    id: id.clone(),
-                    name: name.clone(),
+                    id,
+                    name,
                     arguments: String::new(),
                 });
             }
             StreamEvent::ToolCallDelta { index, arguments } => {
-                let pos = tools.iter().find(|(i, _)| i == index).map(|(_, p)| *p);
+                let pos = self
+                    .tools
+                    .iter()
+                    .find(|(i, _)| *i == index)
+                    .map(|(_, p)| *p);
                 match pos.and_then(|p| resp.content.get_mut(p)) {
-                    Some(Part::ToolCall { arguments: a, .. }) => a.push_str(arguments),
+                    Some(Part::ToolCall { arguments: a, .. }) => a.push_str(&arguments),
                     _ => {
-                        return Err(format!(
+                        self.error = Some(format!(
                             "arguments for tool call {index}, which never started"
                         ));
                     }
                 }
             }
-            StreamEvent::Usage { usage } => resp.usage = *usage,
+            StreamEvent::Usage { usage } => resp.usage = usage,
             StreamEvent::Finish {
                 reason,
                 stop_sequence,
             } => {
-                resp.finish_reason = Some(*reason);
-                resp.stop_sequence.clone_from(stop_sequence);
+                resp.finish_reason = Some(reason);
+                resp.stop_sequence = stop_sequence;
             }
-            StreamEvent::Error { error } => return Err(error.message.clone()),
+            StreamEvent::Error { error } => self.error = Some(error.message),
             StreamEvent::Done => {}
         }
     }
-    if resp.usage.input_tokens == 0
-        && let Some(n) = start_input
-    {
-        resp.usage.input_tokens = n;
+
+    /// The answer, dated now (its end), or why it could not be assembled.
+    pub fn finish(self) -> Result<crate::chat::Response, String> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let mut resp = self.resp;
+        resp.created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if resp.usage.input_tokens == 0
+            && let Some(n) = self.start_input
+        {
+            resp.usage.input_tokens = n;
+        }
+        Ok(resp)
     }
-    Ok(resp)
 }
 
 #[cfg(test)]
@@ -395,5 +478,50 @@ mod tests {
             }])
             .is_err()
         );
+    }
+
+    #[test]
+    fn the_first_event_that_cannot_be_assembled_fails_the_answer() {
+        let error = |message: &str| StreamEvent::Error {
+            error: crate::chat::UpstreamErrorBody {
+                kind: None,
+                code: None,
+                message: message.into(),
+                retry_after: None,
+            },
+        };
+        let events = [
+            StreamEvent::TextDelta { text: "a".into() },
+            StreamEvent::ToolCallDelta {
+                index: 1,
+                arguments: "{}".into(),
+            },
+            error("later"),
+            StreamEvent::TextDelta { text: "b".into() },
+        ];
+        assert_eq!(
+            assemble(&events),
+            Err("arguments for tool call 1, which never started".to_string())
+        );
+        assert_eq!(assemble(&events[2..]), Err("later".to_string()));
+        // Chunk by chunk, as a stream is read, the same.
+        let mut a = Assembler::new();
+        a.push_all(ChunkEvents::One(events[0].clone()));
+        a.push_all(ChunkEvents::Many(events[1..].to_vec()));
+        assert_eq!(a.finish(), assemble(&events));
+        // Text runs are joined, also past the room a text part starts with.
+        let long = "x".repeat(ANSWER_TEXT + 3);
+        let r = assemble(&[
+            StreamEvent::TextDelta { text: long.clone() },
+            StreamEvent::TextDelta { text: "y".into() },
+        ])
+        .unwrap();
+        assert_eq!(
+            r.content,
+            vec![Part::Text {
+                text: format!("{long}y")
+            }]
+        );
+        assert!(r.created > 0);
     }
 }
