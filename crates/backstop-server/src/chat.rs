@@ -84,9 +84,9 @@ async fn serve(
             ),
         )
     };
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
+    let wanted = Wanted::of(&parts.headers);
+    if let Some(len) = wanted
+        .content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
         && len > limit
@@ -94,10 +94,7 @@ async fn serve(
         return Err(too_large());
     }
     // Bodies are read as they come: a compressed one would only fail as "not valid JSON".
-    if let Some(enc) = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.as_bytes().trim_ascii())
+    if let Some(enc) = wanted.content_encoding.map(|v| v.as_bytes().trim_ascii())
         && !(enc.is_empty() || enc.eq_ignore_ascii_case(b"identity"))
     {
         return Err(ClientError::invalid(format!(
@@ -110,7 +107,7 @@ async fn serve(
         .await
         .map_err(|_| too_large())?;
     let (raw, request) = decode_body(ingress, bytes, config.server.max_json_depth)?;
-    let fallbacks = match parts.headers.get(FALLBACKS) {
+    let fallbacks = match wanted.fallbacks {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
             ClientError::invalid(format!("{FALLBACKS_HEADER}: not valid text"))
@@ -129,7 +126,7 @@ async fn serve(
                 ClientError::invalid(message).with_param(FALLBACKS_HEADER)
             }
         })?;
-    let session = session_for(&state, &parts.headers)?;
+    let session = session_for(&state, wanted.session, wanted.profile)?;
     let include_usage = ingress == WireFormat::OpenAi && raw.facts().include_usage;
     let call = Call {
         request_id,
@@ -140,7 +137,7 @@ async fn serve(
         session,
         translate: false,
         anthropic_beta: match ingress {
-            WireFormat::Anthropic => parts.headers.get(ANTHROPIC_BETA).cloned(),
+            WireFormat::Anthropic => wanted.anthropic_beta.cloned(),
             _ => None,
         },
     };
@@ -184,8 +181,61 @@ async fn serve(
     }
 }
 
+/// The request headers [`serve`] reads: each the first value of its name, as
+/// `HeaderMap::get` gives it, found in one pass over the few headers a request has.
+#[derive(Default)]
+struct Wanted<'a> {
+    content_length: Option<&'a HeaderValue>,
+    content_encoding: Option<&'a HeaderValue>,
+    fallbacks: Option<&'a HeaderValue>,
+    session: Option<&'a HeaderValue>,
+    profile: Option<&'a HeaderValue>,
+    anthropic_beta: Option<&'a HeaderValue>,
+}
+
+impl<'a> Wanted<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let mut w = Wanted::default();
+        for (name, value) in headers {
+            let slot = if name == header::CONTENT_LENGTH {
+                &mut w.content_length
+            } else if name == header::CONTENT_ENCODING {
+                &mut w.content_encoding
+            } else if name == FALLBACKS {
+                &mut w.fallbacks
+            } else if name == SESSION {
+                &mut w.session
+            } else if name == PROFILE {
+                &mut w.profile
+            } else if name == ANTHROPIC_BETA {
+                &mut w.anthropic_beta
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        w
+    }
+}
+
 fn set_attempts(headers: &mut HeaderMap, n: usize) {
-    headers.insert(ATTEMPTS, HeaderValue::from(n as u64));
+    // The common counts without formatting (the same text `HeaderValue::from` writes).
+    let v = match n {
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        3 => HeaderValue::from_static("3"),
+        n => HeaderValue::from(n as u64),
+    };
+    headers.insert(ATTEMPTS, v);
+}
+
+/// `provider/model`, as `ModelRef`'s `Display` writes it, in one exact allocation.
+fn model_text(m: &backstop::config::ModelRef) -> Bytes {
+    let mut v = Vec::with_capacity(m.provider.len() + 1 + m.model.len());
+    v.extend_from_slice(m.provider.as_bytes());
+    v.push(b'/');
+    v.extend_from_slice(m.model.as_bytes());
+    Bytes::from(v)
 }
 
 fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Success) -> Response {
@@ -193,7 +243,7 @@ fn respond(state: &Arc<AppState>, call: Call, include_usage: bool, success: Succ
     // Headers go straight into the response (in the order they always had).
     let mut resp = Response::new(Body::empty());
     let headers = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&success.target.model.to_string()) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(model_text(&success.target.model)) {
         headers.insert(MODEL, v);
     }
     set_attempts(headers, success.attempts());
@@ -243,12 +293,17 @@ fn decode_body(
     bytes: Bytes,
     max_depth: usize,
 ) -> Result<(RawBody, backstop::chat::Request), ClientError> {
-    check_depth(&bytes, max_depth)?;
+    // A body the fast path reads is valid JSON: its nesting, found on the way, is what
+    // `check_depth` would count, without a pass of its own.
     if ingress == WireFormat::OpenAi
         && let Some((request, facts)) = backstop::wire::openai::decode_request_fast(&bytes)
     {
+        if facts.spans.as_ref().is_none_or(|s| s.depth > max_depth) {
+            return Err(too_deep(max_depth));
+        }
         return Ok((RawBody::scanned(bytes, facts), request));
     }
+    check_depth(&bytes, max_depth)?;
     let raw = parse_checked_json(&bytes)?;
     let request = match ingress {
         WireFormat::Anthropic => backstop::wire::anthropic::decode_request(&raw),
@@ -280,6 +335,12 @@ fn parse_checked_json(bytes: &[u8]) -> Result<serde_json::Value, ClientError> {
     Ok(value)
 }
 
+fn too_deep(max_depth: usize) -> ClientError {
+    ClientError::invalid(format!(
+        "request body is nested deeper than {max_depth} levels (server.max_json_depth)"
+    ))
+}
+
 fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ClientError> {
     let mut depth = 0usize;
     let mut i = 0;
@@ -303,9 +364,7 @@ fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ClientError> {
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max_depth {
-                    return Err(ClientError::invalid(format!(
-                        "request body is nested deeper than {max_depth} levels (server.max_json_depth)"
-                    )));
+                    return Err(too_deep(max_depth));
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
@@ -318,11 +377,14 @@ fn check_depth(bytes: &[u8], max_depth: usize) -> Result<(), ClientError> {
 
 /// The session of a request (`x-backstop-session`), with a user profile pin from
 /// `x-backstop-profile` applied first.
-fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCtx>, ClientError> {
-    let text = |header: HeaderName| -> Result<Option<String>, ClientError> {
+fn session_for(
+    state: &AppState,
+    session: Option<&HeaderValue>,
+    profile: Option<&HeaderValue>,
+) -> Result<Option<SessionCtx>, ClientError> {
+    let text = |header: HeaderName, value: Option<&HeaderValue>| {
         let name = header.as_str();
-        headers
-            .get(&header)
+        value
             .map(|v| {
                 v.to_str().map(|s| s.trim().to_string()).map_err(|_| {
                     ClientError::invalid(format!("{name}: not valid text")).with_param(name)
@@ -330,8 +392,8 @@ fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCt
             })
             .transpose()
     };
-    let Some(id) = text(SESSION)?.filter(|s| !s.is_empty()) else {
-        if headers.contains_key(PROFILE) {
+    let Some(id) = text(SESSION, session)?.filter(|s| !s.is_empty()) else {
+        if profile.is_some() {
             return Err(ClientError::invalid(format!(
                 "{PROFILE_HEADER} needs a session: send {SESSION_HEADER} too"
             ))
@@ -342,7 +404,7 @@ fn session_for(state: &AppState, headers: &HeaderMap) -> Result<Option<SessionCt
     check_id(&id).map_err(|e| {
         ClientError::invalid(format!("{SESSION_HEADER}: {e}")).with_param(SESSION_HEADER)
     })?;
-    if let Some(profile) = text(PROFILE)?.filter(|s| !s.is_empty()) {
+    if let Some(profile) = text(PROFILE, profile)?.filter(|s| !s.is_empty()) {
         let config = state.config();
         let current = state.sessions.get(&id);
         // Checked against the provider of the session's user model pin, else any provider.
@@ -419,6 +481,78 @@ mod tests {
                 String::from_utf8_lossy(&body)
             );
         }
+    }
+
+    /// A body the fast path reads is refused for its depth exactly when `check_depth`
+    /// refuses it, with the same error.
+    #[test]
+    fn the_fast_path_refuses_the_depths_check_depth_refuses() {
+        let bodies = [
+            r#"{"model":"m","messages":[]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"[[{{"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x","x":[[1]]}]}"#,
+            r#"{"model":"m","messages":[],"stop":["a"],"stream_options":{"include_usage":true}}"#,
+            r#"{"model":"m","messages":[],"x":{"a":[{"b":"]]\"[["}]}}"#,
+            r#"{"model":"m","messages":[{"role":"system","content":"s"}],"n":1,"y":[]}"#,
+        ];
+        for body in bodies {
+            assert!(
+                backstop::wire::openai::decode_request_fast(body.as_bytes()).is_some(),
+                "{body}"
+            );
+            for max in 0..8 {
+                let want = check_depth(body.as_bytes(), max).map_err(|e| e.message);
+                let got = decode_body(WireFormat::OpenAi, Bytes::from(body), max)
+                    .map(drop)
+                    .map_err(|e| e.message);
+                assert_eq!(got, want, "{body} at {max}");
+            }
+        }
+    }
+
+    /// One pass finds what `HeaderMap::get` finds, repeated names and all.
+    #[test]
+    fn wanted_headers_are_the_first_of_their_names() {
+        let names = [
+            header::CONTENT_LENGTH,
+            header::CONTENT_ENCODING,
+            FALLBACKS,
+            SESSION,
+            PROFILE,
+            ANTHROPIC_BETA,
+            header::HOST,
+            HeaderName::from_static("x-backstop-sessio"),
+            HeaderName::from_static("x-other"),
+        ];
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..2000 {
+            let mut h = HeaderMap::new();
+            for i in 0..rng.usize(0..8) {
+                let name = names[rng.usize(0..names.len())].clone();
+                h.append(name, HeaderValue::from(i as u64));
+            }
+            let w = Wanted::of(&h);
+            assert_eq!(w.content_length, h.get(header::CONTENT_LENGTH));
+            assert_eq!(w.content_encoding, h.get(header::CONTENT_ENCODING));
+            assert_eq!(w.fallbacks, h.get(FALLBACKS));
+            assert_eq!(w.session, h.get(SESSION));
+            assert_eq!(w.profile, h.get(PROFILE));
+            assert_eq!(w.anthropic_beta, h.get(ANTHROPIC_BETA));
+        }
+    }
+
+    #[test]
+    fn header_texts_are_the_formatted_ones() {
+        for n in 0..12 {
+            let mut h = HeaderMap::new();
+            set_attempts(&mut h, n);
+            assert_eq!(h[&ATTEMPTS], HeaderValue::from(n as u64));
+        }
+        let m = backstop::config::ModelRef {
+            provider: "oa".into(),
+            model: "gpt-4o/x é".into(),
+        };
+        assert_eq!(model_text(&m), m.to_string().as_bytes());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! [`Direct`] against the router: the same answer (status, headers in order, body) to
-//! every request, chat routes or not, good or bad.
+//! [`Direct`] against the router: the same answer (status, head as the HTTP/1 loop writes
+//! it, body) to every request, chat routes or not, good or bad.
 
 use super::*;
 use axum::body::{Body, HttpBody};
@@ -96,30 +96,31 @@ fn masked_body(bytes: &[u8]) -> String {
 #[derive(Debug, PartialEq)]
 struct Seen {
     status: StatusCode,
-    headers: Vec<(String, String)>,
+    /// The head's lines as the HTTP/1 loop writes them (`date` left out).
+    head: Vec<String>,
     body: String,
 }
 
 async fn seen(resp: axum::response::Response) -> Seen {
+    let written = h1::written_head(&resp);
     let (parts, body) = resp.into_parts();
     let size = body.size_hint();
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(n, v)| {
-            let v = if *n == guard::REQUEST_ID {
-                assert!(v.len() == 28 && v.as_bytes().starts_with(b"req_"));
-                "req_…".to_string()
-            } else {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            };
-            (n.as_str().to_string(), v)
+    let head = String::from_utf8(written)
+        .unwrap()
+        .split("\r\n")
+        .filter(|line| !line.starts_with("date: "))
+        .map(|line| match line.strip_prefix("x-backstop-request-id: ") {
+            Some(v) => {
+                assert!(v.len() == 28 && v.starts_with("req_"), "{v}");
+                "x-backstop-request-id: req_…".to_string()
+            }
+            None => line.to_string(),
         })
         .collect();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     Seen {
         status: parts.status,
-        headers,
+        head,
         body: format!(
             "{:?}/{:?} {}",
             size.lower(),

@@ -189,7 +189,10 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         head.slice(at..at + s.len())
     };
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed)?;
-    let uri = Uri::from_maybe_shared(slice(path.as_bytes())).map_err(|_| HeadError::Malformed)?;
+    let uri = match chat_uri(path) {
+        Some(uri) => uri,
+        None => Uri::from_maybe_shared(slice(path.as_bytes())).map_err(|_| HeadError::Malformed)?,
+    };
     let http11 = version == 1;
     let mut keep_alive = http11;
     let mut body = BodyKind::Length(0);
@@ -275,12 +278,31 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
     )))
 }
 
+/// The target of a chat route, parsed once: a clone of what parsing it gives (its
+/// bytes static, so the clone takes no reference count).
+fn chat_uri(path: &str) -> Option<Uri> {
+    static CHAT: std::sync::LazyLock<[Uri; 3]> = std::sync::LazyLock::new(|| {
+        [
+            Uri::from_static("/v1/chat/completions"),
+            Uri::from_static("/chat/completions"),
+            Uri::from_static("/v1/messages"),
+        ]
+    });
+    let at = match path {
+        "/v1/chat/completions" => 0,
+        "/chat/completions" => 1,
+        "/v1/messages" => 2,
+        _ => return None,
+    };
+    Some(CHAT[at].clone())
+}
+
 /// A request header's name: `HeaderName::from_bytes`, with the names SDKs send on
 /// every request matched first by length and bytes (any case), without its lowercasing
 /// table walk, and the custom ones among them without an allocation.
 fn header_name(name: &[u8]) -> Option<HeaderName> {
     const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
-    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    let is = |known: &[u8]| token_is(name, known);
     let common = match name.len() {
         4 if is(b"host") => Some(header::HOST),
         6 if is(b"accept") => Some(header::ACCEPT),
@@ -298,6 +320,33 @@ fn header_name(name: &[u8]) -> Option<HeaderName> {
         Some(n) => Some(n),
         None => HeaderName::from_bytes(name).ok(),
     }
+}
+
+/// Whether header name `name` is `known` (lower-case letters and dashes) in any case,
+/// as `eq_ignore_ascii_case` tells, eight bytes at a time: at the letters of `known`
+/// (its bytes with the 0x40 bit) a byte of `name` counts with its 0x20 bit set, which
+/// makes only the upper-case letter equal to the lower-case one; a dash must be one.
+fn token_is(name: &[u8], known: &[u8]) -> bool {
+    const LETTER: u64 = u64::from_ne_bytes([0x40; 8]);
+    if name.len() != known.len() {
+        return false;
+    }
+    let mut names = name.chunks_exact(8);
+    let mut knowns = known.chunks_exact(8);
+    for (n, k) in (&mut names).zip(&mut knowns) {
+        let (Ok(n), Ok(k)) = (<[u8; 8]>::try_from(n), <[u8; 8]>::try_from(k)) else {
+            return false;
+        };
+        let (n, k) = (u64::from_ne_bytes(n), u64::from_ne_bytes(k));
+        if n | ((k & LETTER) >> 1) != k {
+            return false;
+        }
+    }
+    names
+        .remainder()
+        .iter()
+        .zip(knowns.remainder())
+        .all(|(n, k)| n | ((k & 0x40) >> 1) == *k)
 }
 
 /// hyper's `content_length_parse`: digits only, at most 19 of them.
@@ -381,6 +430,34 @@ enum BodyLength {
     Empty,
     Known(u64),
     Unknown,
+}
+
+/// A response body's length as hyper's server sees it.
+fn body_length(body: &Body) -> BodyLength {
+    if body.is_end_stream() {
+        BodyLength::Empty
+    } else {
+        match body.size_hint().exact() {
+            Some(n) => BodyLength::Known(n),
+            None => BodyLength::Unknown,
+        }
+    }
+}
+
+/// The head this loop writes for `response` to a keep-alive HTTP/1.1 request (the
+/// differential tests compare what reaches the client).
+#[cfg(test)]
+pub(crate) fn written_head(response: &Response<Body>) -> Vec<u8> {
+    let facts = ReqFacts {
+        head: false,
+        http10: false,
+        keep_alive: true,
+    };
+    let mut headers = response.headers().clone();
+    let mut head = Vec::new();
+    let length = body_length(response.body());
+    encode_head(&mut head, response.status(), &mut headers, length, facts);
+    head
 }
 
 fn can_chunk(facts: ReqFacts, status: StatusCode) -> bool {
@@ -562,7 +639,7 @@ fn encode_head(
             BodyLength::Known(len) => {
                 if can_have_content_length(status) {
                     extend(dst, b"content-length: ");
-                    extend(dst, itoa_u64(len).as_bytes());
+                    push_u64(dst, len);
                     extend(dst, b"\r\n");
                     Framing::Length(len)
                 } else {
@@ -587,8 +664,19 @@ fn encode_head(
     (framing, is_last)
 }
 
-fn itoa_u64(n: u64) -> String {
-    n.to_string()
+/// `n` in decimal, as `n.to_string()` writes it.
+fn push_u64(dst: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.extend_from_slice(&digits[at..]);
 }
 
 /// The `date` value, formatted once a second per thread (as hyper).
@@ -1011,14 +1099,7 @@ impl Conn {
         facts: ReqFacts,
     ) -> impl Future<Output = io::Result<bool>> + '_ {
         let (mut parts, body) = response.into_parts();
-        let length = if body.is_end_stream() {
-            BodyLength::Empty
-        } else {
-            match body.size_hint().exact() {
-                Some(n) => BodyLength::Known(n),
-                None => BodyLength::Unknown,
-            }
-        };
+        let length = body_length(&body);
         let mut head = Vec::with_capacity(64 + parts.headers.len() * 32);
         let (framing, is_last) =
             encode_head(&mut head, parts.status, &mut parts.headers, length, facts);

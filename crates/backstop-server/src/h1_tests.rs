@@ -625,3 +625,69 @@ fn header_names_as_from_bytes() {
     check(b"");
     check("h\u{e9}st".as_bytes());
 }
+
+proptest! {
+    /// The word-at-a-time comparison of names is `eq_ignore_ascii_case`, on any bytes.
+    #[test]
+    fn token_is_as_eq_ignore_ascii_case(
+        name in proptest::collection::vec(prop_oneof![
+            Just(b'-'), Just(b'\r'), Just(b'\r' | 0x80), Just(b'-' | 0x80), Just(b'@'), Just(b'`'),
+            b'a'..=b'z', b'A'..=b'Z', any::<u8>(),
+        ], 0..20),
+        known in "[a-z-]{0,20}",
+    ) {
+        let known = known.as_bytes();
+        prop_assert_eq!(token_is(&name, known), name.eq_ignore_ascii_case(known));
+        // The same length, mostly the same bytes.
+        let mut near: Vec<u8> = known.to_vec();
+        for (i, b) in name.iter().enumerate().take(near.len()) {
+            if b % 3 == 0 {
+                near[i] = *b;
+            } else if b % 3 == 1 {
+                near[i] = near[i].to_ascii_uppercase();
+            }
+        }
+        prop_assert_eq!(token_is(&near, known), near.eq_ignore_ascii_case(known));
+    }
+}
+
+/// The chat routes' targets, parsed once, are what parsing them gives.
+#[test]
+fn chat_uris_are_parsed_ones() {
+    for path in ["/v1/chat/completions", "/chat/completions", "/v1/messages"] {
+        let ours = chat_uri(path).unwrap();
+        let theirs = Uri::from_maybe_shared(Bytes::from(path)).unwrap();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.to_string(), theirs.to_string());
+        assert_eq!(ours.path_and_query(), theirs.path_and_query());
+        assert_eq!(ours.query(), None);
+    }
+    for other in [
+        "/v1/messages?x=1",
+        "/V1/messages",
+        "/v1/chat/completions/",
+        "*",
+    ] {
+        assert!(chat_uri(other).is_none());
+    }
+}
+
+#[test]
+fn lengths_are_written_as_to_string_writes_them() {
+    for n in [
+        0,
+        1,
+        9,
+        10,
+        99,
+        100,
+        12345,
+        u64::from(u32::MAX),
+        u64::MAX - 1,
+        u64::MAX,
+    ] {
+        let mut out = b"x".to_vec();
+        push_u64(&mut out, n);
+        assert_eq!(out, format!("x{n}").into_bytes());
+    }
+}

@@ -141,9 +141,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// The chat routes (`POST` to `/v1/chat/completions`, `/chat/completions`,
 /// `/v1/messages`), served by the HTTP/1 loop without the router: what the router's
 /// route and layers do to such a request and its answer is done here in place (request
-/// id and authentication by the same code, a panic's 500, the security headers, and
-/// axum's `content-length` of an answer of known length), without a boxed future and a
-/// cloned service per layer. Any other request goes to the router.
+/// id and authentication by the same code, a panic's 500, the security headers; axum's
+/// `content-length` of an answer of known length is the HTTP/1 loop's), without a boxed
+/// future and a cloned service per layer. Any other request goes to the router.
 #[derive(Clone)]
 pub(crate) struct Direct {
     state: Arc<AppState>,
@@ -192,22 +192,12 @@ impl Direct {
             if security {
                 guard::set_security_headers(resp.headers_mut());
             }
-            set_content_length(&mut resp);
+            // axum's `content-length` of an answer of known length (a top-level route's,
+            // after every layer's headers) is not set here: the HTTP/1 loop, which alone
+            // serves these routes, writes the same line in the same place (last) when the
+            // header is absent.
             Ok(resp)
         })
-    }
-}
-
-/// axum's `set_content_length` (a top-level route's answer): a body of known length gets
-/// its `content-length` header now, after every layer's headers.
-fn set_content_length(resp: &mut axum::response::Response) {
-    use axum::body::HttpBody;
-    if resp.headers().contains_key(http::header::CONTENT_LENGTH) {
-        return;
-    }
-    if let Some(size) = resp.body().size_hint().exact() {
-        resp.headers_mut()
-            .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(size));
     }
 }
 

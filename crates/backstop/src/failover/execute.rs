@@ -1363,17 +1363,23 @@ fn splice_same_format(
     api: WireFormat,
     stream_options: bool,
 ) -> Option<Bytes> {
-    let model = serde_json::to_string(model).ok()?;
-    let mut fields: Vec<(&str, &str)> = vec![("model", &model)];
-    if !client_streams {
-        fields.push(("stream", "true"));
-        if api == WireFormat::OpenAi && stream_options {
-            fields.push(("stream_options", r#"{"include_usage":true}"#));
-        }
-    }
+    // The model as a JSON string (as serde_json writes it), and the fields on the stack.
+    let mut quoted = Vec::with_capacity(model.len() + 2);
+    wire::push_json_str(&mut quoted, model);
+    let model = std::str::from_utf8(&quoted).ok()?;
+    let all = [
+        ("model", model),
+        ("stream", "true"),
+        ("stream_options", r#"{"include_usage":true}"#),
+    ];
+    let fields = match (client_streams, api == WireFormat::OpenAi && stream_options) {
+        (true, _) => &all[..1],
+        (false, false) => &all[..2],
+        (false, true) => &all[..],
+    };
     spans
-        .and_then(|spans| wire::splice_spans(bytes, spans, &fields))
-        .or_else(|| wire::splice_fields(bytes, &fields))
+        .and_then(|spans| wire::splice_spans(bytes, spans, fields))
+        .or_else(|| wire::splice_fields(bytes, fields))
         .map(Bytes::from)
 }
 

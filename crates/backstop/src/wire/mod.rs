@@ -117,13 +117,14 @@ fn splice_at(
     empty: bool,
     find: impl Fn(&str) -> Option<Option<std::ops::Range<usize>>>,
 ) -> Option<Vec<u8>> {
-    // (start, end, new text) of every value replaced in place, in body order.
+    // (start, end, new text) of every value replaced in place, in body order; the
+    // others are appended (found again below, in the order given).
     let mut replace: Vec<(usize, usize, &str)> = Vec::with_capacity(fields.len());
-    let mut append: Vec<(&str, &str)> = Vec::with_capacity(fields.len());
+    let mut extra = 0;
     for &(name, value) in fields {
         match find(name)? {
             Some(r) => replace.push((r.start, r.end, value)),
-            None => append.push((name, value)),
+            None => extra += name.len() + value.len() + 8,
         }
     }
     replace.sort_unstable_by_key(|r| r.0);
@@ -132,7 +133,6 @@ fn splice_at(
     if body[close] != b'}' {
         return None;
     }
-    let extra: usize = append.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
     let mut out = Vec::with_capacity(body.len() + extra + 64);
     let mut at = 0;
     for (start, end, value) in replace {
@@ -142,12 +142,15 @@ fn splice_at(
     }
     out.extend_from_slice(body.get(at..close)?);
     let mut empty = empty;
-    for (name, value) in append {
+    for &(name, value) in fields {
+        if find(name)?.is_some() {
+            continue;
+        }
         if !empty {
             out.push(b',');
         }
         empty = false;
-        serde_json::to_writer(&mut out, name).ok()?;
+        push_json_str(&mut out, name);
         out.push(b':');
         out.extend_from_slice(value.as_bytes());
     }

@@ -42,6 +42,8 @@ pub struct Spans {
     pub stream_options: Option<Range<usize>>,
     /// Whether the object has no field at all.
     pub empty: bool,
+    /// How deeply objects and arrays nest in the body (the top-level object is 1).
+    pub depth: usize,
 }
 
 impl Spans {
@@ -106,8 +108,11 @@ pub fn decode_request_fast(body: &[u8]) -> Option<(Request, RequestFacts)> {
     let mut req = Request::default();
     let mut spans = Spans {
         empty: true,
+        depth: 1,
         ..Spans::default()
     };
+    // The deepest nesting of a value below the top level (the body's own is 1).
+    let mut depth = 1usize;
     let mut facts = RequestFacts {
         choices: 1,
         logprobs: false,
@@ -137,7 +142,7 @@ pub fn decode_request_fast(body: &[u8]) -> Option<(Request, RequestFacts)> {
             k if DECLINED.contains(&k) => return None,
             other => {
                 others.push(other);
-                checked_value(c, text)?;
+                checked_value(c, text, 1, &mut depth)?;
                 return Some(());
             }
         };
@@ -157,20 +162,20 @@ pub fn decode_request_fast(body: &[u8]) -> Option<(Request, RequestFacts)> {
                 req.model = model.into_owned();
                 spans.model = Some(start..c.pos());
             }
-            Known::Messages => messages(c, text, &mut req)?,
+            Known::Messages => messages(c, text, &mut req, &mut depth)?,
             Known::MaxTokens => max_tokens = opt_u32(c)?,
             Known::MaxCompletionTokens => max_completion = opt_u32(c)?,
-            Known::Temperature => req.temperature = opt_f64(c, text)?,
-            Known::TopP => req.top_p = opt_f64(c, text)?,
+            Known::Temperature => req.temperature = opt_f64(c, text, &mut depth)?,
+            Known::TopP => req.top_p = opt_f64(c, text, &mut depth)?,
             Known::Stream => {
-                req.stream = opt_bool(c, text)?.unwrap_or(false);
+                req.stream = opt_bool(c, text, &mut depth)?.unwrap_or(false);
                 spans.stream = Some(start..c.pos());
             }
             Known::User => {
                 req.user = RawStr::opt_text(c.opt_string()?)?.map(|s| s.into_owned());
             }
             Known::StreamOptions => {
-                let v = checked_value(c, text)?;
+                let v = checked_value(c, text, 1, &mut depth)?;
                 facts.stream_options = true;
                 facts.include_usage = v
                     .get("include_usage")
@@ -178,9 +183,13 @@ pub fn decode_request_fast(body: &[u8]) -> Option<(Request, RequestFacts)> {
                     .unwrap_or(false);
                 spans.stream_options = Some(start..c.pos());
             }
-            Known::Stop => req.stop = stop(c)?,
-            Known::N => facts.choices = checked_value(c, text)?.as_u64().unwrap_or(1),
-            Known::Logprobs => facts.logprobs = checked_value(c, text)? == Value::Bool(true),
+            Known::Stop => req.stop = stop(c, &mut depth)?,
+            Known::N => {
+                facts.choices = checked_value(c, text, 1, &mut depth)?.as_u64().unwrap_or(1);
+            }
+            Known::Logprobs => {
+                facts.logprobs = checked_value(c, text, 1, &mut depth)? == Value::Bool(true);
+            }
         }
         Some(())
     })?;
@@ -195,17 +204,50 @@ pub fn decode_request_fast(body: &[u8]) -> Option<(Request, RequestFacts)> {
         return None;
     }
     req.max_tokens = max_completion.or(max_tokens);
+    spans.depth = depth;
     facts.spans = Some(spans);
     Some((req, facts))
 }
 
 /// The next value, checked by serde_json itself (the cursor skips and bounds it first):
 /// what it accepts, serde_json accepts in the whole body, and the other way round.
-fn checked_value(c: &mut Cursor<'_>, text: &str) -> Option<Value> {
+/// `depth` rises to the value's nesting below `level` (the nesting of its container).
+fn checked_value(c: &mut Cursor<'_>, text: &str, level: usize, depth: &mut usize) -> Option<Value> {
     c.peek()?;
     let start = c.pos();
     c.skip()?;
-    serde_json::from_str(text.get(start..c.pos())?).ok()
+    let value = text.get(start..c.pos())?;
+    *depth = (*depth).max(level + nesting(value.as_bytes()));
+    serde_json::from_str(value).ok()
+}
+
+/// How deeply objects and arrays nest in a valid JSON value (0 for a scalar): brackets
+/// counted outside strings.
+fn nesting(value: &[u8]) -> usize {
+    if !matches!(value.first(), Some(b'{' | b'[')) {
+        return 0;
+    }
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'"' => {
+                // To the closing quote, stepping over escapes.
+                i += 1;
+                while i < value.len() && value[i] != b'"' {
+                    i += if value[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    max
 }
 
 fn opt_u32(c: &mut Cursor<'_>) -> Option<Option<u32>> {
@@ -216,34 +258,70 @@ fn opt_u32(c: &mut Cursor<'_>) -> Option<Option<u32>> {
 }
 
 /// A number as serde_json reads it (its own float parsing), or `null`.
-fn opt_f64(c: &mut Cursor<'_>, text: &str) -> Option<Option<f64>> {
+fn opt_f64(c: &mut Cursor<'_>, text: &str, depth: &mut usize) -> Option<Option<f64>> {
     if c.null() {
         return Some(None);
     }
     if !matches!(c.peek()?, b'-' | b'0'..=b'9') {
         return None;
     }
-    checked_value(c, text)?.as_f64().map(Some)
+    if let Some(f) = plain_decimal(text.as_bytes().get(c.pos()..)?) {
+        c.skip()?;
+        return Some(Some(f));
+    }
+    checked_value(c, text, 1, depth)?.as_f64().map(Some)
 }
 
-fn opt_bool(c: &mut Cursor<'_>, text: &str) -> Option<Option<bool>> {
+/// A number written `int.frac` (no sign, no exponent, at most 15 digits in all, then a
+/// delimiter) as serde_json reads it: the digits as an integer (exact in an `f64`),
+/// divided by the power of ten of the fraction's length (exact too), as its
+/// `f64_from_parts` does. `None` for any other number (serde_json reads those).
+fn plain_decimal(b: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let int_len = b.iter().position(|c| !c.is_ascii_digit())?;
+    // One digit at least, and no leading zero before another digit.
+    if int_len == 0 || (int_len > 1 && b[0] == b'0') || b[int_len] != b'.' {
+        return None;
+    }
+    let frac = &b[int_len + 1..];
+    let frac_len = frac
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(frac.len());
+    if frac_len == 0 || int_len + frac_len > 15 {
+        return None;
+    }
+    if let Some(&next) = frac.get(frac_len)
+        && !matches!(next, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+    {
+        return None;
+    }
+    let digits = b[..int_len].iter().chain(&frac[..frac_len]);
+    let significand = digits.fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(significand as f64 / POW10[frac_len])
+}
+
+fn opt_bool(c: &mut Cursor<'_>, text: &str, depth: &mut usize) -> Option<Option<bool>> {
     if c.null() {
         return Some(None);
     }
-    match checked_value(c, text)? {
+    match checked_value(c, text, 1, depth)? {
         Value::Bool(b) => Some(Some(b)),
         _ => None,
     }
 }
 
 /// `stop`: a string, an array of strings, or `null`.
-fn stop(c: &mut Cursor<'_>) -> Option<Vec<String>> {
+fn stop(c: &mut Cursor<'_>, depth: &mut usize) -> Option<Vec<String>> {
     if c.null() {
         return Some(Vec::new());
     }
     if c.peek()? == b'"' {
         return Some(vec![c.string()?.text()?.into_owned()]);
     }
+    *depth = (*depth).max(2);
     let mut out = Vec::new();
     c.array(|c| {
         out.push(c.string()?.text()?.into_owned());
@@ -253,8 +331,10 @@ fn stop(c: &mut Cursor<'_>) -> Option<Vec<String>> {
 }
 
 /// `messages`: text-only system, developer, user and assistant messages.
-fn messages(c: &mut Cursor<'_>, text: &str, req: &mut Request) -> Option<()> {
+fn messages(c: &mut Cursor<'_>, text: &str, req: &mut Request, depth: &mut usize) -> Option<()> {
+    *depth = (*depth).max(2);
     c.array(|c| {
+        *depth = (*depth).max(3);
         let mut role: Option<&str> = None;
         // `Some(None)`: written as `null`.
         let mut content: Option<Option<String>> = None;
@@ -276,7 +356,7 @@ fn messages(c: &mut Cursor<'_>, text: &str, req: &mut Request) -> Option<()> {
             }
             "role" | "content" | "name" | "refusal" | "tool_calls" | "function_call"
             | "tool_call_id" => None,
-            _ => checked_value(c, text).map(drop),
+            _ => checked_value(c, text, 3, depth).map(drop),
         })?;
         let name = name.flatten();
         match role? {
@@ -390,6 +470,8 @@ mod tests {
         r#"{"include_usage": false, "include_usage": true}"#,
         r#"{"a": [1, {"b": "\ud800"}]}"#,
         r#"{"a": 1e999}"#,
+        r#"[[["x]}", {"b": [[]]}]], "\\"]"#,
+        r#"{"a": {"b": {"c": ["[{\"", [[1]]]}}}"#,
     ];
 
     const ROLES: &[&str] = &[
@@ -476,6 +558,15 @@ mod tests {
         out
     }
 
+    /// How deeply objects and arrays nest in a value (0 for a scalar).
+    fn value_depth(v: &Value) -> usize {
+        match v {
+            Value::Array(a) => 1 + a.iter().map(value_depth).max().unwrap_or(0),
+            Value::Object(o) => 1 + o.values().map(value_depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     #[test]
     fn the_fast_path_agrees_with_the_general_one() {
         let mut rng = fastrand::Rng::with_seed(6);
@@ -491,6 +582,8 @@ mod tests {
                 .unwrap_or_else(|| panic!("accepted what the general path refuses: {text}"));
             assert_eq!(req, want_req, "{text}");
             let spans = facts.spans.clone().unwrap();
+            let value: Value = serde_json::from_slice(bytes).unwrap();
+            assert_eq!(spans.depth, value_depth(&value), "{text}");
             assert_eq!(
                 RequestFacts {
                     spans: None,
@@ -519,6 +612,47 @@ mod tests {
             accepted > 2_000,
             "only {accepted} bodies took the fast path"
         );
+    }
+
+    proptest::proptest! {
+        /// Plain decimals read as serde_json reads them, to the bit.
+        #[test]
+        fn plain_decimals_are_serde_jsons(
+            int in "(0|[1-9][0-9]{0,14})",
+            frac in "[0-9]{1,15}",
+            tail in "(|,|}|]| |\t|\n|\r|e1|E-2|x|\\.5)",
+        ) {
+            let text = format!("{int}.{frac}{tail}");
+            let number = text.trim_end_matches([',', '}', ']', ' ', '\t', '\n', '\r']);
+            let theirs = serde_json::from_str::<Value>(number).ok().and_then(|v| v.as_f64());
+            match plain_decimal(text.as_bytes()) {
+                Some(f) => proptest::prop_assert_eq!(Some(f.to_bits()), theirs.map(f64::to_bits)),
+                None => {
+                    let delimited = matches!(tail.as_str(), "" | "," | "}" | "]" | " " | "\t" | "\n" | "\r");
+                    proptest::prop_assert!(int.len() + frac.len() > 15 || !delimited);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_decimals_decline_the_rest() {
+        for text in [
+            "",
+            ".5",
+            "-0.5",
+            "01.5",
+            "1",
+            "1.",
+            "1.e5",
+            "0.2e1",
+            "1234567890.1234567",
+            "0.2x",
+        ] {
+            assert_eq!(plain_decimal(text.as_bytes()), None, "{text}");
+        }
+        assert_eq!(plain_decimal(b"0.2"), Some(0.2));
+        assert_eq!(plain_decimal(b"10.25,"), Some(10.25));
     }
 
     #[test]
