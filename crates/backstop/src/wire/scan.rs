@@ -100,6 +100,26 @@ pub(crate) struct RawStr<'a> {
     escaped: bool,
 }
 
+/// A string by where it is written (between the quotes, escapes not decoded): the
+/// [`RawStr`] of any text with the same bytes there.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StrAt {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+impl StrAt {
+    /// The string in `src`: `None` when `src` is not long enough (or not cut at
+    /// character boundaries there).
+    pub(crate) fn of(self, src: &str) -> Option<RawStr<'_>> {
+        Some(RawStr {
+            raw: src.get(self.start..self.end)?,
+            escaped: self.escaped,
+        })
+    }
+}
+
 impl<'a> RawStr<'a> {
     /// The string's value: borrowed when it has no escapes.
     pub(crate) fn text(self) -> Option<Cow<'a, str>> {
@@ -149,6 +169,11 @@ impl<'a> RawStr<'a> {
 impl<'a> Cursor<'a> {
     pub(crate) fn new(src: &'a str) -> Self {
         Cursor { src, pos: 0 }
+    }
+
+    /// A cursor at byte `pos` of `src` (where an earlier walk of equal bytes stood).
+    pub(crate) fn at(src: &'a str, pos: usize) -> Self {
+        Cursor { src, pos }
     }
 
     fn bytes(&self) -> &'a [u8] {
@@ -266,6 +291,21 @@ impl<'a> Cursor<'a> {
         self.string().map(Some)
     }
 
+    /// [`Cursor::opt_string`], the string given by where it is written.
+    pub(crate) fn opt_string_at(&mut self) -> Option<Option<StrAt>> {
+        if self.null() {
+            return Some(None);
+        }
+        let s = self.string()?;
+        // `string` leaves the cursor just past the closing quote.
+        let end = self.pos - 1;
+        Some(Some(StrAt {
+            start: end - s.raw.len(),
+            end,
+            escaped: s.escaped,
+        }))
+    }
+
     /// An unsigned integer written without fraction or exponent (what serde accepts
     /// for a `u64` field), or `null`.
     pub(crate) fn opt_u64(&mut self) -> Option<Option<u64>> {
@@ -296,14 +336,37 @@ impl<'a> Cursor<'a> {
         &mut self,
         mut field: impl FnMut(&mut Self, RawStr<'a>) -> Option<()>,
     ) -> Option<()> {
+        self.object_at(|c, _, key| field(c, key))
+    }
+
+    /// [`Cursor::object`], `field` also given where each member starts (just after
+    /// the `{` or `,` before it, or at its key after whitespace that followed the `{`).
+    /// A cursor [`at`](Cursor::at) that position of equal bytes reads the rest with
+    /// [`Cursor::members`] as this walk does: what a walk reads depends only on the
+    /// bytes it has passed (a value is followed by its delimiter, and a word read past
+    /// a string's closing quote changes nothing, see [`stop_at`]).
+    pub(crate) fn object_at(
+        &mut self,
+        field: impl FnMut(&mut Self, usize, RawStr<'a>) -> Option<()>,
+    ) -> Option<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.pos += 1;
             return Some(());
         }
+        self.members(field)
+    }
+
+    /// The members of an object from the start of one (see [`Cursor::object_at`])
+    /// through its closing brace.
+    pub(crate) fn members(
+        &mut self,
+        mut field: impl FnMut(&mut Self, usize, RawStr<'a>) -> Option<()>,
+    ) -> Option<()> {
         loop {
+            let at = self.pos;
             let key = self.key()?;
-            field(self, key)?;
+            field(self, at, key)?;
             match self.peek()? {
                 b',' => self.pos += 1,
                 b'}' => {
@@ -541,7 +604,7 @@ impl TextHole<'_> {
 
 /// Marks each known key of one object as seen; a second sighting fails (serde's
 /// derived structs reject duplicate fields, so such a chunk goes to the general path).
-#[derive(Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Seen(u32);
 
 impl Seen {
