@@ -515,7 +515,7 @@ impl Template {
     /// every byte outside the holes equal, each hole a valid JSON string (escapes
     /// checked as [`Cursor::string`] checks them). `None` otherwise.
     ///
-    /// A hole other than the text's that holds the template's own string (OpenAI's
+    /// A hole before the text's that holds the template's own string (OpenAI's
     /// `service_tier` and `system_fingerprint` do, chunk after chunk) is compared with
     /// the bytes before it, not scanned: the template's string is a valid JSON string
     /// (see [`Template::set`]), so equal bytes through its closing quote are that same
@@ -545,14 +545,20 @@ impl Template {
     /// hole is bounded by ASCII quotes, so `b` is valid UTF-8 as a whole when the
     /// text is, and reads as `text_of` reads it.
     pub(crate) fn text_hole<'a>(&self, b: &'a [u8]) -> Option<TextHole<'a>> {
-        if self.holes.is_empty() {
-            return None;
-        }
+        let start = self.holes.get(self.text)?.start;
         let src = self.src.as_bytes();
-        let (mut from, mut at) = (0, 0);
+        // Nearly always every byte before the text is the template's (the holes there
+        // hold the template's own strings): then the loop below would compare them
+        // all through; compared here at once, it starts at the text.
+        let (mut from, mut at, first) = match src.get(..start) {
+            Some(head) if b.get(..start) == Some(head) => (start, start, self.text),
+            _ => (0, 0, 0),
+        };
         let mut text = None;
-        for (i, hole) in self.holes.iter().enumerate() {
-            if i != self.text {
+        for (i, hole) in self.holes.iter().enumerate().skip(first) {
+            // After the text, the strings are rarely the template's (OpenAI's random
+            // `obfuscation`): scanned without trying the comparison first.
+            if i < self.text {
                 let through = &src[from..hole.end];
                 if b.get(at..at + through.len()) == Some(through) {
                     at += through.len();
