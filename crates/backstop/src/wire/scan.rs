@@ -85,6 +85,23 @@ fn string_end(b: &[u8], mut pos: usize) -> Option<(usize, bool)> {
     }
 }
 
+/// [`string_end`], a string whose closing quote is the first stop byte of its first
+/// eight bytes (a word of text, a short padding) read inline: the same word test as
+/// [`stop_at`], so it ends where `string_end` would.
+#[inline(always)]
+fn short_string_end(b: &[u8], pos: usize) -> Option<(usize, bool)> {
+    if let Some(word) = b.get(pos..pos + 8) {
+        let stops = word_stops(word)?;
+        if stops != 0 {
+            let end = pos + (stops.trailing_zeros() / 8) as usize;
+            if b[end] == b'"' {
+                return Some((end, false));
+            }
+        }
+    }
+    string_end(b, pos)
+}
+
 /// Nesting deeper than this is left to serde (which has its own limit of 128).
 const MAX_DEPTH: usize = 64;
 
@@ -571,7 +588,7 @@ impl Template {
             if b.get(at..open)? != same || b.get(open) != Some(&b'"') {
                 return None;
             }
-            let (close, escaped) = string_end(b, open + 1)?;
+            let (close, escaped) = short_string_end(b, open + 1)?;
             let raw = &b[open + 1..close];
             if i == self.text {
                 text = Some(TextHole { raw, escaped });

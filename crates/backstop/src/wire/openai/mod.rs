@@ -1518,12 +1518,14 @@ impl StreamDecoder {
         };
         holes.spans.clear();
         let out = self.walk_fast(data, &mut holes);
-        // A chunk whose only event (if any) is choice 0's text becomes the template.
+        // A chunk whose only event is choice 0's text becomes the template (not one
+        // with empty text: the role chunk that opens a stream, which the next chunks
+        // are not like).
         let text_only = out.as_ref().is_some_and(|out| {
             let events = out
                 .iter()
                 .filter(|e| !matches!(e, StreamEvent::Start { .. }));
-            holes.texts == 1 && events.count() == usize::from(holes.text_nonempty)
+            holes.texts == 1 && holes.text_nonempty && events.count() == 1
         });
         match holes.text {
             Some(text) if text_only => self.repeat.set(data, &holes.spans, text),
