@@ -85,6 +85,23 @@ fn string_end(b: &[u8], mut pos: usize) -> Option<(usize, bool)> {
     }
 }
 
+/// [`string_end`], a string whose closing quote is the first stop byte of its first
+/// eight bytes (a word of text, a short padding) read inline: the same word test as
+/// [`stop_at`], so it ends where `string_end` would.
+#[inline(always)]
+fn short_string_end(b: &[u8], pos: usize) -> Option<(usize, bool)> {
+    if let Some(word) = b.get(pos..pos + 8) {
+        let stops = word_stops(word)?;
+        if stops != 0 {
+            let end = pos + (stops.trailing_zeros() / 8) as usize;
+            if b[end] == b'"' {
+                return Some((end, false));
+            }
+        }
+    }
+    string_end(b, pos)
+}
+
 /// Nesting deeper than this is left to serde (which has its own limit of 128).
 const MAX_DEPTH: usize = 64;
 
@@ -98,6 +115,26 @@ pub(crate) struct Cursor<'a> {
 pub(crate) struct RawStr<'a> {
     raw: &'a str,
     escaped: bool,
+}
+
+/// A string by where it is written (between the quotes, escapes not decoded): the
+/// [`RawStr`] of any text with the same bytes there.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StrAt {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+impl StrAt {
+    /// The string in `src`: `None` when `src` is not long enough (or not cut at
+    /// character boundaries there).
+    pub(crate) fn of(self, src: &str) -> Option<RawStr<'_>> {
+        Some(RawStr {
+            raw: src.get(self.start..self.end)?,
+            escaped: self.escaped,
+        })
+    }
 }
 
 impl<'a> RawStr<'a> {
@@ -149,6 +186,11 @@ impl<'a> RawStr<'a> {
 impl<'a> Cursor<'a> {
     pub(crate) fn new(src: &'a str) -> Self {
         Cursor { src, pos: 0 }
+    }
+
+    /// A cursor at byte `pos` of `src` (where an earlier walk of equal bytes stood).
+    pub(crate) fn at(src: &'a str, pos: usize) -> Self {
+        Cursor { src, pos }
     }
 
     fn bytes(&self) -> &'a [u8] {
@@ -266,6 +308,21 @@ impl<'a> Cursor<'a> {
         self.string().map(Some)
     }
 
+    /// [`Cursor::opt_string`], the string given by where it is written.
+    pub(crate) fn opt_string_at(&mut self) -> Option<Option<StrAt>> {
+        if self.null() {
+            return Some(None);
+        }
+        let s = self.string()?;
+        // `string` leaves the cursor just past the closing quote.
+        let end = self.pos - 1;
+        Some(Some(StrAt {
+            start: end - s.raw.len(),
+            end,
+            escaped: s.escaped,
+        }))
+    }
+
     /// An unsigned integer written without fraction or exponent (what serde accepts
     /// for a `u64` field), or `null`.
     pub(crate) fn opt_u64(&mut self) -> Option<Option<u64>> {
@@ -296,14 +353,37 @@ impl<'a> Cursor<'a> {
         &mut self,
         mut field: impl FnMut(&mut Self, RawStr<'a>) -> Option<()>,
     ) -> Option<()> {
+        self.object_at(|c, _, key| field(c, key))
+    }
+
+    /// [`Cursor::object`], `field` also given where each member starts (just after
+    /// the `{` or `,` before it, or at its key after whitespace that followed the `{`).
+    /// A cursor [`at`](Cursor::at) that position of equal bytes reads the rest with
+    /// [`Cursor::members`] as this walk does: what a walk reads depends only on the
+    /// bytes it has passed (a value is followed by its delimiter, and a word read past
+    /// a string's closing quote changes nothing, see [`stop_at`]).
+    pub(crate) fn object_at(
+        &mut self,
+        field: impl FnMut(&mut Self, usize, RawStr<'a>) -> Option<()>,
+    ) -> Option<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.pos += 1;
             return Some(());
         }
+        self.members(field)
+    }
+
+    /// The members of an object from the start of one (see [`Cursor::object_at`])
+    /// through its closing brace.
+    pub(crate) fn members(
+        &mut self,
+        mut field: impl FnMut(&mut Self, usize, RawStr<'a>) -> Option<()>,
+    ) -> Option<()> {
         loop {
+            let at = self.pos;
             let key = self.key()?;
-            field(self, key)?;
+            field(self, at, key)?;
             match self.peek()? {
                 b',' => self.pos += 1,
                 b'}' => {
@@ -452,7 +532,7 @@ impl Template {
     /// every byte outside the holes equal, each hole a valid JSON string (escapes
     /// checked as [`Cursor::string`] checks them). `None` otherwise.
     ///
-    /// A hole other than the text's that holds the template's own string (OpenAI's
+    /// A hole before the text's that holds the template's own string (OpenAI's
     /// `service_tier` and `system_fingerprint` do, chunk after chunk) is compared with
     /// the bytes before it, not scanned: the template's string is a valid JSON string
     /// (see [`Template::set`]), so equal bytes through its closing quote are that same
@@ -482,14 +562,20 @@ impl Template {
     /// hole is bounded by ASCII quotes, so `b` is valid UTF-8 as a whole when the
     /// text is, and reads as `text_of` reads it.
     pub(crate) fn text_hole<'a>(&self, b: &'a [u8]) -> Option<TextHole<'a>> {
-        if self.holes.is_empty() {
-            return None;
-        }
+        let start = self.holes.get(self.text)?.start;
         let src = self.src.as_bytes();
-        let (mut from, mut at) = (0, 0);
+        // Nearly always every byte before the text is the template's (the holes there
+        // hold the template's own strings): then the loop below would compare them
+        // all through; compared here at once, it starts at the text.
+        let (mut from, mut at, first) = match src.get(..start) {
+            Some(head) if b.get(..start) == Some(head) => (start, start, self.text),
+            _ => (0, 0, 0),
+        };
         let mut text = None;
-        for (i, hole) in self.holes.iter().enumerate() {
-            if i != self.text {
+        for (i, hole) in self.holes.iter().enumerate().skip(first) {
+            // After the text, the strings are rarely the template's (OpenAI's random
+            // `obfuscation`): scanned without trying the comparison first.
+            if i < self.text {
                 let through = &src[from..hole.end];
                 if b.get(at..at + through.len()) == Some(through) {
                     at += through.len();
@@ -502,7 +588,7 @@ impl Template {
             if b.get(at..open)? != same || b.get(open) != Some(&b'"') {
                 return None;
             }
-            let (close, escaped) = string_end(b, open + 1)?;
+            let (close, escaped) = short_string_end(b, open + 1)?;
             let raw = &b[open + 1..close];
             if i == self.text {
                 text = Some(TextHole { raw, escaped });
@@ -541,7 +627,7 @@ impl TextHole<'_> {
 
 /// Marks each known key of one object as seen; a second sighting fails (serde's
 /// derived structs reject duplicate fields, so such a chunk goes to the general path).
-#[derive(Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Seen(u32);
 
 impl Seen {

@@ -26,7 +26,7 @@ use crate::chat::{
     WireError,
 };
 use crate::sse::{SseEvent, write_event};
-use crate::wire::scan::{Cursor, RawStr, Seen, Template};
+use crate::wire::scan::{Cursor, RawStr, Seen, StrAt, Template};
 use std::ops::Range;
 
 /// Stream id used when a stream to a client begins without a `Start` event.
@@ -1303,6 +1303,29 @@ pub struct StreamDecoder {
     repeat: Template,
     /// Spare buffer for the fast path's holes.
     holes: Vec<Range<usize>>,
+    /// The bytes of the last chunk walked in full, up to its `choices` member (the
+    /// id, model and fields a provider repeats in every chunk); `resume` is the walk's
+    /// state there. A chunk starting with these bytes is walked from there.
+    prefix: String,
+    resume: Option<Resume>,
+}
+
+/// The fast walk of a chunk's top-level fields (but `choices`).
+#[derive(Debug, Clone, Default)]
+struct Top {
+    seen: Seen,
+    id: Option<StrAt>,
+    model: Option<StrAt>,
+    usage: Option<Usage>,
+}
+
+/// Where a fast walk stood at the start of the `choices` member: see
+/// [`StreamDecoder::prefix`].
+#[derive(Debug, Clone, Default)]
+struct Resume {
+    top: Top,
+    /// The holes found before it.
+    holes: Vec<Range<usize>>,
 }
 
 impl StreamDecoder {
@@ -1495,12 +1518,14 @@ impl StreamDecoder {
         };
         holes.spans.clear();
         let out = self.walk_fast(data, &mut holes);
-        // A chunk whose only event (if any) is choice 0's text becomes the template.
+        // A chunk whose only event is choice 0's text becomes the template (not one
+        // with empty text: the role chunk that opens a stream, which the next chunks
+        // are not like).
         let text_only = out.as_ref().is_some_and(|out| {
             let events = out
                 .iter()
                 .filter(|e| !matches!(e, StreamEvent::Start { .. }));
-            holes.texts == 1 && events.count() == usize::from(holes.text_nonempty)
+            holes.texts == 1 && holes.text_nonempty && events.count() == 1
         });
         match holes.text {
             Some(text) if text_only => self.repeat.set(data, &holes.spans, text),
@@ -1510,21 +1535,31 @@ impl StreamDecoder {
         out
     }
 
+    /// The walk of `data`, from the start of its `choices` member when it starts like
+    /// [`StreamDecoder::prefix`] (the walk of equal bytes reaches the same state there,
+    /// see [`Cursor::object_at`]).
     fn walk_fast(&mut self, data: &str, holes: &mut Holes) -> Option<Vec<StreamEvent>> {
-        let mut c = Cursor::new(data);
-        let (mut id, mut model) = (None, None);
-        let mut usage = None;
+        let resume = self
+            .resume
+            .as_ref()
+            .filter(|_| data.as_bytes().starts_with(self.prefix.as_bytes()));
+        let mut top = resume.map(|r| r.top.clone()).unwrap_or_default();
+        if let Some(r) = resume {
+            holes.spans.extend_from_slice(&r.holes);
+        }
+        let resumed = resume.is_some();
+        let mut checkpoint = None;
         let mut out = Vec::new();
-        let mut seen = Seen::default();
-        c.object(|c, key| {
+        let mut field = |c: &mut Cursor<'_>, at: usize, key: RawStr<'_>| {
+            let seen = &mut top.seen;
             match key.plain()? {
                 "id" => {
                     seen.first(0)?;
-                    id = c.opt_string()?;
+                    top.id = c.opt_string_at()?;
                 }
                 "model" => {
                     seen.first(1)?;
-                    model = c.opt_string()?;
+                    top.model = c.opt_string_at()?;
                 }
                 "object" => {
                     seen.first(2)?;
@@ -1540,14 +1575,17 @@ impl StreamDecoder {
                     c.null().then_some(())?;
                 }
                 "choices" => {
-                    seen.first(5)?;
+                    if !resumed && checkpoint.is_none() {
+                        checkpoint = Some((at, top.clone(), holes.spans.len()));
+                    }
+                    top.seen.first(5)?;
                     if !c.null() {
                         c.array(|c| fast_choice(c, &mut out, holes))?;
                     }
                 }
                 "usage" => {
                     seen.first(6)?;
-                    usage = fast_usage(c)?;
+                    top.usage = fast_usage(c)?;
                 }
                 // An unknown field's string (`system_fingerprint`, `obfuscation`) is
                 // only checked, so it may differ from one chunk to the next.
@@ -1555,10 +1593,30 @@ impl StreamDecoder {
                 _ => c.skip()?,
             }
             Some(())
-        })?;
+        };
+        let mut c;
+        if resumed {
+            c = Cursor::at(data, self.prefix.len());
+            c.members(&mut field)?;
+        } else {
+            c = Cursor::new(data);
+            c.object_at(&mut field)?;
+        }
         c.end()?;
-        let id = RawStr::opt_text(id)?;
-        let model = RawStr::opt_text(model)?;
+        let read = |s: Option<StrAt>| match s {
+            None => Some(None),
+            Some(s) => s.of(data).map(Some),
+        };
+        let id = RawStr::opt_text(read(top.id)?)?;
+        let model = RawStr::opt_text(read(top.model)?)?;
+        if let Some((at, top, n)) = checkpoint {
+            self.prefix.clear();
+            self.prefix.push_str(data.get(..at)?);
+            let r = self.resume.get_or_insert_with(Resume::default);
+            r.top = top;
+            r.holes.clear();
+            r.holes.extend_from_slice(&holes.spans[..n]);
+        }
         if !self.started {
             self.started = true;
             out.insert(
@@ -1570,7 +1628,7 @@ impl StreamDecoder {
                 },
             );
         }
-        if let Some(usage) = usage {
+        if let Some(usage) = top.usage {
             out.push(StreamEvent::Usage { usage });
         }
         Some(out)

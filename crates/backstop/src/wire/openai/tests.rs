@@ -1894,3 +1894,89 @@ fn template_on_bytes_takes_plain_chunks() {
             .is_some_and(|t| t.into_string().is_none())
     );
 }
+
+/// The fields a stream's chunks start with, for the resumed-walk tests: OpenAI's, with
+/// escapes and multi-byte UTF-8, with `usage` and an unknown string before `choices`,
+/// an error, whitespace, and none.
+const HEADS: [&str; 6] = [
+    r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","service_tier":"default","system_fingerprint":"fp_1","#,
+    r#"{"id":"c\u0031","model":null,"usage":{"prompt_tokens":1},"sys":"a\"b","#,
+    "{ \"id\" : \"\u{e9}\u{1F600}\" ,\n\"x_groq\":null,\"n\":-1.5e3, ",
+    r#"{"id":"c1","object":"error","#,
+    r#"{"id":"c1","extra":{"k":[true,null]},"model":"m","#,
+    "{",
+];
+
+/// What follows the common fields: the chunks of a stream (role, text, finish, usage),
+/// tool calls, errors, fields after `choices` (reordered, duplicated, unknown), a
+/// second `choices`, whitespace.
+const TAILS: [&str; 11] = [
+    r#""choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"ab"}"#,
+    r#""choices":[{"index":0,"delta":{"content":"caf\u00e9 \"q\""},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"x"}"#,
+    r#""choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null}"#,
+    r#""choices":[],"usage":{"prompt_tokens":8,"completion_tokens":3,"total_tokens":11,"prompt_tokens_details":{"cached_tokens":2,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"accepted_prediction_tokens":0}}}"#,
+    r#""choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+    r#""choices":null,"error":{"message":"overloaded","type":"server_error"}}"#,
+    r#""choices":[{"index":1,"delta":{"content":"x"}}],"extra":{"a":[1,2.5]},"id":"dup"}"#,
+    "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\u{1F600} ok\"}}],\"model\":\"other\"}",
+    r#""choices":[{"index":0,"delta":{"content":"x"}}],"choices":[]}"#,
+    "\"choices\" : [ ] , \"usage\" : null }",
+    r#""choices":[{"index":0,"delta":{"reasoning":"r","content":null}}],"obfuscation":"abc"}"#,
+];
+
+proptest! {
+    /// Chunks that start with the fields of one walked before are walked from its
+    /// `choices` member on (the state there restored): chunk after chunk, whatever
+    /// follows those fields and whatever bytes are put in, dropped or replaced
+    /// anywhere (in the common fields too), the events are the general reading's.
+    #[test]
+    fn resumed_walks_match_the_general_reading(
+        head in 0..HEADS.len(),
+        tails in proptest::collection::vec(0..TAILS.len(), 1..6),
+        edits in proptest::collection::vec(
+            (any::<proptest::sample::Index>(), 0u8..3, 0..BYTE_EDITS.len()), 0..3),
+        edited in any::<proptest::sample::Index>(),
+        around in (0..BYTE_EDITS.len(), 0..BYTE_EDITS.len(), any::<bool>()),
+    ) {
+        let (mut fast, mut general) = (StreamDecoder::new(), StreamDecoder::new());
+        let edited = edited.index(tails.len());
+        for (i, &tail) in tails.iter().enumerate() {
+            let mut chunk = format!("{}{}", HEADS[head], TAILS[tail]).into_bytes();
+            if i == edited {
+                crate::wire::scan::edit_bytes(&mut chunk, &BYTE_EDITS, &edits, around);
+            }
+            let ev = SseEvent { event: None, data: chunk.clone().into(), raw: bytes::Bytes::new() };
+            let got = fast.push(&ev).map_err(|e| e.to_string());
+            let want = push_general(&mut general, &ev);
+            prop_assert_eq!(got, want, "chunk {:?}", String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+/// The chunks after the first are walked from `choices` on: the common fields are
+/// kept from the first walk, and read as that walk read them.
+#[test]
+fn chunks_like_the_first_resume_after_its_common_fields() {
+    for head in HEADS {
+        let mut dec = StreamDecoder::new();
+        let first = format!(r#"{head}"choices":[{{"index":0,"delta":{{"content":""}}}}]}}"#);
+        let walked = dec.push_fast(&first);
+        if head.contains("error") {
+            assert!(walked.is_none() && dec.resume.is_none());
+            continue;
+        }
+        assert!(walked.is_some(), "{first}");
+        assert_eq!(dec.prefix, head.trim_end(), "{head}");
+        for tail in TAILS {
+            let chunk = format!("{head}{tail}");
+            let resumed = dec.push_fast(&chunk);
+            let mut fresh = StreamDecoder::new();
+            fresh.started = true;
+            assert_eq!(resumed, fresh.push_fast(&chunk), "{chunk}");
+            // (A second `usage` is refused either way.)
+            if !head.contains("usage") && tail.starts_with(r#""choices":[{"index":0,"delta":{}"#) {
+                assert!(resumed.is_some(), "{chunk}");
+            }
+        }
+    }
+}
