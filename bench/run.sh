@@ -275,22 +275,17 @@ rss_kb() { # sum of VmRSS over pids
   done
   echo "$total"
 }
-cpu_ticks() { # utime+stime of each pid, summed (fields 14 and 15 of /proc/PID/stat)
-  local total=0 p v
+stat_ticks() { # awk-expr pid...: the expression over /proc/PID/stat's fields after the name, summed
+  local expr="$1" total=0 p v
+  shift
   for p in "$@"; do
-    v="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || true)"
+    v="$(awk "{ sub(/^.*\\) /, \"\"); print $expr }" "/proc/$p/stat" 2>/dev/null || true)"
     total=$((total + ${v:-0}))
   done
   echo "$total"
 }
-user_ticks() { # utime alone (field 14): the user-space part of cpu_ticks
-  local total=0 p v
-  for p in "$@"; do
-    v="$(awk '{ sub(/^.*\) /, ""); print $12 }' "/proc/$p/stat" 2>/dev/null || true)"
-    total=$((total + ${v:-0}))
-  done
-  echo "$total"
-}
+cpu_ticks() { stat_ticks '$12 + $13' "$@"; } # utime+stime (fields 14 and 15 of /proc/PID/stat)
+user_ticks() { stat_ticks '$12' "$@"; }       # utime alone: the user-space part
 
 backstop_idle_rss="$(rss_kb "$backstop_pid")"
 nginx_idle_rss="$(rss_kb $(nginx_pids))"

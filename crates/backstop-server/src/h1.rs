@@ -639,7 +639,7 @@ fn encode_head(
             BodyLength::Known(len) => {
                 if can_have_content_length(status) {
                     extend(dst, b"content-length: ");
-                    push_u64(dst, len);
+                    backstop::wire::push_u64(dst, len);
                     extend(dst, b"\r\n");
                     Framing::Length(len)
                 } else {
@@ -662,21 +662,6 @@ fn encode_head(
         is_last = true;
     }
     (framing, is_last)
-}
-
-/// `n` in decimal, as `n.to_string()` writes it.
-fn push_u64(dst: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    dst.extend_from_slice(&digits[at..]);
 }
 
 /// The `date` value, formatted once a second per thread (as hyper).

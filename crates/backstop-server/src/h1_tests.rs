@@ -671,23 +671,3 @@ fn chat_uris_are_parsed_ones() {
         assert!(chat_uri(other).is_none());
     }
 }
-
-#[test]
-fn lengths_are_written_as_to_string_writes_them() {
-    for n in [
-        0,
-        1,
-        9,
-        10,
-        99,
-        100,
-        12345,
-        u64::from(u32::MAX),
-        u64::MAX - 1,
-        u64::MAX,
-    ] {
-        let mut out = b"x".to_vec();
-        push_u64(&mut out, n);
-        assert_eq!(out, format!("x{n}").into_bytes());
-    }
-}

@@ -394,18 +394,7 @@ fn push_header(head: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// `content-length: {len}\r\n\r\n`, the head's end.
 fn push_length_and_end(head: &mut Vec<u8>, len: usize) {
     head.extend_from_slice(b"content-length: ");
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    head.extend_from_slice(&digits[i..]);
+    crate::wire::push_u64(head, len as u64);
     head.extend_from_slice(b"\r\n\r\n");
 }
 
