@@ -1299,11 +1299,19 @@ impl Engine {
             } else {
                 first_token_deadline
             };
+            // An answer being assembled, once its first content has come (and been
+            // timed as such), takes the text of a chunk read by the decoder's template
+            // straight into its text (when its last part is text): the chunk's events
+            // would only have appended it there.
+            let text = match assembler.as_deref_mut() {
+                Some(assembler) if got_content => assembler.text_buffer(),
+                _ => None,
+            };
             // An item of a read already made comes at once: no timer for it.
             let timed = if rest.has_ready() {
-                Ok(rest.next_item().await)
+                Ok(rest.next_item(text).await)
             } else {
-                tokio::time::timeout_at(until, rest.next_item()).await
+                tokio::time::timeout_at(until, rest.next_item(text)).await
             };
             let item = match timed {
                 Err(_) if got_content => {

@@ -497,9 +497,9 @@ impl Relay {
                         .send(Bytes::from(std::mem::take(&mut self.out)))
                         .await;
                 }
-                let item = match self.rest.ready_item() {
+                let item = match self.rest.ready_item(None) {
                     Some(item) => item,
-                    None => self.rest.next_item().await,
+                    None => self.rest.next_item(None).await,
                 };
                 let failure = match item {
                     StreamItem::Event(raw, events) => {

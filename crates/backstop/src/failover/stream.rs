@@ -25,9 +25,20 @@ impl UpstreamDecoder {
     }
 
     pub fn push(&mut self, ev: &SseEvent) -> Result<ChunkEvents, WireError> {
+        self.push_into(ev, None)
+    }
+
+    /// [`push`](Self::push) for an answer being assembled, `text` being its text so far
+    /// ([`Assembler::text_buffer`]): a text chunk read by a decoder's template has its
+    /// text appended there and gives no events (as an empty text chunk gives none).
+    pub fn push_into(
+        &mut self,
+        ev: &SseEvent,
+        text: Option<&mut String>,
+    ) -> Result<ChunkEvents, WireError> {
         match self {
-            Self::OpenAi(d) => d.push_chunk(ev),
-            Self::Anthropic(d) => d.push_chunk(ev),
+            Self::OpenAi(d) => d.push_chunk_into(ev, text),
+            Self::Anthropic(d) => d.push_chunk_into(ev, text),
             Self::Gemini(d) => d.push(ev).map(ChunkEvents::from),
         }
     }
@@ -159,14 +170,14 @@ impl UpstreamStream {
 
     /// The next item when it is ready without reading the upstream again
     /// ([`has_ready`](Self::has_ready)): what [`next_item`](Self::next_item) returns at
-    /// once then, taken without a future.
-    pub fn ready_item(&mut self) -> Option<StreamItem> {
+    /// once then, taken without a future. `text`: see [`next_item`](Self::next_item).
+    pub fn ready_item(&mut self, text: Option<&mut String>) -> Option<StreamItem> {
         if self.done {
             return Some(StreamItem::End);
         }
         if let Some(ev) = self.ready.take() {
             self.ready = self.parser.next_event();
-            return Some(self.decode(ev));
+            return Some(self.decode(ev, text));
         }
         if self.eof {
             return Some(if self.finished {
@@ -183,10 +194,14 @@ impl UpstreamStream {
         None
     }
 
-    /// The next item. Waits at most the idle timeout for upstream bytes.
-    pub async fn next_item(&mut self) -> StreamItem {
+    /// The next item. Waits at most the idle timeout for upstream bytes. `text`: the
+    /// text of the answer being assembled from the stream, when its last part is text
+    /// ([`Assembler::text_buffer`]); a text chunk read by the decoder's template has its
+    /// text appended there, and comes as an event with no events of its own. `None`
+    /// (a relayed stream): every chunk comes with its events.
+    pub async fn next_item(&mut self, mut text: Option<&mut String>) -> StreamItem {
         loop {
-            if let Some(item) = self.ready_item() {
+            if let Some(item) = self.ready_item(text.as_deref_mut()) {
                 return item;
             }
             let wait = if self.complete {
@@ -236,8 +251,8 @@ impl UpstreamStream {
         }
     }
 
-    fn decode(&mut self, ev: SseEvent) -> StreamItem {
-        match self.decoder.push(&ev) {
+    fn decode(&mut self, ev: SseEvent, text: Option<&mut String>) -> StreamItem {
+        match self.decoder.push_into(&ev, text) {
             Ok(events) => {
                 for e in events.iter() {
                     match e {
@@ -314,6 +329,19 @@ impl Assembler {
             start_input: None,
             tools: Vec::new(),
             error: None,
+        }
+    }
+
+    /// The answer's text so far, when its last part is text and nothing has failed it:
+    /// a text delta then only appends its text there ([`push`](Self::push)), so a
+    /// decoder may append a chunk's text itself ([`UpstreamStream::next_item`]).
+    pub fn text_buffer(&mut self) -> Option<&mut String> {
+        if self.error.is_some() {
+            return None;
+        }
+        match self.resp.content.last_mut() {
+            Some(crate::chat::Part::Text { text }) => Some(text),
+            _ => None,
         }
     }
 
@@ -523,5 +551,276 @@ mod tests {
             }]
         );
         assert!(r.created > 0);
+    }
+
+    /// What a stream's chunks come to as `commit_stream` reads them for an answer being
+    /// assembled: the chunk by chunk events other than text deltas (or the decoder's
+    /// error), the chunk whose events first held content, and the answer (dated 0).
+    /// With `direct`, once content has come, text chunks read by the decoder's template
+    /// go straight into the answer's text ([`Assembler::text_buffer`]). Reading stops
+    /// where the stream would end or fail: an error, the terminator.
+    type Read = (
+        Vec<Result<Vec<StreamEvent>, String>>,
+        Option<usize>,
+        Result<crate::chat::Response, String>,
+        usize,
+    );
+
+    /// An SSE event's name and data.
+    type Chunk = (Option<&'static str>, Vec<u8>);
+
+    fn read_assembled(
+        format: WireFormat,
+        chunks: &[(Option<&str>, Vec<u8>)],
+        direct: bool,
+    ) -> Read {
+        let mut decoder = UpstreamDecoder::new(format).unwrap();
+        let mut assembler = Assembler::new();
+        let (mut seen, mut first_content, mut appended) = (Vec::new(), None, 0);
+        for (i, (event, data)) in chunks.iter().enumerate() {
+            let ev = SseEvent {
+                event: event.map(str::to_string),
+                data: bytes::Bytes::copy_from_slice(data),
+                raw: bytes::Bytes::new(),
+            };
+            let text = if direct && first_content.is_some() {
+                assembler.text_buffer()
+            } else {
+                None
+            };
+            let direct_text = text.is_some();
+            match decoder.push_into(&ev, text) {
+                Ok(events) => {
+                    if direct_text && events.is_empty() {
+                        appended += 1;
+                    }
+                    if first_content.is_none() && events.iter().any(StreamEvent::is_content) {
+                        first_content = Some(i);
+                    }
+                    let stop = events
+                        .iter()
+                        .any(|e| matches!(e, StreamEvent::Error { .. } | StreamEvent::Done));
+                    let others = events
+                        .iter()
+                        .filter(|e| !matches!(e, StreamEvent::TextDelta { .. }))
+                        .cloned()
+                        .collect();
+                    seen.push(Ok(others));
+                    assembler.push_all(events);
+                    if stop {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    seen.push(Err(e.message));
+                    break;
+                }
+            }
+        }
+        let answer = assembler.finish().map(|mut r| {
+            r.created = 0;
+            r
+        });
+        (seen, first_content, answer, appended)
+    }
+
+    /// JSON string literals for the texts of generated chunks, beside serde's own
+    /// encodings: escapes serde does not write, a surrogate pair, refused escapes.
+    const TEXT_LITERALS: [&str; 9] = [
+        r#""""#,
+        r#""caf\u00e9""#,
+        r#""\ud83d\ude00!""#,
+        r#""a\/b\tc\r\n""#,
+        r#""\"q\" \\""#,
+        r#""bad \u12""#,
+        r#""lone \ud83d""#,
+        r#""ctl ""#,
+        "\"raw \u{e9}\u{1F600} \"",
+    ];
+
+    /// Bytes put into a generated chunk: invalid UTF-8, multi-byte characters, JSON
+    /// specials, whitespace.
+    const CHUNK_EDITS: [&[u8]; 10] = [
+        b"\xff",
+        b"\xc3",
+        "\u{e9}".as_bytes(),
+        "\u{1F600}".as_bytes(),
+        b"\"",
+        b"\\",
+        b"\n",
+        b"\r\n",
+        b" ",
+        b"\x01",
+    ];
+
+    /// A text's JSON string: serde's encoding of `plain`, or one of [`TEXT_LITERALS`].
+    fn json_text((plain, literal): &(String, Option<usize>)) -> String {
+        match literal {
+            Some(i) => TEXT_LITERALS[i % TEXT_LITERALS.len()].to_string(),
+            None => serde_json::to_string(plain).unwrap(),
+        }
+    }
+
+    fn openai_chunk(kind: u8, text: &str, pad: &str) -> Chunk {
+        let chunk = |delta: &str| {
+            format!(
+                r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","service_tier":"default","system_fingerprint":"fp_1","choices":[{{"index":0,"delta":{{{delta}}},"logprobs":null,"finish_reason":null}}],"usage":null,"obfuscation":"{pad}"}}"#
+            )
+        };
+        let data = match kind {
+            0 => chunk(r#""role":"assistant","content":"","refusal":null"#),
+            1 => chunk(r#""content":null,"refusal":"no""#),
+            2 => chunk(r#""tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"f","arguments":""}}]"#),
+            3 => chunk(r#""tool_calls":[{"index":0,"function":{"arguments":"{\"a\":1}"}}]"#),
+            4 => r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],"usage":null}"#.to_string(),
+            5 => r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":3}}"#.to_string(),
+            6 => "[DONE]".to_string(),
+            7 => chunk(&format!(r#""content":{text},"refusal":null"#)),
+            _ => chunk(&format!(r#""content":{text}"#)),
+        };
+        (None, data.into_bytes())
+    }
+
+    fn anthropic_chunk(kind: u8, text: &str, _pad: &str) -> Chunk {
+        let (event, data) = match kind {
+            0 => ("message_start", r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":5,"output_tokens":1}}}"#.to_string()),
+            1 => ("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#.to_string()),
+            2 => ("content_block_delta", format!(r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"thinking_delta","thinking":{text}}}}}"#)),
+            3 => ("content_block_stop", r#"{"type":"content_block_stop","index":0}"#.to_string()),
+            4 => ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":7}}"#.to_string()),
+            5 => ("ping", r#"{"type": "ping"}"#.to_string()),
+            6 => ("message_stop", r#"{"type":"message_stop"}"#.to_string()),
+            7 => ("content_block_delta", format!(r#"{{"type":"content_block_delta","index":1,"delta":{{"type":"text_delta","text":{text}}}}}"#)),
+            _ => ("content_block_delta", format!(r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":{text}}}}}"#)),
+        };
+        (Some(event), data.into_bytes())
+    }
+
+    type Piece = (
+        u8,
+        (String, Option<usize>),
+        String,
+        Vec<(proptest::sample::Index, u8, usize)>,
+        (usize, usize, bool),
+    );
+
+    fn chunks_of(pieces: &[Piece], chunk: fn(u8, &str, &str) -> Chunk) -> Vec<Chunk> {
+        pieces
+            .iter()
+            .map(|(kind, text, pad, edits, around)| {
+                let (event, mut data) = chunk(*kind, &json_text(text), pad);
+                crate::wire::scan::edit_bytes(&mut data, &CHUNK_EDITS, edits, *around);
+                (event, data)
+            })
+            .collect()
+    }
+
+    fn piece() -> impl proptest::strategy::Strategy<Value = Piece> {
+        use proptest::prelude::*;
+        (
+            0u8..16,
+            (
+                "[a-z \\\\\"\n\u{e9}\u{1F600}]{0,8}",
+                proptest::option::weighted(0.3, 0..TEXT_LITERALS.len()),
+            ),
+            "[a-zA-Z0-9]{0,6}",
+            proptest::collection::vec(
+                (
+                    any::<proptest::sample::Index>(),
+                    0u8..3,
+                    0..CHUNK_EDITS.len(),
+                ),
+                0..2,
+            ),
+            (
+                0..CHUNK_EDITS.len(),
+                0..CHUNK_EDITS.len(),
+                proptest::bool::weighted(0.1),
+            ),
+        )
+            .prop_map(|(kind, text, pad, edits, around)| {
+                // Edits in a few chunks only, so that most match the template.
+                let edits = if kind % 5 == 0 { edits } else { Vec::new() };
+                (kind, text, pad, edits, around)
+            })
+    }
+
+    proptest::proptest! {
+        /// An answer assembled with template text chunks appended straight into its
+        /// text is the answer assembled from their events: the same text (escapes
+        /// decoded, invalid UTF-8 and escapes refused, chunks missing the template
+        /// read by the general path), the same other events chunk by chunk, the same
+        /// first content, errors and end.
+        #[test]
+        fn text_appended_by_the_template_assembles_as_its_events_do(
+            openai in proptest::collection::vec(piece(), 0..24),
+            anthropic in proptest::collection::vec(piece(), 0..24),
+        ) {
+            for (format, chunks) in [
+                (WireFormat::OpenAi, chunks_of(&openai, openai_chunk)),
+                (WireFormat::Anthropic, chunks_of(&anthropic, anthropic_chunk)),
+            ] {
+                let (seen, first, answer, _) = read_assembled(format, &chunks, true);
+                let (want_seen, want_first, want_answer, none) = read_assembled(format, &chunks, false);
+                proptest::prop_assert_eq!(none, 0);
+                proptest::prop_assert_eq!(seen, want_seen);
+                proptest::prop_assert_eq!(first, want_first);
+                proptest::prop_assert_eq!(answer, want_answer);
+            }
+        }
+    }
+
+    /// Plain streams of both formats: after the first text chunk (the template), the
+    /// text chunks are appended straight into the answer, which reads as assembled
+    /// from their events.
+    #[test]
+    fn plain_text_chunks_are_appended_straight_into_the_answer() {
+        let words = [
+            "Hel",
+            "lo",
+            ", w\u{f6}rld\n",
+            "\"q\"",
+            " \u{1F600}",
+            "",
+            "!",
+        ];
+        let texts: Vec<_> = words.iter().map(|w| ((*w).to_string(), None)).collect();
+        let no_edit = (Vec::new(), (0, 0, false));
+        let piece = |kind: u8, i: usize| -> Piece {
+            (
+                kind,
+                texts[i].clone(),
+                format!("p{i}"),
+                no_edit.0.clone(),
+                no_edit.1,
+            )
+        };
+        let mut openai = vec![piece(0, 0)];
+        openai.extend((0..words.len()).map(|i| piece(8, i)));
+        openai.extend([piece(4, 0), piece(5, 0), piece(6, 0)]);
+        let mut anthropic = vec![piece(0, 0), piece(1, 0)];
+        anthropic.extend((0..words.len()).map(|i| piece(8, i)));
+        anthropic.extend([piece(3, 0), piece(4, 0), piece(6, 0)]);
+        for (format, chunks) in [
+            (WireFormat::OpenAi, chunks_of(&openai, openai_chunk)),
+            (
+                WireFormat::Anthropic,
+                chunks_of(&anthropic, anthropic_chunk),
+            ),
+        ] {
+            let got = read_assembled(format, &chunks, true);
+            let want = read_assembled(format, &chunks, false);
+            // All text chunks but the first (the template's), and Anthropic's
+            // `content_block_stop` (no events either way).
+            let quiet = usize::from(format == WireFormat::Anthropic);
+            assert_eq!(got.3, words.len() - 1 + quiet, "{format:?}");
+            assert_eq!((&got.0, got.1, &got.2), (&want.0, want.1, &want.2));
+            let text = words.concat();
+            assert_eq!(
+                got.2.unwrap().content,
+                vec![Part::Text { text }],
+                "{format:?}"
+            );
+        }
     }
 }

@@ -556,6 +556,17 @@ impl Template {
             .map(crate::chat::ChunkEvents::text)
     }
 
+    /// [`Template::text_chunk`] for an answer being assembled: the text (its one text
+    /// delta, or none when it is empty) appended to `out`, the assembled answer's text,
+    /// instead of coming as an event of its own. `false` (and `out` untouched) exactly
+    /// where `text_chunk` is `None`.
+    pub(crate) fn append_text(&self, data: &[u8], out: &mut String) -> bool {
+        self.text_hole(data.trim_ascii())
+            .and_then(TextHole::text)
+            .map(|text| out.push_str(&text))
+            .is_some()
+    }
+
     /// [`Template::text_of`] of bytes not yet known to be UTF-8, the text left as
     /// bytes too ([`TextHole::into_string`] checks it). The other holes scanned are
     /// checked as UTF-8 here; the rest equals the template, which is text, and every
@@ -611,17 +622,21 @@ pub(crate) struct TextHole<'a> {
     escaped: bool,
 }
 
-impl TextHole<'_> {
+impl<'a> TextHole<'a> {
     /// The string's value, as [`RawStr::text`] reads it: `None` when it is not UTF-8
     /// or its escapes do not decode.
     pub(crate) fn into_string(self) -> Option<String> {
+        self.text().map(Cow::into_owned)
+    }
+
+    /// [`TextHole::into_string`], borrowed when the string has no escapes.
+    fn text(self) -> Option<Cow<'a, str>> {
         let raw = std::str::from_utf8(self.raw).ok()?;
         RawStr {
             raw,
             escaped: self.escaped,
         }
         .text()
-        .map(Cow::into_owned)
     }
 }
 

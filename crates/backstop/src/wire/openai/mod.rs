@@ -1341,9 +1341,30 @@ impl StreamDecoder {
 
     /// [`push`](Self::push), a text chunk's one event kept inline.
     pub fn push_chunk(&mut self, ev: &SseEvent) -> Result<ChunkEvents, WireError> {
+        self.push_chunk_into(ev, None)
+    }
+
+    /// [`push_chunk`](Self::push_chunk) for an answer being assembled, `text` being its
+    /// text so far (when its last part is text): a text chunk like the last one has its
+    /// text appended there (`Template::append_text`) and gives no events; any other
+    /// chunk reads as `push_chunk` reads it.
+    pub fn push_chunk_into(
+        &mut self,
+        ev: &SseEvent,
+        text: Option<&mut String>,
+    ) -> Result<ChunkEvents, WireError> {
         // A text chunk like the last one, matched on its bytes (`Template::text_chunk`).
-        if let Some(events) = self.repeat.text_chunk(&ev.data) {
-            return Ok(events);
+        match text {
+            Some(out) => {
+                if self.repeat.append_text(&ev.data, out) {
+                    return Ok(ChunkEvents::default());
+                }
+            }
+            None => {
+                if let Some(events) = self.repeat.text_chunk(&ev.data) {
+                    return Ok(events);
+                }
+            }
         }
         let text = ev.data_text();
         let data = text.trim();
