@@ -567,6 +567,22 @@ impl Template {
             .is_some()
     }
 
+    /// A decoder's template step: with `out` (an answer being assembled, its text so
+    /// far) [`Template::append_text`], whose match gives no events; without it
+    /// [`Template::text_chunk`]. `None`: not a text chunk like the template's.
+    pub(crate) fn take_chunk(
+        &self,
+        data: &[u8],
+        out: Option<&mut String>,
+    ) -> Option<crate::chat::ChunkEvents> {
+        match out {
+            Some(out) => self
+                .append_text(data, out)
+                .then(crate::chat::ChunkEvents::default),
+            None => self.text_chunk(data),
+        }
+    }
+
     /// [`Template::text_of`] of bytes not yet known to be UTF-8, the text left as
     /// bytes too ([`TextHole::into_string`] checks it). The other holes scanned are
     /// checked as UTF-8 here; the rest equals the template, which is text, and every

@@ -1353,18 +1353,9 @@ impl StreamDecoder {
         ev: &SseEvent,
         text: Option<&mut String>,
     ) -> Result<ChunkEvents, WireError> {
-        // A text chunk like the last one, matched on its bytes (`Template::text_chunk`).
-        match text {
-            Some(out) => {
-                if self.repeat.append_text(&ev.data, out) {
-                    return Ok(ChunkEvents::default());
-                }
-            }
-            None => {
-                if let Some(events) = self.repeat.text_chunk(&ev.data) {
-                    return Ok(events);
-                }
-            }
+        // A text chunk like the last one, matched on its bytes (`Template::take_chunk`).
+        if let Some(events) = self.repeat.take_chunk(&ev.data, text) {
+            return Ok(events);
         }
         let text = ev.data_text();
         let data = text.trim();

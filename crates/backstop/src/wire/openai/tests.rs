@@ -1804,6 +1804,25 @@ proptest! {
 
 /// The general reading of an event: its data decoded (invalid UTF-8 replaced) and
 /// trimmed, then walked through a `Value` (what `push` gives when no shortcut applies).
+/// `chunk` read by `fast` (`push`: templates, the cursor) as `general`
+/// ([`push_general`]) reads it.
+fn reads_alike(
+    fast: &mut StreamDecoder,
+    general: &mut StreamDecoder,
+    chunk: Vec<u8>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let lossy = String::from_utf8_lossy(&chunk).into_owned();
+    let ev = SseEvent {
+        event: None,
+        data: chunk.into(),
+        raw: bytes::Bytes::new(),
+    };
+    let got = fast.push(&ev).map_err(|e| e.to_string());
+    let want = push_general(general, &ev);
+    proptest::prop_assert_eq!(got, want, "chunk {:?}", lossy);
+    Ok(())
+}
+
 fn push_general(dec: &mut StreamDecoder, ev: &SseEvent) -> Result<Vec<StreamEvent>, String> {
     let text = ev.data_text();
     let data = text.trim();
@@ -1859,10 +1878,7 @@ proptest! {
             if i + 1 == texts.len() {
                 crate::wire::scan::edit_bytes(&mut chunk, &BYTE_EDITS, &edits, around);
             }
-            let ev = SseEvent { event: None, data: chunk.clone().into(), raw: bytes::Bytes::new() };
-            let got = fast.push(&ev).map_err(|e| e.to_string());
-            let want = push_general(&mut general, &ev);
-            prop_assert_eq!(got, want, "chunk {:?}", String::from_utf8_lossy(&chunk));
+            reads_alike(&mut fast, &mut general, chunk)?;
         }
     }
 }
@@ -1945,10 +1961,7 @@ proptest! {
             if i == edited {
                 crate::wire::scan::edit_bytes(&mut chunk, &BYTE_EDITS, &edits, around);
             }
-            let ev = SseEvent { event: None, data: chunk.clone().into(), raw: bytes::Bytes::new() };
-            let got = fast.push(&ev).map_err(|e| e.to_string());
-            let want = push_general(&mut general, &ev);
-            prop_assert_eq!(got, want, "chunk {:?}", String::from_utf8_lossy(&chunk));
+            reads_alike(&mut fast, &mut general, chunk)?;
         }
     }
 }
