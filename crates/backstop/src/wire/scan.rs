@@ -672,6 +672,28 @@ impl Seen {
     }
 }
 
+/// Test support: the bytes [`edit_bytes`] puts into chunks in the decoders' template
+/// proptests: invalid UTF-8 (a lone continuation byte, a cut sequence, 0xFF, a lone
+/// lead byte), whitespace that `str::trim` removes and `trim_ascii` does not (VT, NBSP,
+/// U+3000), multi-byte characters and JSON specials.
+#[cfg(test)]
+pub(crate) const BYTE_EDITS: [&[u8]; 14] = [
+    b"\x80",
+    b"\xe2\x82",
+    b"\xff",
+    b"\xc3",
+    b"\x0b",
+    "\u{a0}".as_bytes(),
+    "\u{3000}".as_bytes(),
+    "\u{e9}".as_bytes(),
+    "\u{1F600}".as_bytes(),
+    b" ",
+    b"\"",
+    b"\\",
+    b"\n",
+    b"\x01",
+];
+
 /// Test support for the decoders' differential proptests: `edits` applied to `data` in
 /// turn (at a position: 0 removes a byte, 1 inserts `table[with]`, else replaces the byte
 /// with it), then, when `around.2`, `table[around.0]` put before and `table[around.1]`

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::chat::Request;
+use crate::wire::scan::BYTE_EDITS;
 use bytes::Bytes;
 use proptest::prelude::*;
 
@@ -1472,25 +1473,6 @@ fn push_general(dec: &mut StreamDecoder, ev: &SseEvent) -> Result<Vec<StreamEven
     let text = ev.data_text();
     dec.push_value(ev, text.trim()).map_err(|e| e.to_string())
 }
-
-/// Bytes put into events by the byte-level template test: invalid UTF-8, whitespace
-/// that `str::trim` removes and `trim_ascii` does not, multi-byte characters, JSON
-/// specials.
-const BYTE_EDITS: [&[u8]; 13] = [
-    b"\x80",
-    b"\xe2\x82",
-    b"\xff",
-    b"\x0b",
-    "\u{a0}".as_bytes(),
-    "\u{3000}".as_bytes(),
-    "\u{e9}".as_bytes(),
-    "\u{1F600}".as_bytes(),
-    b" ",
-    b"\"",
-    b"\\",
-    b"\n",
-    b"\x01",
-];
 
 proptest! {
     /// Text deltas matched against the template on their bytes (before any UTF-8

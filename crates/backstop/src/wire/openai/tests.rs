@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use crate::wire::scan::BYTE_EDITS;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -1834,26 +1835,6 @@ fn push_general(dec: &mut StreamDecoder, ev: &SseEvent) -> Result<Vec<StreamEven
     }
     dec.push_value(ev, data).map_err(|e| e.to_string())
 }
-
-/// Bytes put into chunks by the byte-level template test: invalid UTF-8 (a lone
-/// continuation byte, a cut sequence, 0xFF), whitespace that `str::trim` removes and
-/// `trim_ascii` does not (VT, NBSP, U+3000), multi-byte characters and JSON specials.
-const BYTE_EDITS: [&[u8]; 14] = [
-    b"\x80",
-    b"\xe2\x82",
-    b"\xff",
-    b"\xc3",
-    b"\x0b",
-    "\u{a0}".as_bytes(),
-    "\u{3000}".as_bytes(),
-    "\u{e9}".as_bytes(),
-    "\u{1F600}".as_bytes(),
-    b" ",
-    b"\"",
-    b"\\",
-    b"\n",
-    b"\x01",
-];
 
 proptest! {
     /// Text chunks matched against the template on their bytes (before any UTF-8
