@@ -128,10 +128,7 @@ impl SseParser {
 
     /// The next event the bytes taken so far complete, if any.
     pub fn next_event(&mut self) -> Option<SseEvent> {
-        if self.line_start == 0
-            && self.buf.starts_with(b"data:")
-            && let Some(event) = self.one_data_line()
-        {
+        if let Some(event) = self.one_data_line() {
             return Some(event);
         }
         loop {
@@ -162,13 +159,48 @@ impl SseParser {
         }
     }
 
+    /// Consume, without making events, the frames at the start of the buffer that are
+    /// one complete `data:` line each (nearly every frame of a stream) and whose data
+    /// `take` accepts; stop at the first other frame, or the first one `take` refuses,
+    /// which stays for [`next_event`](Self::next_event) as if nothing had been read.
+    /// What `take` sees is what such a frame's [`SseEvent::data`] would be. For a reader
+    /// that needs only some frames' data (an answer being assembled), this saves
+    /// making and dropping an event for each of the others.
+    pub fn skip_data_while(&mut self, mut take: impl FnMut(&[u8]) -> bool) {
+        while let Some((value, end)) = self.one_data_frame() {
+            if !take(&self.buf[value]) {
+                return;
+            }
+            self.buf.advance(end);
+            self.search_from = 0;
+        }
+    }
+
     /// The frame at the start of the buffer when it is one `data:` line and a blank
-    /// line, both complete (nearly every frame of a stream): read as [`line`](Self::line)
+    /// line, both complete (nearly every frame of a stream), read as [`line`](Self::line)
     /// would read it, line by line, and dispatched. `None` (nothing changed) for
-    /// anything else, which the general path reads. Called only at a frame's start
-    /// (`line_start` 0) with the buffer starting `data:` (see `next_event`).
+    /// anything else, which the general path reads.
     fn one_data_line(&mut self) -> Option<SseEvent> {
-        if self.at_stream_start || !matches!(self.data, Data::None) || self.event.is_some() {
+        let (value, end) = self.one_data_frame()?;
+        let raw = self.buf.split_to(end).freeze();
+        let data = raw.slice(value);
+        self.search_from = 0;
+        Some(SseEvent {
+            event: None,
+            data,
+            raw,
+        })
+    }
+
+    /// Where [`one_data_line`](Self::one_data_line)'s frame is: its data's range and
+    /// its end (the blank line's end), the buffer unchanged.
+    fn one_data_frame(&self) -> Option<(Range<usize>, usize)> {
+        if self.line_start != 0
+            || self.at_stream_start
+            || !matches!(self.data, Data::None)
+            || self.event.is_some()
+            || !self.buf.starts_with(b"data:")
+        {
             return None;
         }
         let len = self.buf.len();
@@ -190,14 +222,7 @@ impl SseParser {
         } else {
             5..term
         };
-        let raw = self.buf.split_to(end).freeze();
-        let data = raw.slice(value);
-        self.search_from = 0;
-        Some(SseEvent {
-            event: None,
-            data,
-            raw,
-        })
+        Some((value, end))
     }
 
     /// The stream ended: returns a final event if one was pending without its
@@ -803,5 +828,67 @@ mod tests {
                 .collect();
             prop_assert_eq!(got, expected);
         }
+    }
+
+    proptest! {
+        /// Frames consumed by `skip_data_while` (those it accepts) are the events
+        /// `next_event` would have given there, in order, and the rest read as before:
+        /// any bytes, split at any one point.
+        #[test]
+        fn skipped_data_frames_are_the_events_they_replace(
+            input in soup(),
+            cut in any::<prop::sample::Index>(),
+            pick in 0usize..3,
+        ) {
+            let whole = parse_all(&input);
+            let cut = cut.index(input.len() + 1);
+            let mut p = SseParser::new();
+            let mut seen = Vec::new();
+            let mut skipped = 0;
+            for part in [&input[..cut], &input[cut..]] {
+                p.extend(part);
+                loop {
+                    p.skip_data_while(|data| {
+                        let take = (data.len() + pick) % 3 != 0;
+                        if take {
+                            seen.push((None, data.to_vec()));
+                            skipped += 1;
+                        }
+                        take
+                    });
+                    match p.next_event() {
+                        Some(e) => seen.push((e.event, e.data.to_vec())),
+                        None => break,
+                    }
+                }
+            }
+            seen.extend(p.finish().map(|e| (e.event, e.data.to_vec())));
+            let want: Vec<_> = whole.iter().map(|e| (e.event.clone(), e.data.to_vec())).collect();
+            prop_assert_eq!(seen, want);
+            prop_assert!(skipped <= whole.len());
+        }
+    }
+
+    #[test]
+    fn data_frames_are_skipped_up_to_the_first_refused() {
+        let mut p = SseParser::new();
+        p.extend(b": hi\n\ndata: a\n\ndata: bb\r\n\r\ndata: c\n\nevent: e\ndata: d\n\ndata: x");
+        // Nothing before the stream's first line has been read.
+        p.skip_data_while(|_| panic!("at the stream's start"));
+        assert_eq!(data_of(p.next_event().as_ref()).as_deref(), Some("a"));
+        let mut taken = Vec::new();
+        p.skip_data_while(|d| {
+            taken.push(d.to_vec());
+            d != b"c"
+        });
+        assert_eq!(taken, [&b"bb"[..], b"c"]);
+        assert_eq!(data_of(p.next_event().as_ref()).as_deref(), Some("c"));
+        // A frame with an `event:` line, and an incomplete one, are not skipped.
+        p.skip_data_while(|_| panic!("not a one-line data frame"));
+        let e = p.next_event().unwrap();
+        assert_eq!((e.event.as_deref(), &e.data[..]), (Some("e"), &b"d"[..]));
+        p.skip_data_while(|_| panic!("incomplete"));
+        assert_eq!(p.next_event(), None);
+        assert_eq!(p.buffered(), 7);
     }
 }

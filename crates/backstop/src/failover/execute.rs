@@ -1303,10 +1303,14 @@ impl Engine {
             // timed as such), takes the text of a chunk read by the decoder's template
             // straight into its text (when its last part is text): the chunk's events
             // would only have appended it there.
-            let text = match assembler.as_deref_mut() {
+            let mut text = match assembler.as_deref_mut() {
                 Some(assembler) if got_content => assembler.text_buffer(),
                 _ => None,
             };
+            // The rest of a read's text chunks go there without an item each.
+            if let Some(text) = text.as_deref_mut() {
+                rest.absorb_text(text);
+            }
             // An item of a read already made comes at once: no timer for it.
             let timed = if rest.has_ready() {
                 Ok(rest.next_item(text).await)

@@ -44,6 +44,20 @@ impl UpstreamDecoder {
     }
 }
 
+impl UpstreamDecoder {
+    /// Whether `data` (an event's data) is a text chunk the decoder's template reads,
+    /// its text then appended to `text`: what [`push_into`](Self::push_into) does with
+    /// `text` for such a chunk (no events, the decoder unchanged). `false`: nothing
+    /// appended; the event is for `push_into`.
+    fn append_text(&self, data: &[u8], text: &mut String) -> bool {
+        match self {
+            Self::OpenAi(d) => d.template().append_text(data, text),
+            Self::Anthropic(d) => d.template().append_text(data, text),
+            Self::Gemini(_) => false,
+        }
+    }
+}
+
 /// One step of an upstream stream.
 pub enum StreamItem {
     /// An SSE event with what it means.
@@ -192,6 +206,28 @@ impl UpstreamStream {
             });
         }
         None
+    }
+
+    /// For an answer being assembled (`text`: its text so far, its last part being
+    /// text): takes the events ready without reading the upstream again that are text
+    /// chunks the decoder's template reads, appending their text, up to the first
+    /// other event (which stays ready). [`next_item`](Self::next_item) would give each
+    /// of them as an event without events of its own, its text appended the same way;
+    /// taken here, the parser makes no event for them.
+    pub fn absorb_text(&mut self, text: &mut String) {
+        if self.done {
+            return;
+        }
+        loop {
+            match &self.ready {
+                Some(ev) if self.decoder.append_text(&ev.data, text) => {}
+                _ => return,
+            }
+            let decoder = &self.decoder;
+            self.parser
+                .skip_data_while(|data| decoder.append_text(data, text));
+            self.ready = self.parser.next_event();
+        }
     }
 
     /// The next item. Waits at most the idle timeout for upstream bytes. `text`: the
@@ -821,6 +857,270 @@ mod tests {
                 vec![Part::Text { text }],
                 "{format:?}"
             );
+        }
+    }
+
+    /// A loopback upstream of each format, answering every request with the event
+    /// stream in `body` (written in `pieces` parts), on a runtime of its own: one per
+    /// test thread, as building an upstream's client is not cheap.
+    struct Loopback {
+        rt: tokio::runtime::Runtime,
+        upstreams: [crate::provider::Upstream; 2],
+        body: std::sync::Arc<std::sync::Mutex<(Vec<u8>, usize)>>,
+    }
+
+    impl Loopback {
+        fn new() -> Self {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let body = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), 1)));
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            let shared = body.clone();
+            rt.spawn(async move {
+                loop {
+                    let (mut sock, _) = listener.accept().await.unwrap();
+                    let (body, pieces) = shared.lock().unwrap().clone();
+                    tokio::spawn(async move {
+                        let mut req = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let n = sock.read(&mut buf).await.unwrap();
+                            assert!(n > 0, "closed mid-request");
+                            req.extend_from_slice(&buf[..n]);
+                        }
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        // A reader that stops early (a failed stream) closes its end.
+                        if sock.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let size = body.len().div_ceil(pieces).max(1);
+                        for part in body.chunks(size) {
+                            if sock.write_all(part).await.is_err() || sock.flush().await.is_err() {
+                                return;
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                        // Open until the reader is done (its end closes).
+                        let _ = sock.read(&mut buf).await;
+                    });
+                }
+            });
+            let upstream = |api| {
+                let config = crate::config::ProviderConfig {
+                    id: "p".into(),
+                    api,
+                    base_url: format!("http://{addr}"),
+                    profiles: Vec::new(),
+                    models: Vec::new(),
+                    headers: Vec::new(),
+                };
+                crate::provider::Upstream::new(config, &crate::config::Timeouts::default()).unwrap()
+            };
+            let upstreams = [
+                upstream(WireFormat::OpenAi),
+                upstream(WireFormat::Anthropic),
+            ];
+            Loopback {
+                rt,
+                upstreams,
+                body,
+            }
+        }
+
+        /// `body` read as an [`UpstreamStream`] of `format` (OpenAI or Anthropic).
+        async fn stream(&self, format: WireFormat, body: &[u8], pieces: usize) -> UpstreamStream {
+            *self.body.lock().unwrap() = (body.to_vec(), pieces.max(1));
+            let upstream = &self.upstreams[usize::from(format == WireFormat::Anthropic)];
+            let profile = crate::config::AuthProfile {
+                name: "k".into(),
+                key: None,
+            };
+            let response = upstream
+                .send(&profile, "m", bytes::Bytes::from_static(b"{}"), true)
+                .await
+                .unwrap();
+            UpstreamStream::new(
+                response,
+                UpstreamDecoder::new(format).unwrap(),
+                Duration::from_secs(10),
+                Instant::now() + Duration::from_secs(20),
+            )
+        }
+    }
+
+    thread_local! {
+        static LOOPBACK: Loopback = Loopback::new();
+    }
+
+    /// How the engine reads a stream for an answer being assembled (`commit_stream`):
+    /// `How::Events` every chunk's events; `How::Append` template text appended once
+    /// content came; `How::Absorb` that, and the ready text chunks taken by
+    /// [`UpstreamStream::absorb_text`] first. The answer (dated 0) and the items read.
+    #[derive(Clone, Copy, PartialEq)]
+    enum How {
+        Events,
+        Append,
+        Absorb,
+    }
+
+    async fn assemble_stream(
+        mut stream: UpstreamStream,
+        how: How,
+    ) -> (Result<crate::chat::Response, String>, usize) {
+        let mut assembler = Assembler::new();
+        let (mut got_content, mut items) = (false, 0);
+        let answer = loop {
+            let mut text = match how {
+                How::Events => None,
+                _ if got_content => assembler.text_buffer(),
+                _ => None,
+            };
+            if how == How::Absorb
+                && let Some(text) = text.as_deref_mut()
+            {
+                stream.absorb_text(text);
+            }
+            items += 1;
+            match stream.next_item(text).await {
+                StreamItem::Event(_, events) => {
+                    got_content |= events.iter().any(StreamEvent::is_content);
+                    assembler.push_all(events);
+                    if stream.done {
+                        break assembler.finish();
+                    }
+                }
+                StreamItem::End => break assembler.finish(),
+                StreamItem::Failed(f) => break Err(f.message),
+            }
+        };
+        let answer = answer.map(|mut r| {
+            r.created = 0;
+            r
+        });
+        (answer, items)
+    }
+
+    /// SSE frames of chunks (an `event:` line when the chunk has a name).
+    fn frames(chunks: &[Chunk]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (event, data) in chunks {
+            if let Some(event) = event {
+                out.extend_from_slice(format!("event: {event}\n").as_bytes());
+            }
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\n\n");
+        }
+        out
+    }
+
+    /// The three readings of one stream of `format`: the answers, and the items each
+    /// took.
+    fn read_three_ways(
+        format: WireFormat,
+        body: &[u8],
+        pieces: usize,
+    ) -> [(Result<crate::chat::Response, String>, usize); 3] {
+        LOOPBACK.with(|lb| {
+            [How::Events, How::Append, How::Absorb].map(|how| {
+                lb.rt.block_on(async {
+                    let stream = lb.stream(format, body, pieces).await;
+                    assemble_stream(stream, how).await
+                })
+            })
+        })
+    }
+
+    /// Plain streams of both formats, arriving whole: the text chunks after the first
+    /// are absorbed with no item each, and the answer is the one their events make.
+    #[test]
+    fn ready_text_chunks_are_absorbed_without_items() {
+        let words: Vec<String> = (0..12).map(|i| format!("w{i} ")).collect();
+        let plain = |kind: u8| {
+            (
+                kind,
+                (String::new(), None),
+                "pad".to_string(),
+                Vec::new(),
+                (0, 0, false),
+            )
+        };
+        let text = |w: &String| -> Piece {
+            (
+                8,
+                (w.clone(), None),
+                format!("p{}", w.len()),
+                Vec::new(),
+                (0, 0, false),
+            )
+        };
+        let mut openai = vec![plain(0)];
+        openai.extend(words.iter().map(text));
+        openai.extend([plain(4), plain(5), plain(6)]);
+        let mut anthropic = vec![plain(0), plain(1)];
+        anthropic.extend(words.iter().map(text));
+        anthropic.extend([plain(3), plain(4), plain(6)]);
+        for (format, chunks) in [
+            (WireFormat::OpenAi, chunks_of(&openai, openai_chunk)),
+            (
+                WireFormat::Anthropic,
+                chunks_of(&anthropic, anthropic_chunk),
+            ),
+        ] {
+            let [events, append, absorb] = read_three_ways(format, &frames(&chunks), 1);
+            let answer = events.0.clone().unwrap();
+            assert_eq!(
+                answer.content,
+                vec![Part::Text {
+                    text: words.concat()
+                }],
+                "{format:?}"
+            );
+            assert_eq!(append.0, events.0, "{format:?}");
+            assert_eq!(absorb.0, events.0, "{format:?}");
+            assert_eq!(
+                append.1, events.1,
+                "{format:?}: appending still reads every chunk as an item"
+            );
+            // At least the text chunks after the first (the template) need no item, when
+            // the stream comes in one read; a split read leaves one for each read.
+            assert!(
+                absorb.1 < events.1,
+                "{format:?}: {} items, {} without absorbing",
+                absorb.1,
+                events.1
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Any stream of both formats (edited chunks, escapes, errors, chunks the
+        /// template misses, SSE lines split by edits), written in parts: absorbing
+        /// the ready text chunks assembles the answer, or fails, as the events do.
+        #[test]
+        fn absorbing_ready_text_chunks_assembles_as_the_events_do(
+            openai in proptest::collection::vec(piece(), 0..20),
+            anthropic in proptest::collection::vec(piece(), 0..20),
+            pieces in 1usize..4,
+        ) {
+            for (format, chunks) in [
+                (WireFormat::OpenAi, chunks_of(&openai, openai_chunk)),
+                (WireFormat::Anthropic, chunks_of(&anthropic, anthropic_chunk)),
+            ] {
+                let [events, append, absorb] = read_three_ways(format, &frames(&chunks), pieces);
+                proptest::prop_assert_eq!(&append.0, &events.0);
+                proptest::prop_assert_eq!(&absorb.0, &events.0);
+            }
         }
     }
 }

@@ -1344,6 +1344,11 @@ impl StreamDecoder {
         self.push_chunk_into(ev, None)
     }
 
+    /// The template of the text chunks like the last one (`UpstreamDecoder::append_text`).
+    pub(crate) fn template(&self) -> &Template {
+        &self.repeat
+    }
+
     /// [`push_chunk`](Self::push_chunk) for an answer being assembled, `text` being its
     /// text so far (when its last part is text): a text chunk like the last one has its
     /// text appended there (`Template::append_text`) and gives no events; any other
