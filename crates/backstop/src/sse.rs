@@ -159,20 +159,62 @@ impl SseParser {
         }
     }
 
-    /// Consume, without making events, the frames at the start of the buffer that are
-    /// one complete `data:` line each (nearly every frame of a stream) and whose data
-    /// `take` accepts; stop at the first other frame, or the first one `take` refuses,
-    /// which stays for [`next_event`](Self::next_event) as if nothing had been read.
-    /// What `take` sees is what such a frame's [`SseEvent::data`] would be. For a reader
-    /// that needs only some frames' data (an answer being assembled), this saves
-    /// making and dropping an event for each of the others.
-    pub fn skip_data_while(&mut self, mut take: impl FnMut(&[u8]) -> bool) {
-        while let Some((value, end)) = self.one_data_frame() {
-            if !take(&self.buf[value]) {
-                return;
+    /// Consume, without making an event, the frame at the start of the buffer when it is
+    /// one complete `data:` line whose value `read` reads: `read` gets the bytes from
+    /// the value's start to the end of the buffer, and returns the value's length when
+    /// it reads it there (it must hold no CR or LF). The frame is consumed (`true`)
+    /// when the line ends right there and a blank line follows, both complete: it is
+    /// then the frame whose [`SseEvent::data`] would be those bytes. Otherwise
+    /// (`false`) nothing is consumed and [`next_event`](Self::next_event) reads on as
+    /// if this had not been called, though `read` may have run: undoing what it did is
+    /// the caller's part. `read` is not called when the frame does not start with a
+    /// `data:` line (or the stream's first line has not been read yet).
+    pub fn skip_data_line(&mut self, read: impl FnOnce(&[u8]) -> Option<usize>) -> bool {
+        if !self.at_data_frame() {
+            return false;
+        }
+        let from = if self.buf.get(5) == Some(&b' ') { 6 } else { 5 };
+        let Some(len) = self.buf.get(from..).and_then(read) else {
+            return false;
+        };
+        debug_assert!(
+            memchr::memchr2(b'\n', b'\r', &self.buf[from..from + len]).is_none(),
+            "a data line's value holds no line end"
+        );
+        match self.frame_end(from + len) {
+            Some(end) => {
+                self.buf.advance(end);
+                self.search_from = 0;
+                true
             }
-            self.buf.advance(end);
-            self.search_from = 0;
+            None => false,
+        }
+    }
+
+    /// At the start of a frame whose first line is a `data:` line (the stream's first
+    /// line read already).
+    fn at_data_frame(&self) -> bool {
+        self.line_start == 0
+            && !self.at_stream_start
+            && matches!(self.data, Data::None)
+            && self.event.is_none()
+            && self.buf.starts_with(b"data:")
+    }
+
+    /// The end of a frame whose first line ends at `term` when that line's end and a
+    /// blank line after it are complete: `None` when either is not, or when `term` is
+    /// not a line end.
+    fn frame_end(&self, term: usize) -> Option<usize> {
+        let len = self.buf.len();
+        let next = match *self.buf.get(term)? {
+            b'\n' => term + 1,
+            b'\r' if term + 1 < len => term + 1 + usize::from(self.buf[term + 1] == b'\n'),
+            _ => return None,
+        };
+        match *self.buf.get(next)? {
+            b'\n' => Some(next + 1),
+            b'\r' if next + 1 < len => Some(next + 1 + usize::from(self.buf[next + 1] == b'\n')),
+            _ => None,
         }
     }
 
@@ -195,28 +237,13 @@ impl SseParser {
     /// Where [`one_data_line`](Self::one_data_line)'s frame is: its data's range and
     /// its end (the blank line's end), the buffer unchanged.
     fn one_data_frame(&self) -> Option<(Range<usize>, usize)> {
-        if self.line_start != 0
-            || self.at_stream_start
-            || !matches!(self.data, Data::None)
-            || self.event.is_some()
-            || !self.buf.starts_with(b"data:")
-        {
+        if !self.at_data_frame() {
             return None;
         }
-        let len = self.buf.len();
         // `search_from` is past what an earlier read of this line saw.
         let from = self.search_from.max(5);
         let term = from + memchr::memchr2(b'\n', b'\r', self.buf.get(from..)?)?;
-        let next = match self.buf[term] {
-            b'\n' => term + 1,
-            _ if term + 1 < len => term + 1 + usize::from(self.buf[term + 1] == b'\n'),
-            _ => return None,
-        };
-        let end = match *self.buf.get(next)? {
-            b'\n' => next + 1,
-            b'\r' if next + 1 < len => next + 1 + usize::from(self.buf[next + 1] == b'\n'),
-            _ => return None,
-        };
+        let end = self.frame_end(term)?;
         let value = if self.buf.get(5) == Some(&b' ') && term > 5 {
             6..term
         } else {
@@ -830,15 +857,24 @@ mod tests {
         }
     }
 
+    /// What a reader of `skip_data_line` may do: read a value up to its line's end
+    /// (found here by a search; the engine's template finds it by matching), and take
+    /// it or not.
+    fn read_line(line: &[u8], take: bool) -> Option<usize> {
+        let len = memchr::memchr2(b'\n', b'\r', line).unwrap_or(line.len());
+        take.then_some(len)
+    }
+
     proptest! {
-        /// Frames consumed by `skip_data_while` (those it accepts) are the events
-        /// `next_event` would have given there, in order, and the rest read as before:
-        /// any bytes, split at any one point.
+        /// Frames consumed by `skip_data_line` are the events `next_event` would have
+        /// given there, in order, and the rest read as before: any bytes, split at any
+        /// one point. A reader that ends a value before its line does consumes nothing.
         #[test]
         fn skipped_data_frames_are_the_events_they_replace(
             input in soup(),
             cut in any::<prop::sample::Index>(),
             pick in 0usize..3,
+            short in any::<bool>(),
         ) {
             let whole = parse_all(&input);
             let cut = cut.index(input.len() + 1);
@@ -848,14 +884,23 @@ mod tests {
             for part in [&input[..cut], &input[cut..]] {
                 p.extend(part);
                 loop {
-                    p.skip_data_while(|data| {
-                        let take = (data.len() + pick) % 3 != 0;
-                        if take {
-                            seen.push((None, data.to_vec()));
-                            skipped += 1;
+                    let mut value = None;
+                    let mut early = false;
+                    let taken = p.skip_data_line(|line| {
+                        let mut len = read_line(line, (line.len() + pick) % 3 != 0)?;
+                        if short && len > 0 {
+                            len -= 1;
+                            early = true;
                         }
-                        take
+                        value = Some(line[..len].to_vec());
+                        Some(len)
                     });
+                    if taken {
+                        prop_assert!(!early, "a line ended early was consumed");
+                        seen.push((None, value.take().unwrap()));
+                        skipped += 1;
+                        continue;
+                    }
                     match p.next_event() {
                         Some(e) => seen.push((e.event, e.data.to_vec())),
                         None => break,
@@ -870,25 +915,33 @@ mod tests {
     }
 
     #[test]
-    fn data_frames_are_skipped_up_to_the_first_refused() {
+    fn data_frames_are_skipped_when_read_whole() {
         let mut p = SseParser::new();
-        p.extend(b": hi\n\ndata: a\n\ndata: bb\r\n\r\ndata: c\n\nevent: e\ndata: d\n\ndata: x");
+        p.extend(b": hi\n\ndata: a\n\ndata: bb\r\n\r\ndata:c\n\ndata: d\ndata: e\n\nevent: e\ndata: f\n\ndata: x");
         // Nothing before the stream's first line has been read.
-        p.skip_data_while(|_| panic!("at the stream's start"));
+        assert!(!p.skip_data_line(|_| panic!("at the stream's start")));
         assert_eq!(data_of(p.next_event().as_ref()).as_deref(), Some("a"));
-        let mut taken = Vec::new();
-        p.skip_data_while(|d| {
-            taken.push(d.to_vec());
-            d != b"c"
-        });
-        assert_eq!(taken, [&b"bb"[..], b"c"]);
-        assert_eq!(data_of(p.next_event().as_ref()).as_deref(), Some("c"));
-        // A frame with an `event:` line, and an incomplete one, are not skipped.
-        p.skip_data_while(|_| panic!("not a one-line data frame"));
+        let mut lines = Vec::new();
+        let mut read = |line: &[u8]| {
+            lines.push(line.to_vec());
+            read_line(line, true)
+        };
+        assert!(p.skip_data_line(&mut read));
+        assert!(p.skip_data_line(&mut read));
+        // A second data line: the frame is not one line.
+        assert!(!p.skip_data_line(&mut read));
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with(b"bb\r\n") && lines[1].starts_with(b"c\n"));
+        assert_eq!(data_of(p.next_event().as_ref()).as_deref(), Some("d\ne"));
+        // A frame with an `event:` line is not read; an incomplete one is not taken.
+        assert!(!p.skip_data_line(|_| panic!("not a data frame")));
         let e = p.next_event().unwrap();
-        assert_eq!((e.event.as_deref(), &e.data[..]), (Some("e"), &b"d"[..]));
-        p.skip_data_while(|_| panic!("incomplete"));
-        assert_eq!(p.next_event(), None);
-        assert_eq!(p.buffered(), 7);
+        assert_eq!((e.event.as_deref(), &e.data[..]), (Some("e"), &b"f"[..]));
+        assert!(!p.skip_data_line(|line| read_line(line, true)));
+        // Nor a line that a reader ends early.
+        p.extend(b"yz\n\n");
+        assert!(!p.skip_data_line(|line| Some(read_line(line, true)? - 1)));
+        assert!(p.skip_data_line(|line| read_line(line, true)));
+        assert_eq!(p.buffered(), 0);
     }
 }

@@ -45,15 +45,14 @@ impl UpstreamDecoder {
 }
 
 impl UpstreamDecoder {
-    /// Whether `data` (an event's data) is a text chunk the decoder's template reads,
-    /// its text then appended to `text`: what [`push_into`](Self::push_into) does with
-    /// `text` for such a chunk (no events, the decoder unchanged). `false`: nothing
-    /// appended; the event is for `push_into`.
-    fn append_text(&self, data: &[u8], text: &mut String) -> bool {
+    /// The template of the decoder's text chunks (`Template::append_text` appends a
+    /// matching chunk's text as `push_into` with that text would: no events, the
+    /// decoder unchanged).
+    fn template(&self) -> Option<&wire::scan::Template> {
         match self {
-            Self::OpenAi(d) => d.template().append_text(data, text),
-            Self::Anthropic(d) => d.template().append_text(data, text),
-            Self::Gemini(_) => false,
+            Self::OpenAi(d) => Some(d.template()),
+            Self::Anthropic(d) => Some(d.template()),
+            Self::Gemini(_) => None,
         }
     }
 }
@@ -218,14 +217,26 @@ impl UpstreamStream {
         if self.done {
             return;
         }
+        let Some(template) = self.decoder.template() else {
+            return;
+        };
         loop {
             match &self.ready {
-                Some(ev) if self.decoder.append_text(&ev.data, text) => {}
+                Some(ev) if template.append_text(&ev.data, text) => {}
                 _ => return,
             }
-            let decoder = &self.decoder;
-            self.parser
-                .skip_data_while(|data| decoder.append_text(data, text));
+            // The next frames' lines matched on the parser's bytes as they are: a text
+            // chunk's line is found by matching it.
+            loop {
+                let before = text.len();
+                if !self
+                    .parser
+                    .skip_data_line(|line| template.append_text_line(line, text))
+                {
+                    text.truncate(before);
+                    break;
+                }
+            }
             self.ready = self.parser.next_event();
         }
     }

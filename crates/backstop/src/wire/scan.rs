@@ -499,6 +499,10 @@ pub(crate) struct Template {
     holes: Vec<std::ops::Range<usize>>,
     /// Which hole holds the text the chunk carries.
     text: usize,
+    /// `src` has no CR or LF (it came from one SSE `data:` line, as nearly always):
+    /// then it can be matched on a stream's bytes before their lines are found
+    /// ([`Template::append_text_line`]).
+    one_line: bool,
 }
 
 impl Template {
@@ -508,6 +512,7 @@ impl Template {
     pub(crate) fn set(&mut self, src: &str, holes: &[std::ops::Range<usize>], text: usize) {
         self.src.clear();
         self.holes.clear();
+        self.one_line = false;
         let mut after = 0;
         for h in holes {
             let mut c = Cursor { src, pos: h.start };
@@ -526,6 +531,7 @@ impl Template {
         self.src.push_str(src);
         self.holes.extend_from_slice(holes);
         self.text = text;
+        self.one_line = memchr::memchr2(b'\n', b'\r', src.as_bytes()).is_none();
     }
 
     /// The text of `data` when it is this template with other strings in its holes:
@@ -567,6 +573,23 @@ impl Template {
             .is_some()
     }
 
+    /// [`Template::append_text`] of an SSE `data:` line's value before its end is known:
+    /// `line` is the bytes from the value's start on (to the end of what has been read).
+    /// When they start with a text chunk like the template's, its text is appended to
+    /// `out` and its length returned: the bytes there are the template's (with no CR or
+    /// LF) or JSON strings (which hold none either), so the line ends there or later,
+    /// and it is that chunk when its line ends there (the reader's to check), with
+    /// nothing around it that `append_text` would trim. `None` (and `out` untouched)
+    /// otherwise.
+    pub(crate) fn append_text_line(&self, line: &[u8], out: &mut String) -> Option<usize> {
+        if !self.one_line {
+            return None;
+        }
+        let (hole, len) = self.match_holes::<false>(line)?;
+        out.push_str(&hole?.text()?);
+        Some(len)
+    }
+
     /// A decoder's template step: with `out` (an answer being assembled, its text so
     /// far) [`Template::append_text`], whose match gives no events; without it
     /// [`Template::text_chunk`]. `None`: not a text chunk like the template's.
@@ -589,6 +612,16 @@ impl Template {
     /// hole is bounded by ASCII quotes, so `b` is valid UTF-8 as a whole when the
     /// text is, and reads as `text_of` reads it.
     pub(crate) fn text_hole<'a>(&self, b: &'a [u8]) -> Option<TextHole<'a>> {
+        self.match_holes::<true>(b).and_then(|(text, _)| text)
+    }
+
+    /// [`Template::text_hole`]'s match: `WHOLE`, of all of `b`; otherwise of its start
+    /// (the matched length returned beside the text).
+    #[inline(always)]
+    fn match_holes<'a, const WHOLE: bool>(
+        &self,
+        b: &'a [u8],
+    ) -> Option<(Option<TextHole<'a>>, usize)> {
         let start = self.holes.get(self.text)?.start;
         let src = self.src.as_bytes();
         // Nearly always every byte before the text is the template's (the holes there
@@ -625,8 +658,14 @@ impl Template {
             at = close + 1;
             from = hole.end;
         }
-        (b.get(at..)? == &src[from..]).then_some(())?;
-        text
+        let tail = &src[from..];
+        let end = at + tail.len();
+        if WHOLE {
+            (b.get(at..)? == tail).then_some(())?;
+        } else {
+            (b.get(at..end)? == tail).then_some(())?;
+        }
+        Some((text, end))
     }
 }
 

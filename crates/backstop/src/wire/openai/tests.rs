@@ -1864,6 +1864,109 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A text chunk matched on a stream's bytes before its line's end is found
+    /// (`Template::append_text_line`, the assembled answer's absorbing of ready text
+    /// chunks) reads as the chunk's event does: where it stops at a line end, the
+    /// line's value up to there is a chunk `append_text` takes, with the same text.
+    /// And a plain chunk (nothing around it, one line) is never missed.
+    #[test]
+    fn template_on_lines_reads_as_on_events(
+        texts in proptest::collection::vec("[a-z \\\\\"\u{e9}\u{1F600}]{0,8}", 1..4),
+        pads in proptest::collection::vec("[a-zA-Z0-9]{0,16}", 1..4),
+        edits in proptest::collection::vec(
+            (any::<proptest::sample::Index>(), 0u8..3, 0..BYTE_EDITS.len()), 0..3),
+        around in (0..BYTE_EDITS.len(), 0..BYTE_EDITS.len(), any::<bool>()),
+        after in proptest::sample::select(vec!["\n\n", "\r\n\r\n", "\r", "", " \n\n", "data: x"]),
+    ) {
+        let mut dec = StreamDecoder::new();
+        dec.push(&sse(&text_chunk(r#""content":"first""#, "pad1"))).unwrap();
+        for (i, text) in texts.iter().enumerate() {
+            let delta = format!(r#""content":{}"#, serde_json::to_string(text).unwrap());
+            let mut chunk = text_chunk(&delta, &pads[i % pads.len()]).into_bytes();
+            if i + 1 == texts.len() {
+                crate::wire::scan::edit_bytes(&mut chunk, &BYTE_EDITS, &edits, around);
+            }
+            let mut line = chunk.clone();
+            line.extend_from_slice(after.as_bytes());
+            let mut got = String::from("so far ");
+            match dec.repeat.append_text_line(&line, &mut got) {
+                Some(n) => {
+                    prop_assert!(!line[..n].iter().any(|&b| b == b'\n' || b == b'\r'));
+                    if matches!(line.get(n), Some(b'\n' | b'\r')) {
+                        let mut want = String::from("so far ");
+                        prop_assert!(dec.repeat.append_text(&line[..n], &mut want));
+                        prop_assert_eq!(&got, &want);
+                    }
+                }
+                None => prop_assert_eq!(got.as_str(), "so far "),
+            }
+            let plain = chunk.trim_ascii().len() == chunk.len()
+                && !chunk.iter().any(|&b| b == b'\n' || b == b'\r');
+            let mut want = String::new();
+            if plain && dec.repeat.append_text(&chunk, &mut want) {
+                let mut got = String::new();
+                prop_assert_eq!(dec.repeat.append_text_line(&line, &mut got), Some(chunk.len()));
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+}
+
+/// A text chunk matched on a stream's bytes: its length when the bytes start with a
+/// whole chunk like the template's, nothing when the chunk is cut, changed at its end,
+/// or holds a line end, or when the template came from several lines.
+#[test]
+fn template_on_lines_needs_the_whole_chunk() {
+    let mut dec = StreamDecoder::new();
+    dec.push(&sse(&text_chunk(r#""content":"first""#, "pad1")))
+        .unwrap();
+    let chunk = text_chunk(r#""content":"caf\u00e9 ok""#, "xyz");
+    let line = |tail: &str| format!("{chunk}{tail}").into_bytes();
+    let read = |bytes: &[u8]| {
+        let mut text = String::new();
+        dec.repeat
+            .append_text_line(bytes, &mut text)
+            .map(|n| (n, text))
+    };
+    let whole = Some((chunk.len(), "caf\u{e9} ok".to_string()));
+    assert_eq!(read(&line("\n\ndata: [DONE]\n\n")), whole);
+    // What follows is not looked at: the reader checks the line ends there.
+    assert_eq!(read(&line("}\n\n")), whole);
+    assert_eq!(read(&line("")), whole);
+    // Cut short, or its last byte changed.
+    assert_eq!(read(&chunk.as_bytes()[..chunk.len() - 1]), None);
+    let mut changed = chunk.clone().into_bytes();
+    *changed.last_mut().unwrap() = b']';
+    assert_eq!(read(&changed), None);
+    // A line end (or any control byte) inside a string.
+    for pad in ["x\ny", "x\ry"] {
+        let chunk = text_chunk(r#""content":"a""#, pad);
+        assert_eq!(read(chunk.as_bytes()), None, "{pad:?}");
+    }
+    let broken = text_chunk("\"content\":\"a\nb\"", "p");
+    assert_eq!(read(broken.as_bytes()), None);
+    let mut text = String::from("kept");
+    assert_eq!(
+        dec.repeat.append_text_line(broken.as_bytes(), &mut text),
+        None
+    );
+    assert_eq!(text, "kept");
+    // A template from a chunk of several lines (data lines joined with LF) does not
+    // match lines.
+    let mut multi = StreamDecoder::new();
+    let two_lines = text_chunk(r#""content":"first""#, "pad1").replacen(',', ",\n", 1);
+    multi.push(&sse(&two_lines)).unwrap();
+    let mut text = String::new();
+    assert!(multi.repeat.append_text(two_lines.as_bytes(), &mut text));
+    assert_eq!(
+        multi
+            .repeat
+            .append_text_line(two_lines.as_bytes(), &mut text),
+        None
+    );
+}
+
 /// Unchanged text chunks are read by the byte-level template, and ASCII whitespace
 /// around one does not keep it from matching.
 #[test]
