@@ -162,33 +162,40 @@ impl SseParser {
     /// Consume, without making an event, the frame at the start of the buffer when it is
     /// one complete `data:` line whose value `read` reads: `read` gets the bytes from
     /// the value's start to the end of the buffer, and returns the value's length when
-    /// it reads it there (it must hold no CR or LF). The frame is consumed (`true`)
-    /// when the line ends right there and a blank line follows, both complete: it is
-    /// then the frame whose [`SseEvent::data`] would be those bytes. Otherwise
-    /// (`false`) nothing is consumed and [`next_event`](Self::next_event) reads on as
-    /// if this had not been called, though `read` may have run: undoing what it did is
-    /// the caller's part. `read` is not called when the frame does not start with a
-    /// `data:` line (or the stream's first line has not been read yet).
-    pub fn skip_data_line(&mut self, read: impl FnOnce(&[u8]) -> Option<usize>) -> bool {
+    /// it reads it there (it must hold no CR or LF), with what it found. When the line
+    /// ends right there and a blank line follows, both complete, the frame (whose
+    /// [`SseEvent::data`] would be those bytes) is `take`n, with the same bytes and
+    /// what `read` found, and consumed (`true`). Otherwise (`false`) nothing is
+    /// consumed and [`next_event`](Self::next_event) reads on as if this had not been
+    /// called. `read` is not called when the frame does not start with a `data:` line
+    /// (or the stream's first line has not been read yet).
+    pub fn skip_data_line<T>(
+        &mut self,
+        read: impl FnOnce(&[u8]) -> Option<(usize, T)>,
+        take: impl FnOnce(&[u8], T),
+    ) -> bool {
         if !self.at_data_frame() {
             return false;
         }
         let from = if self.buf.get(5) == Some(&b' ') { 6 } else { 5 };
-        let Some(len) = self.buf.get(from..).and_then(read) else {
+        let Some(line) = self.buf.get(from..) else {
+            return false;
+        };
+        let Some((len, found)) = read(line) else {
             return false;
         };
         debug_assert!(
-            memchr::memchr2(b'\n', b'\r', &self.buf[from..from + len]).is_none(),
+            line.get(..len)
+                .is_some_and(|v| memchr::memchr2(b'\n', b'\r', v).is_none()),
             "a data line's value holds no line end"
         );
-        match self.frame_end(from + len) {
-            Some(end) => {
-                self.buf.advance(end);
-                self.search_from = 0;
-                true
-            }
-            None => false,
-        }
+        let Some(end) = self.frame_end(from + len) else {
+            return false;
+        };
+        take(line, found);
+        self.buf.advance(end);
+        self.search_from = 0;
+        true
     }
 
     /// At the start of a frame whose first line is a `data:` line (the stream's first
@@ -865,6 +872,18 @@ mod tests {
         take.then_some(len)
     }
 
+    /// `skip_data_line` with `read` giving the value's length: the value taken, if
+    /// the frame was.
+    fn skip(p: &mut SseParser, read: impl FnOnce(&[u8]) -> Option<usize>) -> Option<Vec<u8>> {
+        let mut taken = None;
+        let consumed = p.skip_data_line(
+            |line| read(line).map(|n| (n, n)),
+            |line, n| taken = Some(line[..n].to_vec()),
+        );
+        assert_eq!(consumed, taken.is_some(), "taken exactly when consumed");
+        taken
+    }
+
     proptest! {
         /// Frames consumed by `skip_data_line` are the events `next_event` would have
         /// given there, in order, and the rest read as before: any bytes, split at any
@@ -884,20 +903,18 @@ mod tests {
             for part in [&input[..cut], &input[cut..]] {
                 p.extend(part);
                 loop {
-                    let mut value = None;
                     let mut early = false;
-                    let taken = p.skip_data_line(|line| {
+                    let taken = skip(&mut p, |line| {
                         let mut len = read_line(line, (line.len() + pick) % 3 != 0)?;
                         if short && len > 0 {
                             len -= 1;
                             early = true;
                         }
-                        value = Some(line[..len].to_vec());
                         Some(len)
                     });
-                    if taken {
+                    if let Some(value) = taken {
                         prop_assert!(!early, "a line ended early was consumed");
-                        seen.push((None, value.take().unwrap()));
+                        seen.push((None, value));
                         skipped += 1;
                         continue;
                     }
@@ -919,29 +936,32 @@ mod tests {
         let mut p = SseParser::new();
         p.extend(b": hi\n\ndata: a\n\ndata: bb\r\n\r\ndata:c\n\ndata: d\ndata: e\n\nevent: e\ndata: f\n\ndata: x");
         // Nothing before the stream's first line has been read.
-        assert!(!p.skip_data_line(|_| panic!("at the stream's start")));
+        assert_eq!(skip(&mut p, |_| panic!("at the stream's start")), None);
         assert_eq!(data_of(p.next_event().as_ref()).as_deref(), Some("a"));
         let mut lines = Vec::new();
         let mut read = |line: &[u8]| {
             lines.push(line.to_vec());
             read_line(line, true)
         };
-        assert!(p.skip_data_line(&mut read));
-        assert!(p.skip_data_line(&mut read));
+        assert_eq!(skip(&mut p, &mut read).as_deref(), Some(&b"bb"[..]));
+        assert_eq!(skip(&mut p, &mut read).as_deref(), Some(&b"c"[..]));
         // A second data line: the frame is not one line.
-        assert!(!p.skip_data_line(&mut read));
+        assert_eq!(skip(&mut p, &mut read), None);
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with(b"bb\r\n") && lines[1].starts_with(b"c\n"));
         assert_eq!(data_of(p.next_event().as_ref()).as_deref(), Some("d\ne"));
         // A frame with an `event:` line is not read; an incomplete one is not taken.
-        assert!(!p.skip_data_line(|_| panic!("not a data frame")));
+        assert_eq!(skip(&mut p, |_| panic!("not a data frame")), None);
         let e = p.next_event().unwrap();
         assert_eq!((e.event.as_deref(), &e.data[..]), (Some("e"), &b"f"[..]));
-        assert!(!p.skip_data_line(|line| read_line(line, true)));
+        assert_eq!(skip(&mut p, |line| read_line(line, true)), None);
         // Nor a line that a reader ends early.
         p.extend(b"yz\n\n");
-        assert!(!p.skip_data_line(|line| Some(read_line(line, true)? - 1)));
-        assert!(p.skip_data_line(|line| read_line(line, true)));
+        assert_eq!(skip(&mut p, |line| Some(read_line(line, true)? - 1)), None);
+        assert_eq!(
+            skip(&mut p, |line| read_line(line, true)).as_deref(),
+            Some(&b"xyz"[..])
+        );
         assert_eq!(p.buffered(), 0);
     }
 }

@@ -227,16 +227,12 @@ impl UpstreamStream {
             }
             // The next frames' lines matched on the parser's bytes as they are: a text
             // chunk's line is found by matching it.
-            loop {
-                let before = text.len();
-                if !self
-                    .parser
-                    .skip_data_line(|line| template.append_text_line(line, text))
-                {
-                    text.truncate(before);
-                    break;
-                }
-            }
+            let mut run = wire::scan::TextRun::new(text);
+            while self.parser.skip_data_line(
+                |line| template.text_line(line),
+                |line, at| run.push(line, at),
+            ) {}
+            run.finish();
             self.ready = self.parser.next_event();
         }
     }

@@ -575,19 +575,31 @@ impl Template {
 
     /// [`Template::append_text`] of an SSE `data:` line's value before its end is known:
     /// `line` is the bytes from the value's start on (to the end of what has been read).
-    /// When they start with a text chunk like the template's, its text is appended to
-    /// `out` and its length returned: the bytes there are the template's (with no CR or
-    /// LF) or JSON strings (which hold none either), so the line ends there or later,
-    /// and it is that chunk when its line ends there (the reader's to check), with
-    /// nothing around it that `append_text` would trim. `None` (and `out` untouched)
-    /// otherwise.
-    pub(crate) fn append_text_line(&self, line: &[u8], out: &mut String) -> Option<usize> {
+    /// When they start with a text chunk like the template's whose text is valid (UTF-8,
+    /// escapes that decode), its length, and where its text is ([`TextRun::push`]
+    /// appends it as `append_text` would). The bytes matched are the template's (with
+    /// no CR or LF) or JSON strings (which hold none either), so the line ends there or
+    /// later, and it is that chunk when its line ends there (the reader's to check),
+    /// with nothing around it that `append_text` would trim. `None` otherwise.
+    pub(crate) fn text_line(&self, line: &[u8]) -> Option<(usize, LineText)> {
         if !self.one_line {
             return None;
         }
         let (hole, len) = self.match_holes::<false>(line)?;
-        out.push_str(&hole?.text()?);
-        Some(len)
+        let hole = hole?;
+        let valid = if hole.escaped {
+            hole.text().is_some()
+        } else {
+            hole.raw.is_ascii() || std::str::from_utf8(hole.raw).is_ok()
+        };
+        valid.then_some((
+            len,
+            LineText {
+                start: hole.at,
+                end: hole.at + hole.raw.len(),
+                escaped: hole.escaped,
+            },
+        ))
     }
 
     /// A decoder's template step: with `out` (an answer being assembled, its text so
@@ -651,7 +663,11 @@ impl Template {
             let (close, escaped) = short_string_end(b, open + 1)?;
             let raw = &b[open + 1..close];
             if i == self.text {
-                text = Some(TextHole { raw, escaped });
+                text = Some(TextHole {
+                    raw,
+                    escaped,
+                    at: open + 1,
+                });
             } else if !raw.is_ascii() {
                 std::str::from_utf8(raw).ok()?;
             }
@@ -675,6 +691,8 @@ impl Template {
 pub(crate) struct TextHole<'a> {
     raw: &'a [u8],
     escaped: bool,
+    /// Where `raw` starts in the bytes matched.
+    at: usize,
 }
 
 impl<'a> TextHole<'a> {
@@ -692,6 +710,76 @@ impl<'a> TextHole<'a> {
             escaped: self.escaped,
         }
         .text()
+    }
+}
+
+/// Where [`Template::text_line`] found a valid text in a line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LineText {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+/// Texts found by [`Template::text_line`], appended to an answer's text in order. Texts
+/// without escapes are gathered as bytes and made a `str` once, when the run is
+/// flushed ([`TextRun::finish`], or when room runs out): each was found valid UTF-8 on
+/// its own, and valid strings put together are valid, so that saves a check a chunk.
+pub(crate) struct TextRun<'a> {
+    out: &'a mut String,
+    bytes: [u8; 256],
+    len: usize,
+}
+
+impl<'a> TextRun<'a> {
+    pub(crate) fn new(out: &'a mut String) -> Self {
+        TextRun {
+            out,
+            bytes: [0; 256],
+            len: 0,
+        }
+    }
+
+    /// Append the text `at` of `line` (as `text_line` found it there).
+    pub(crate) fn push(&mut self, line: &[u8], at: LineText) {
+        let Some(raw) = line.get(at.start..at.end) else {
+            return;
+        };
+        if !at.escaped
+            && let Some(room) = self.bytes.get_mut(self.len..self.len + raw.len())
+        {
+            room.copy_from_slice(raw);
+            self.len += raw.len();
+            return;
+        }
+        self.flush();
+        let text = if at.escaped {
+            std::str::from_utf8(raw)
+                .ok()
+                .and_then(|raw| RawStr { raw, escaped: true }.text())
+        } else {
+            std::str::from_utf8(raw).ok().map(Cow::Borrowed)
+        };
+        debug_assert!(text.is_some(), "text_line found it valid");
+        if let Some(text) = text {
+            self.out.push_str(&text);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.len > 0 {
+            let text = std::str::from_utf8(&self.bytes[..self.len]);
+            debug_assert!(text.is_ok(), "valid texts put together");
+            if let Ok(text) = text {
+                self.out.push_str(text);
+            }
+            self.len = 0;
+        }
+    }
+
+    /// Append what is gathered.
+    pub(crate) fn finish(mut self) {
+        self.flush();
     }
 }
 
@@ -767,6 +855,47 @@ pub(crate) fn edit_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run of texts appended in order, whatever their mix: plain ones gathered past
+    /// the run's room, escaped ones, multi-byte ones, one longer than the room.
+    #[test]
+    fn a_text_run_appends_its_texts_in_order() {
+        let pieces: Vec<(String, bool)> = (0..160)
+            .map(|i| match i % 7 {
+                0 => (r#"a\"b\n"#.to_string(), true),
+                1 => ("caf\u{e9} \u{1F600}".to_string(), false),
+                2 if i == 30 => ("x".repeat(300), false),
+                _ => (format!("w{i} "), false),
+            })
+            .collect();
+        let mut line = Vec::new();
+        let mut ats = Vec::new();
+        for (raw, escaped) in &pieces {
+            line.extend_from_slice(b"\"");
+            ats.push(LineText {
+                start: line.len(),
+                end: line.len() + raw.len(),
+                escaped: *escaped,
+            });
+            line.extend_from_slice(raw.as_bytes());
+            line.extend_from_slice(b"\",");
+        }
+        let mut out = String::from("so far: ");
+        let mut run = TextRun::new(&mut out);
+        for at in ats {
+            run.push(&line, at);
+        }
+        run.finish();
+        let want: String = pieces
+            .iter()
+            .map(|(raw, escaped)| match escaped {
+                true => serde_json::from_str::<String>(&format!("\"{raw}\"")).unwrap(),
+                false => raw.clone(),
+            })
+            .collect();
+        assert!(want.len() > 1000);
+        assert_eq!(out, format!("so far: {want}"));
+    }
 
     fn skips(s: &str) -> bool {
         let mut c = Cursor::new(s);

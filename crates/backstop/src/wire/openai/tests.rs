@@ -1864,9 +1864,19 @@ proptest! {
     }
 }
 
+/// `Template::text_line`, its text appended to `out` (`TextRun`): what absorbing a
+/// line's chunk appends.
+fn line_text(t: &crate::wire::scan::Template, line: &[u8], out: &mut String) -> Option<usize> {
+    let (n, at) = t.text_line(line)?;
+    let mut run = crate::wire::scan::TextRun::new(out);
+    run.push(line, at);
+    run.finish();
+    Some(n)
+}
+
 proptest! {
     /// A text chunk matched on a stream's bytes before its line's end is found
-    /// (`Template::append_text_line`, the assembled answer's absorbing of ready text
+    /// (`Template::text_line`, the assembled answer's absorbing of ready text
     /// chunks) reads as the chunk's event does: where it stops at a line end, the
     /// line's value up to there is a chunk `append_text` takes, with the same text.
     /// And a plain chunk (nothing around it, one line) is never missed.
@@ -1890,7 +1900,7 @@ proptest! {
             let mut line = chunk.clone();
             line.extend_from_slice(after.as_bytes());
             let mut got = String::from("so far ");
-            match dec.repeat.append_text_line(&line, &mut got) {
+            match line_text(&dec.repeat, &line, &mut got) {
                 Some(n) => {
                     prop_assert!(!line[..n].iter().any(|&b| b == b'\n' || b == b'\r'));
                     if matches!(line.get(n), Some(b'\n' | b'\r')) {
@@ -1906,7 +1916,7 @@ proptest! {
             let mut want = String::new();
             if plain && dec.repeat.append_text(&chunk, &mut want) {
                 let mut got = String::new();
-                prop_assert_eq!(dec.repeat.append_text_line(&line, &mut got), Some(chunk.len()));
+                prop_assert_eq!(line_text(&dec.repeat, &line, &mut got), Some(chunk.len()));
                 prop_assert_eq!(got, want);
             }
         }
@@ -1925,9 +1935,7 @@ fn template_on_lines_needs_the_whole_chunk() {
     let line = |tail: &str| format!("{chunk}{tail}").into_bytes();
     let read = |bytes: &[u8]| {
         let mut text = String::new();
-        dec.repeat
-            .append_text_line(bytes, &mut text)
-            .map(|n| (n, text))
+        line_text(&dec.repeat, bytes, &mut text).map(|n| (n, text))
     };
     let whole = Some((chunk.len(), "caf\u{e9} ok".to_string()));
     assert_eq!(read(&line("\n\ndata: [DONE]\n\n")), whole);
@@ -1947,10 +1955,7 @@ fn template_on_lines_needs_the_whole_chunk() {
     let broken = text_chunk("\"content\":\"a\nb\"", "p");
     assert_eq!(read(broken.as_bytes()), None);
     let mut text = String::from("kept");
-    assert_eq!(
-        dec.repeat.append_text_line(broken.as_bytes(), &mut text),
-        None
-    );
+    assert_eq!(line_text(&dec.repeat, broken.as_bytes(), &mut text), None);
     assert_eq!(text, "kept");
     // A template from a chunk of several lines (data lines joined with LF) does not
     // match lines.
@@ -1960,9 +1965,7 @@ fn template_on_lines_needs_the_whole_chunk() {
     let mut text = String::new();
     assert!(multi.repeat.append_text(two_lines.as_bytes(), &mut text));
     assert_eq!(
-        multi
-            .repeat
-            .append_text_line(two_lines.as_bytes(), &mut text),
+        line_text(&multi.repeat, two_lines.as_bytes(), &mut text),
         None
     );
 }
