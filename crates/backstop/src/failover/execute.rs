@@ -1311,11 +1311,10 @@ impl Engine {
             if let Some(text) = text.as_deref_mut() {
                 rest.absorb_text(text);
             }
-            // An item of a read already made comes at once: no timer for it.
-            let timed = if rest.has_ready() {
-                Ok(rest.next_item(text).await)
-            } else {
-                tokio::time::timeout_at(until, rest.next_item(text)).await
+            // An item of a read already made comes at once: no timer (nor future) for it.
+            let timed = match rest.ready_item(text.as_deref_mut()) {
+                Some(item) => Ok(item),
+                None => tokio::time::timeout_at(until, rest.next_item(text)).await,
             };
             let item = match timed {
                 Err(_) if got_content => {
