@@ -1463,6 +1463,8 @@ fn fast_stream_path_matches_the_general_decoder() {
         r#"{"id":"c1","choices":[{"index":-1,"delta":{"content":"negative index"}}]}"#,
         r#"{"id":"c1","choices":[null,{"index":0,"delta":{"content":"after null"}}]}"#,
         r#"{"id":"c1","choices":{"index":0}}"#,
+        r#"{"id":"c1","choices":[{"index":0,"delta":null{"content":"after null"}}]}"#,
+        r#"{"id":"c1","choices":null[{"index":0,"delta":{"content":"x"}}]}"#,
         r#"{"id":"c1","id":"c2","choices":[{"index":0,"delta":{"content":"dup"}}]}"#,
         r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
         r#"{"object":"error","message":"vllm style","type":"BadRequestError"}"#,
