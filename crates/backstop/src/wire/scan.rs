@@ -126,17 +126,19 @@ fn inline_string_end(b: &[u8], start: usize) -> Option<(usize, bool)> {
     string_end(b, at)
 }
 
-/// A key as compact JSON writes it, quotes and colon included (`"id":`), in words to
-/// compare with the text eight bytes at a time: [`Cursor::object_expecting`]. Where
+/// A key as compact JSON writes it, quotes and colon included (`"id":`), to compare
+/// with the text sixteen bytes at a time: [`Cursor::object_expecting`]. Where
 /// the text holds these bytes, [`Cursor::key`] reads this key there (its first stop
 /// byte is the closing quote, the colon follows it) and stops where they end.
 pub(crate) struct Key {
     name: &'static str,
-    words: [u64; 4],
-    /// How many of `words` hold the key.
-    n: usize,
-    /// The mask of the last word's bytes that are the key's.
-    last: u64,
+    /// The first 16 bytes (zeros after a shorter key), little-endian, and the mask of
+    /// those that are the key's.
+    head: u128,
+    head_mask: u128,
+    /// Bytes 16 to 31, the same way (zero masks for a key of 16 bytes or fewer).
+    tail: u128,
+    tail_mask: u128,
     /// How many bytes (quotes and colon included).
     len: usize,
 }
@@ -162,50 +164,50 @@ impl Key {
         }
         bytes[len - 2] = b'"';
         bytes[len - 1] = b':';
-        let mut words = [0u64; 4];
-        let mut w = 0;
-        while w < 4 {
-            let mut word = [0u8; 8];
-            let mut j = 0;
-            while j < 8 {
-                word[j] = bytes[w * 8 + j];
-                j += 1;
+        let (mut head, mut tail) = ([0u8; 16], [0u8; 16]);
+        let (mut head_mask, mut tail_mask) = ([0u8; 16], [0u8; 16]);
+        let mut j = 0;
+        while j < 16 {
+            head[j] = bytes[j];
+            tail[j] = bytes[16 + j];
+            if j < len {
+                head_mask[j] = 0xff;
             }
-            words[w] = u64::from_le_bytes(word);
-            w += 1;
+            if 16 + j < len {
+                tail_mask[j] = 0xff;
+            }
+            j += 1;
         }
-        let tail = len % 8;
-        let last = if tail == 0 {
-            u64::MAX
-        } else {
-            (1u64 << (tail * 8)) - 1
-        };
         Key {
             name: key,
-            words,
-            n: len.div_ceil(8),
-            last,
+            head: u128::from_le_bytes(head),
+            head_mask: u128::from_le_bytes(head_mask),
+            tail: u128::from_le_bytes(tail),
+            tail_mask: u128::from_le_bytes(tail_mask),
             len,
         }
     }
 
-    /// Whether `b` holds this key's bytes at `pos` (`false` also when fewer than a
-    /// whole number of words are left there: the key is then read as any other).
+    /// Whether `b` holds this key's bytes at `pos` (`false` also when fewer than 16
+    /// bytes, or 32 for a key longer than 16, are left there: the key is then read as
+    /// any other).
     #[inline(always)]
     fn is_at(&self, b: &[u8], pos: usize) -> bool {
-        let n = self.n;
-        let Some(text) = b.get(pos..pos + n * 8) else {
+        let block = |at: usize| {
+            b.get(at..at + 16)
+                .and_then(|w| <[u8; 16]>::try_from(w).ok())
+                .map(u128::from_le_bytes)
+        };
+        let Some(head) = block(pos) else {
             return false;
         };
-        let mut diff = 0;
-        for (i, (word, want)) in text.chunks_exact(8).zip(&self.words).enumerate() {
-            let Ok(word) = <[u8; 8]>::try_from(word) else {
-                return false;
-            };
-            let mask = if i + 1 == n { self.last } else { u64::MAX };
-            diff |= (u64::from_le_bytes(word) ^ want) & mask;
+        if (head ^ self.head) & self.head_mask != 0 {
+            return false;
         }
-        diff == 0
+        if self.tail_mask == 0 {
+            return true;
+        }
+        block(pos + 16).is_some_and(|tail| (tail ^ self.tail) & self.tail_mask == 0)
     }
 }
 
@@ -446,11 +448,14 @@ impl<'a> Cursor<'a> {
     /// An unsigned integer written without fraction or exponent (what serde accepts
     /// for a `u64` field), or `null`.
     pub(crate) fn opt_u64(&mut self) -> Option<Option<u64>> {
-        if self.null() {
-            return Some(None);
-        }
-        self.peek();
         let b = self.bytes();
+        // Compact JSON: nearly always a digit right here.
+        if !b.get(self.pos).is_some_and(u8::is_ascii_digit) {
+            if self.null() {
+                return Some(None);
+            }
+            self.peek();
+        }
         let start = self.pos;
         let mut n: u64 = 0;
         while let Some(&c) = b.get(self.pos) {

@@ -1682,6 +1682,12 @@ const USAGE_KEYS: [Key; 5] = [
     Key::new("completion_tokens_details"),
 ];
 const USAGE_DETAIL_KEYS: [Key; 2] = [Key::new("cached_tokens"), Key::new("audio_tokens")];
+const COMPLETION_DETAIL_KEYS: [Key; 4] = [
+    Key::new("reasoning_tokens"),
+    Key::new("audio_tokens"),
+    Key::new("accepted_prediction_tokens"),
+    Key::new("rejected_prediction_tokens"),
+];
 
 /// One element of `choices`: its events go to `out` when it is choice 0. Its text is
 /// decoded (and so checked) whatever its index, as the general decoder's parse does.
@@ -1856,6 +1862,11 @@ fn fast_usage(c: &mut Cursor<'_>) -> Option<Option<Usage>> {
                         }
                     })?;
                 }
+            }
+            // Skipped as `skip` skips it (its values one level deeper: the cursor's
+            // depth limit is far below serde's), its keys expected in OpenAI's order.
+            "completion_tokens_details" if c.peek()? == b'{' => {
+                c.object_expecting(&COMPLETION_DETAIL_KEYS, |c, _| c.skip())?;
             }
             _ => c.skip()?,
         }
