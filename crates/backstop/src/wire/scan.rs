@@ -102,6 +102,115 @@ fn short_string_end(b: &[u8], pos: usize) -> Option<(usize, bool)> {
     string_end(b, pos)
 }
 
+/// [`string_end`], a string whose closing quote is the first stop byte within its
+/// first three words (ids, names, short texts) read inline: the same word test as
+/// [`stop_at`], so it ends where `string_end` would; any other goes on with
+/// `string_end` from the word holding the first stop byte (none before it, so no
+/// escape either).
+#[inline(always)]
+fn inline_string_end(b: &[u8], start: usize) -> Option<(usize, bool)> {
+    let mut at = start;
+    while at < start + 24
+        && let Some(word) = b.get(at..at + 8)
+    {
+        let stops = word_stops(word)?;
+        if stops != 0 {
+            let end = at + (stops.trailing_zeros() / 8) as usize;
+            if b.get(end) == Some(&b'"') {
+                return Some((end, false));
+            }
+            break;
+        }
+        at += 8;
+    }
+    string_end(b, at)
+}
+
+/// A key as compact JSON writes it, quotes and colon included (`"id":`), to compare
+/// with the text sixteen bytes at a time: [`Cursor::object_expecting`]. Where
+/// the text holds these bytes, [`Cursor::key`] reads this key there (its first stop
+/// byte is the closing quote, the colon follows it) and stops where they end.
+pub(crate) struct Key {
+    name: &'static str,
+    /// The first 16 bytes (zeros after a shorter key), little-endian, and the mask of
+    /// those that are the key's.
+    head: u128,
+    head_mask: u128,
+    /// Bytes 16 to 31, the same way (zero masks for a key of 16 bytes or fewer).
+    tail: u128,
+    tail_mask: u128,
+    /// How many bytes (quotes and colon included).
+    len: usize,
+}
+
+impl Key {
+    /// `name`: printable ASCII without quote or backslash, at most 29 bytes (checked
+    /// when the constant is made).
+    pub(crate) const fn new(key: &'static str) -> Key {
+        let name = key.as_bytes();
+        let len = name.len() + 3;
+        assert!(len <= 32, "key too long");
+        let mut bytes = [0u8; 32];
+        bytes[0] = b'"';
+        let mut i = 0;
+        while i < name.len() {
+            let c = name[i];
+            assert!(
+                c >= b' ' && c < 0x7f && c != b'"' && c != b'\\',
+                "not a plain key"
+            );
+            bytes[i + 1] = c;
+            i += 1;
+        }
+        bytes[len - 2] = b'"';
+        bytes[len - 1] = b':';
+        let (mut head, mut tail) = ([0u8; 16], [0u8; 16]);
+        let (mut head_mask, mut tail_mask) = ([0u8; 16], [0u8; 16]);
+        let mut j = 0;
+        while j < 16 {
+            head[j] = bytes[j];
+            tail[j] = bytes[16 + j];
+            if j < len {
+                head_mask[j] = 0xff;
+            }
+            if 16 + j < len {
+                tail_mask[j] = 0xff;
+            }
+            j += 1;
+        }
+        Key {
+            name: key,
+            head: u128::from_le_bytes(head),
+            head_mask: u128::from_le_bytes(head_mask),
+            tail: u128::from_le_bytes(tail),
+            tail_mask: u128::from_le_bytes(tail_mask),
+            len,
+        }
+    }
+
+    /// Whether `b` holds this key's bytes at `pos` (`false` also when fewer than 16
+    /// bytes, or 32 for a key longer than 16, are left there: the key is then read as
+    /// any other).
+    #[inline(always)]
+    fn is_at(&self, b: &[u8], pos: usize) -> bool {
+        let block = |at: usize| {
+            b.get(at..at + 16)
+                .and_then(|w| <[u8; 16]>::try_from(w).ok())
+                .map(u128::from_le_bytes)
+        };
+        let Some(head) = block(pos) else {
+            return false;
+        };
+        if (head ^ self.head) & self.head_mask != 0 {
+            return false;
+        }
+        if self.tail_mask == 0 {
+            return true;
+        }
+        block(pos + 16).is_some_and(|tail| (tail ^ self.tail) & self.tail_mask == 0)
+    }
+}
+
 /// Nesting deeper than this is left to serde (which has its own limit of 128).
 const MAX_DEPTH: usize = 64;
 
@@ -139,10 +248,16 @@ impl StrAt {
 
 impl<'a> RawStr<'a> {
     /// The string's value: borrowed when it has no escapes.
+    #[inline]
     pub(crate) fn text(self) -> Option<Cow<'a, str>> {
         if !self.escaped {
             return Some(Cow::Borrowed(self.raw));
         }
+        self.unescaped()
+    }
+
+    #[inline(never)]
+    fn unescaped(self) -> Option<Cow<'a, str>> {
         // Rare in chunks (newlines, quotes in code): let serde_json decode the escapes
         // (surrogate pairs included) of this one string.
         let quoted = &self.raw_with_quotes();
@@ -224,11 +339,17 @@ impl<'a> Cursor<'a> {
         self.peek().is_none().then_some(())
     }
 
-    /// Consume `null` if it is next.
+    /// Consume `null` if it is next (followed by a delimiter: `nullx` is not, and is
+    /// left where it is, so no walk reads on from its `x`).
     pub(crate) fn null(&mut self) -> bool {
-        if self.peek() == Some(b'n') && self.bytes()[self.pos..].starts_with(b"null") {
-            self.pos += 4;
-            return self.delimited();
+        self.peek();
+        let p = self.pos;
+        if self.bytes().get(p..p + 4) == Some(b"null") {
+            self.pos = p + 4;
+            if self.delimited() {
+                return true;
+            }
+            self.pos = p;
         }
         false
     }
@@ -241,10 +362,11 @@ impl<'a> Cursor<'a> {
     }
 
     /// A string.
+    #[inline]
     pub(crate) fn string(&mut self) -> Option<RawStr<'a>> {
         self.eat(b'"')?;
         let start = self.pos;
-        let (end, escaped) = string_end(self.bytes(), start)?;
+        let (end, escaped) = inline_string_end(self.bytes(), start)?;
         // Both ends are ASCII quotes, so the slice is on char boundaries.
         let raw = self.src.get(start..end)?;
         self.pos = end + 1;
@@ -326,11 +448,14 @@ impl<'a> Cursor<'a> {
     /// An unsigned integer written without fraction or exponent (what serde accepts
     /// for a `u64` field), or `null`.
     pub(crate) fn opt_u64(&mut self) -> Option<Option<u64>> {
-        if self.null() {
-            return Some(None);
-        }
-        self.peek();
         let b = self.bytes();
+        // Compact JSON: nearly always a digit right here.
+        if !b.get(self.pos).is_some_and(u8::is_ascii_digit) {
+            if self.null() {
+                return Some(None);
+            }
+            self.peek();
+        }
         let start = self.pos;
         let mut n: u64 = 0;
         while let Some(&c) = b.get(self.pos) {
@@ -353,17 +478,19 @@ impl<'a> Cursor<'a> {
         &mut self,
         mut field: impl FnMut(&mut Self, RawStr<'a>) -> Option<()>,
     ) -> Option<()> {
-        self.object_at(|c, _, key| field(c, key))
+        self.object_at(&[], |c, _, key| field(c, key))
     }
 
     /// [`Cursor::object`], `field` also given where each member starts (just after
     /// the `{` or `,` before it, or at its key after whitespace that followed the `{`).
     /// A cursor [`at`](Cursor::at) that position of equal bytes reads the rest with
-    /// [`Cursor::members`] as this walk does: what a walk reads depends only on the
+    /// [`Cursor::members_expecting`] as this walk does: what a walk reads depends only on the
     /// bytes it has passed (a value is followed by its delimiter, and a word read past
     /// a string's closing quote changes nothing, see [`stop_at`]).
+    /// The keys are expected in the order of `keys` (see [`Cursor::object_expecting`]).
     pub(crate) fn object_at(
         &mut self,
+        keys: &[Key],
         field: impl FnMut(&mut Self, usize, RawStr<'a>) -> Option<()>,
     ) -> Option<()> {
         self.eat(b'{')?;
@@ -371,18 +498,62 @@ impl<'a> Cursor<'a> {
             self.pos += 1;
             return Some(());
         }
-        self.members(field)
+        self.members_expecting(keys, field)
+    }
+
+    /// [`Cursor::object`], the keys expected in the order of `keys` (a provider writes
+    /// its fields in one order): each key is first compared with the one expected next
+    /// (after the last one found), and read as [`Cursor::object`] reads it when it is
+    /// not that one. The walk reads what `object` reads.
+    pub(crate) fn object_expecting(
+        &mut self,
+        keys: &[Key],
+        mut field: impl FnMut(&mut Self, RawStr<'a>) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Some(());
+        }
+        self.members_expecting(keys, |c, _, key| field(c, key))
     }
 
     /// The members of an object from the start of one (see [`Cursor::object_at`])
-    /// through its closing brace.
-    pub(crate) fn members(
+    /// through its closing brace, the keys expected in the order of `keys` (see
+    /// [`Cursor::object_expecting`]).
+    pub(crate) fn members_expecting(
         &mut self,
+        keys: &[Key],
         mut field: impl FnMut(&mut Self, usize, RawStr<'a>) -> Option<()>,
     ) -> Option<()> {
+        let mut next = 0;
         loop {
             let at = self.pos;
-            let key = self.key()?;
+            let key = match keys.get(next) {
+                Some(k) if k.is_at(self.bytes(), at) => {
+                    next += 1;
+                    self.pos = at + k.len;
+                    RawStr {
+                        raw: k.name,
+                        escaped: false,
+                    }
+                }
+                // One key left out of the order: the one after it is tried too.
+                Some(_)
+                    if keys
+                        .get(next + 1)
+                        .is_some_and(|k| k.is_at(self.bytes(), at)) =>
+                {
+                    let k = &keys[next + 1];
+                    next += 2;
+                    self.pos = at + k.len;
+                    RawStr {
+                        raw: k.name,
+                        escaped: false,
+                    }
+                }
+                _ => self.key()?,
+            };
             field(self, at, key)?;
             match self.peek()? {
                 b',' => self.pos += 1,
@@ -532,6 +703,27 @@ impl Template {
         self.holes.extend_from_slice(holes);
         self.text = text;
         self.one_line = memchr::memchr2(b'\n', b'\r', src.as_bytes()).is_none();
+    }
+
+    /// [`Template::set`] with holes that a [`Cursor`] walk of `src` read as strings
+    /// ([`Cursor::spanned_string`]), in the walk's order: valid by construction, so not
+    /// scanned again here (debug builds check that `set` would keep them all).
+    pub(crate) fn set_walked(&mut self, src: &str, holes: &[std::ops::Range<usize>], text: usize) {
+        debug_assert!(
+            text >= holes.len() || {
+                let mut checked = Template::default();
+                checked.set(src, holes, text);
+                checked.holes.len() == holes.len()
+            }
+        );
+        self.src.clear();
+        self.holes.clear();
+        if text >= holes.len() {
+            return;
+        }
+        self.src.push_str(src);
+        self.holes.extend_from_slice(holes);
+        self.text = text;
     }
 
     /// The text of `data` when it is this template with other strings in its holes:
@@ -1268,6 +1460,120 @@ mod tests {
             let serde_ok = serde_json::from_str::<serde::de::IgnoredAny>(&s).is_ok();
             proptest::prop_assert_eq!(got.is_some(), serde_ok, "{}", s);
         }
+    }
+
+    fn keys_by_object_expecting<'a>(s: &'a str, keys: &[Key]) -> Option<Vec<(&'a str, bool)>> {
+        let mut c = Cursor::new(s);
+        let mut out = Vec::new();
+        c.object_expecting(keys, |c, key| {
+            out.push((key.raw, key.escaped));
+            c.skip()
+        })?;
+        c.end()?;
+        Some(out)
+    }
+
+    /// Expected keys for the key test: some of [`KEYS`] (one, two, three and four words
+    /// with the quotes and colon), prefixes of them and others.
+    const EXPECTED: &[&str] = &[
+        "id",
+        "i",
+        "idx",
+        "exactly8",
+        "seven_7",
+        "sixteen_bytes_ab",
+        "system_fingerprint",
+        "twenty_three_bytes_abcd",
+        "twenty_four_bytes_abcdef",
+        "x",
+        "",
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn expected_keys_read_as_any_key(
+            members in proptest::collection::vec(
+                (0..KEYS.len(), 0..GAPS.len(), 0..GAPS.len(), 0..GAPS.len()),
+                0..6,
+            ),
+            expected in proptest::collection::vec(0..EXPECTED.len(), 0..6),
+            cut in proptest::option::of(0usize..160),
+        ) {
+            // Mostly no whitespace, so that the keys are the expected ones' bytes.
+            let mut s = String::from("{");
+            for (i, &(k, g1, g2, g3)) in members.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                let gap = |g: usize| if g.is_multiple_of(2) { "" } else { GAPS[g] };
+                s.push_str(gap(g1));
+                s.push_str(KEYS[k]);
+                s.push_str(gap(g2));
+                s.push(':');
+                s.push_str(gap(g3));
+                s.push_str("[1,\"v\"]");
+            }
+            s.push('}');
+            if let Some(cut) = cut.filter(|&c| c < s.len() && s.is_char_boundary(c)) {
+                s.truncate(cut);
+            }
+            let keys: Vec<Key> = expected.iter().map(|&k| Key::new(EXPECTED[k])).collect();
+            proptest::prop_assert_eq!(
+                keys_by_object_expecting(&s, &keys),
+                keys_by_object(&s),
+                "{}",
+                s
+            );
+        }
+    }
+
+    #[test]
+    fn expected_keys_are_compared_in_words() {
+        let keys = [
+            Key::new("id"),
+            Key::new("model"),
+            Key::new("system_fingerprint"),
+        ];
+        for (s, want) in [
+            (
+                r#"{"id":1,"model":2,"system_fingerprint":3}"#,
+                Some(vec!["id", "model", "system_fingerprint"]),
+            ),
+            // Out of order, left out, longer, shorter, escaped: read as any key.
+            (r#"{"model":2,"id":1}"#, Some(vec!["model", "id"])),
+            (
+                r#"{"system_fingerprint":3}"#,
+                Some(vec!["system_fingerprint"]),
+            ),
+            (r#"{"ids":1,"mode":2}"#, Some(vec!["ids", "mode"])),
+            (r#"{"i\u0064":1}"#, Some(vec![])),
+            // Too few bytes left for a whole word: read as any key.
+            (r#"{"id":1}"#, Some(vec!["id"])),
+            (r#"{"id":}"#, None),
+            (r#"{"id""#, None),
+        ] {
+            let got = keys_by_object_expecting(s, &keys);
+            let got = got.map(|keys| {
+                keys.into_iter()
+                    .filter(|&(_, escaped)| !escaped)
+                    .map(|(k, _)| k)
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(got, want, "{s}");
+            assert_eq!(keys_by_object_expecting(s, &keys), keys_by_object(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn null_is_not_read_before_more_letters() {
+        for s in ["nullx", "null{}", "null\"a\"", "nul"] {
+            let mut c = Cursor::new(s);
+            assert!(!c.null(), "{s}");
+            assert_eq!(c.pos(), 0, "{s}");
+        }
+        let mut c = Cursor::new(" null,");
+        assert!(c.null());
+        assert_eq!(c.pos(), 5);
     }
 
     #[test]

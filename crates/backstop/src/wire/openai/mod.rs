@@ -26,7 +26,7 @@ use crate::chat::{
     WireError,
 };
 use crate::sse::{SseEvent, write_event};
-use crate::wire::scan::{Cursor, RawStr, Seen, StrAt, Template};
+use crate::wire::scan::{Cursor, Key, RawStr, Seen, StrAt, Template};
 use std::ops::Range;
 
 /// Stream id used when a stream to a client begins without a `Start` event.
@@ -1378,7 +1378,7 @@ impl StreamDecoder {
             return Ok(crate::wire::text_events(text).into());
         }
         if let Some(out) = self.push_fast(data) {
-            return Ok(out.into());
+            return Ok(out);
         }
         self.push_value(ev, data).map(ChunkEvents::from)
     }
@@ -1528,7 +1528,7 @@ impl StreamDecoder {
     /// decoder, and nothing is changed then: a field of another type, a duplicate or
     /// escaped key, an error, a tool call, anything the cursor does not accept. Both
     /// paths give the same events (tests: `fast_stream_path_*`).
-    fn push_fast(&mut self, data: &str) -> Option<Vec<StreamEvent>> {
+    fn push_fast(&mut self, data: &str) -> Option<ChunkEvents> {
         let mut holes = Holes {
             spans: std::mem::take(&mut self.holes),
             ..Holes::default()
@@ -1545,7 +1545,8 @@ impl StreamDecoder {
             holes.texts == 1 && holes.text_nonempty && events.count() == 1
         });
         match holes.text {
-            Some(text) if text_only => self.repeat.set(data, &holes.spans, text),
+            // The holes are strings the walk read (`Cursor::spanned_string`), in order.
+            Some(text) if text_only => self.repeat.set_walked(data, &holes.spans, text),
             _ => {}
         }
         self.holes = holes.spans;
@@ -1555,7 +1556,7 @@ impl StreamDecoder {
     /// The walk of `data`, from the start of its `choices` member when it starts like
     /// [`StreamDecoder::prefix`] (the walk of equal bytes reaches the same state there,
     /// see [`Cursor::object_at`]).
-    fn walk_fast(&mut self, data: &str, holes: &mut Holes) -> Option<Vec<StreamEvent>> {
+    fn walk_fast(&mut self, data: &str, holes: &mut Holes) -> Option<ChunkEvents> {
         let resume = self
             .resume
             .as_ref()
@@ -1566,7 +1567,7 @@ impl StreamDecoder {
         }
         let resumed = resume.is_some();
         let mut checkpoint = None;
-        let mut out = Vec::new();
+        let mut out = ChunkEvents::default();
         let mut field = |c: &mut Cursor<'_>, at: usize, key: RawStr<'_>| {
             let seen = &mut top.seen;
             match key.plain()? {
@@ -1614,10 +1615,10 @@ impl StreamDecoder {
         let mut c;
         if resumed {
             c = Cursor::at(data, self.prefix.len());
-            c.members(&mut field)?;
+            c.members_expecting(&TOP_KEYS[TOP_CHOICES..], &mut field)?;
         } else {
             c = Cursor::new(data);
-            c.object_at(&mut field)?;
+            c.object_at(&TOP_KEYS, &mut field)?;
         }
         c.end()?;
         let read = |s: Option<StrAt>| match s {
@@ -1636,8 +1637,8 @@ impl StreamDecoder {
         }
         if !self.started {
             self.started = true;
-            out.insert(
-                0,
+            push_first(
+                &mut out,
                 StreamEvent::Start {
                     id: id.map(Cow::into_owned).unwrap_or_default(),
                     model: model.map(Cow::into_owned).unwrap_or_default(),
@@ -1646,11 +1647,47 @@ impl StreamDecoder {
             );
         }
         if let Some(usage) = top.usage {
-            out.push(StreamEvent::Usage { usage });
+            push_event(&mut out, StreamEvent::Usage { usage });
         }
         Some(out)
     }
 }
+
+/// The top-level keys of a chunk in the order OpenAI writes them (the fast walk's
+/// [`Cursor::object_expecting`]), `choices` the one a resumed walk starts at.
+const TOP_KEYS: [Key; 9] = [
+    Key::new("id"),
+    Key::new("object"),
+    Key::new("created"),
+    Key::new("model"),
+    Key::new("service_tier"),
+    Key::new("system_fingerprint"),
+    Key::new("choices"),
+    Key::new("usage"),
+    Key::new("obfuscation"),
+];
+const TOP_CHOICES: usize = 6;
+const CHOICE_KEYS: [Key; 4] = [
+    Key::new("index"),
+    Key::new("delta"),
+    Key::new("logprobs"),
+    Key::new("finish_reason"),
+];
+const DELTA_KEYS: [Key; 3] = [Key::new("role"), Key::new("content"), Key::new("refusal")];
+const USAGE_KEYS: [Key; 5] = [
+    Key::new("prompt_tokens"),
+    Key::new("completion_tokens"),
+    Key::new("total_tokens"),
+    Key::new("prompt_tokens_details"),
+    Key::new("completion_tokens_details"),
+];
+const USAGE_DETAIL_KEYS: [Key; 2] = [Key::new("cached_tokens"), Key::new("audio_tokens")];
+const COMPLETION_DETAIL_KEYS: [Key; 4] = [
+    Key::new("reasoning_tokens"),
+    Key::new("audio_tokens"),
+    Key::new("accepted_prediction_tokens"),
+    Key::new("rejected_prediction_tokens"),
+];
 
 /// One element of `choices`: its events go to `out` when it is choice 0. Its text is
 /// decoded (and so checked) whatever its index, as the general decoder's parse does.
@@ -1666,12 +1703,12 @@ struct Holes {
     text_nonempty: bool,
 }
 
-fn fast_choice(c: &mut Cursor<'_>, out: &mut Vec<StreamEvent>, holes: &mut Holes) -> Option<()> {
+fn fast_choice(c: &mut Cursor<'_>, out: &mut ChunkEvents, holes: &mut Holes) -> Option<()> {
     let mut seen = Seen::default();
     let mut index = None;
     let mut delta = FastDelta::default();
     let mut finish = None;
-    c.object(|c, key| {
+    c.object_expecting(&CHOICE_KEYS, |c, key| {
         match key.plain()? {
             "index" => {
                 seen.first(0)?;
@@ -1705,31 +1742,66 @@ fn fast_choice(c: &mut Cursor<'_>, out: &mut Vec<StreamEvent>, holes: &mut Holes
         holes.text_nonempty = !raw.is_empty();
     }
     if let Some(text) = reasoning_content.or(reasoning).filter(|s| !s.is_empty()) {
-        out.push(StreamEvent::ThinkingDelta {
-            text: text.into_owned(),
-        });
+        push_event(
+            out,
+            StreamEvent::ThinkingDelta {
+                text: text.into_owned(),
+            },
+        );
     }
     for text in [content, refusal].into_iter().flatten() {
         if !text.is_empty() {
-            out.push(StreamEvent::TextDelta {
-                text: text.into_owned(),
-            });
+            push_event(
+                out,
+                StreamEvent::TextDelta {
+                    text: text.into_owned(),
+                },
+            );
         }
     }
     if let Some(reason) = finish {
-        out.push(StreamEvent::Finish {
-            reason: finish_from_str(&reason),
-            stop_sequence: None,
-        });
+        push_event(
+            out,
+            StreamEvent::Finish {
+                reason: finish_from_str(&reason),
+                stop_sequence: None,
+            },
+        );
     }
     Some(())
+}
+
+/// Add `e` after the events in `out`: a chunk's one event is kept inline (nearly every
+/// chunk has one), a vector made for a second.
+fn push_event(out: &mut ChunkEvents, e: StreamEvent) {
+    match out {
+        ChunkEvents::Many(v) if v.is_empty() => *out = ChunkEvents::One(e),
+        ChunkEvents::Many(v) => v.push(e),
+        ChunkEvents::One(_) => {
+            if let ChunkEvents::One(first) = std::mem::take(out) {
+                *out = ChunkEvents::Many(vec![first, e]);
+            }
+        }
+    }
+}
+
+/// Put `e` before the events in `out` (as [`push_event`] keeps them).
+fn push_first(out: &mut ChunkEvents, e: StreamEvent) {
+    match std::mem::take(out) {
+        ChunkEvents::Many(mut v) if !v.is_empty() => {
+            v.insert(0, e);
+            *out = ChunkEvents::Many(v);
+        }
+        ChunkEvents::Many(_) => *out = ChunkEvents::One(e),
+        ChunkEvents::One(second) => *out = ChunkEvents::Many(vec![e, second]),
+    }
 }
 
 /// A choice's `delta`; a tool call (any non-null `tool_calls`) takes the general path.
 fn fast_delta<'a>(c: &mut Cursor<'a>) -> Option<FastDelta<'a>> {
     let mut seen = Seen::default();
     let mut d = FastDelta::default();
-    c.object(|c, key| {
+    c.object_expecting(&DELTA_KEYS, |c, key| {
         let (bit, slot) = match key.plain()? {
             "content" => {
                 seen.first(0)?;
@@ -1762,7 +1834,7 @@ fn fast_usage(c: &mut Cursor<'_>) -> Option<Option<Usage>> {
     }
     let mut seen = Seen::default();
     let (mut prompt, mut completion, mut cached, mut cache_hit) = (None, None, None, None);
-    c.object(|c, key| {
+    c.object_expecting(&USAGE_KEYS, |c, key| {
         match key.plain()? {
             "prompt_tokens" => {
                 seen.first(0)?;
@@ -1780,7 +1852,7 @@ fn fast_usage(c: &mut Cursor<'_>) -> Option<Option<Usage>> {
                 seen.first(3)?;
                 if !c.null() {
                     let mut seen = Seen::default();
-                    c.object(|c, key| {
+                    c.object_expecting(&USAGE_DETAIL_KEYS, |c, key| {
                         if key.plain()? == "cached_tokens" {
                             seen.first(0)?;
                             cached = c.opt_u64()?;
@@ -1790,6 +1862,11 @@ fn fast_usage(c: &mut Cursor<'_>) -> Option<Option<Usage>> {
                         }
                     })?;
                 }
+            }
+            // Skipped as `skip` skips it (its values one level deeper: the cursor's
+            // depth limit is far below serde's), its keys expected in OpenAI's order.
+            "completion_tokens_details" if c.peek()? == b'{' => {
+                c.object_expecting(&COMPLETION_DETAIL_KEYS, |c, _| c.skip())?;
             }
             _ => c.skip()?,
         }

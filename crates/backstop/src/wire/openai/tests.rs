@@ -1463,6 +1463,8 @@ fn fast_stream_path_matches_the_general_decoder() {
         r#"{"id":"c1","choices":[{"index":-1,"delta":{"content":"negative index"}}]}"#,
         r#"{"id":"c1","choices":[null,{"index":0,"delta":{"content":"after null"}}]}"#,
         r#"{"id":"c1","choices":{"index":0}}"#,
+        r#"{"id":"c1","choices":[{"index":0,"delta":null{"content":"after null"}}]}"#,
+        r#"{"id":"c1","choices":null[{"index":0,"delta":{"content":"x"}}]}"#,
         r#"{"id":"c1","id":"c2","choices":[{"index":0,"delta":{"content":"dup"}}]}"#,
         r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
         r#"{"object":"error","message":"vllm style","type":"BadRequestError"}"#,
@@ -1550,12 +1552,13 @@ proptest! {
 /// character that matters to JSON): whatever the fast walker makes of them, the result
 /// is the general decoder's — it never accepts what serde refuses, nor reads a field
 /// differently.
-const MUTATION_BASES: [&str; 5] = [
+const MUTATION_BASES: [&str; 6] = [
     r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","service_tier":"default","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}],"usage":null}"#,
     r#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"content":"caf\u00e9 \"q\" \n"},"logprobs":{"content":[{"token":"a","logprob":-0.5e-3,"bytes":[97]}]},"finish_reason":"stop"}]}"#,
     r#"{"choices":[],"usage":{"prompt_tokens":8,"completion_tokens":3,"total_tokens":11,"prompt_tokens_details":{"cached_tokens":2,"audio_tokens":0},"prompt_cache_hit_tokens":1}}"#,
     r#"{"id":"c1","choices":[{"index":1,"delta":{"reasoning":"r"}},{"delta":{"reasoning_content":"t","content":"x","tool_calls":null},"finish_reason":"length"}],"extra":[true,false,null,{"a":[]}]}"#,
     r#" {"id":"c1","choices":[{"index":0,"delta":{"content":"\ud83d\ude00 ok"}}]} "#,
+    r#"{"id":"c1","model":"m","service_tier":"default","system_fingerprint":"fp_1","choices":[],"usage":{"prompt_tokens":27,"completion_tokens":5,"total_tokens":32,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":[1,{"a":null}]}},"obfuscation":"x"}"#,
 ];
 
 proptest! {
