@@ -699,6 +699,11 @@ impl Template {
         if text >= holes.len() {
             return;
         }
+        self.keep(src, holes, text);
+    }
+
+    /// Keep `src` with its `holes` (found valid), `text` being the text's hole.
+    fn keep(&mut self, src: &str, holes: &[std::ops::Range<usize>], text: usize) {
         self.src.push_str(src);
         self.holes.extend_from_slice(holes);
         self.text = text;
@@ -718,12 +723,11 @@ impl Template {
         );
         self.src.clear();
         self.holes.clear();
+        self.one_line = false;
         if text >= holes.len() {
             return;
         }
-        self.src.push_str(src);
-        self.holes.extend_from_slice(holes);
-        self.text = text;
+        self.keep(src, holes, text);
     }
 
     /// The text of `data` when it is this template with other strings in its holes:
