@@ -103,9 +103,7 @@ async fn serve(
         ))
         .with_status(415));
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    let bytes = body_bytes(body, limit).await.map_err(|()| too_large())?;
     let (raw, request) = decode_body(ingress, bytes, config.server.max_json_depth)?;
     let fallbacks = match wanted.fallbacks {
         None => None,
@@ -179,6 +177,40 @@ async fn serve(
             Ok((resp, failure.upstream_time))
         }
     }
+}
+
+/// `axum::body::to_bytes(body, limit)`: the body's data frames joined, refused (`Err`)
+/// when they pass `limit` bytes or the body fails. The usual body, one data frame
+/// (the HTTP/1 loop's), is its frame as it is, without the list of buffers that
+/// collecting makes; a body says it ended (`is_end_stream`) only when no frame is left.
+async fn body_bytes(mut body: Body, limit: usize) -> Result<Bytes, ()> {
+    use axum::body::HttpBody;
+    let mut left = limit;
+    let mut whole = Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    while !body.is_end_stream() {
+        let Some(frame) =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await
+        else {
+            break;
+        };
+        // Trailers are not data (`to_bytes` leaves them out too).
+        let Ok(data) = frame.map_err(drop)?.into_data() else {
+            continue;
+        };
+        left = left.checked_sub(data.len()).ok_or(())?;
+        if let Some(j) = &mut joined {
+            j.extend_from_slice(&data);
+        } else if whole.is_empty() {
+            whole = data;
+        } else if !data.is_empty() {
+            let mut j = bytes::BytesMut::with_capacity(whole.len() + data.len());
+            j.extend_from_slice(&whole);
+            j.extend_from_slice(&data);
+            joined = Some(j);
+        }
+    }
+    Ok(joined.map_or(whole, bytes::BytesMut::freeze))
 }
 
 /// The request headers [`serve`] reads: each the first value of its name, as
@@ -553,6 +585,50 @@ mod tests {
             model: "gpt-4o/x é".into(),
         };
         assert_eq!(model_text(&m), m.to_string().as_bytes());
+    }
+
+    /// `body_bytes` gives what `axum::body::to_bytes` gives (the same bytes, or a
+    /// refusal for both) for bodies of one frame and of several (empty ones, a failing
+    /// one), at limits around their length.
+    #[test]
+    fn body_bytes_is_to_bytes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut rng = fastrand::Rng::with_seed(5);
+        for case in 0..3000 {
+            let frames: Vec<Option<Vec<u8>>> = (0..rng.usize(0..5))
+                .map(|_| {
+                    (rng.u8(..) > 20).then(|| {
+                        let len = [0, 1, 7, 40][rng.usize(0..4)];
+                        (0..len).map(|_| rng.u8(..)).collect()
+                    })
+                })
+                .collect();
+            let total: usize = frames.iter().flatten().map(Vec::len).sum();
+            let limit = total.saturating_sub(2) + rng.usize(0..5);
+            let one = case % 3 == 0;
+            let body = || {
+                if one {
+                    let data: Vec<u8> = frames.iter().flatten().flatten().copied().collect();
+                    Body::from(data)
+                } else {
+                    let items: Vec<Result<Bytes, std::io::Error>> = frames
+                        .iter()
+                        .map(|f| match f {
+                            Some(d) => Ok(Bytes::from(d.clone())),
+                            None => Err(std::io::Error::other("failed")),
+                        })
+                        .collect();
+                    Body::from_stream(futures_util::stream::iter(items))
+                }
+            };
+            let want = rt
+                .block_on(axum::body::to_bytes(body(), limit))
+                .map_err(drop);
+            let got = rt.block_on(body_bytes(body(), limit));
+            assert_eq!(got, want, "{frames:?} (one: {one}) at {limit}");
+        }
     }
 
     #[test]

@@ -716,9 +716,12 @@ fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
 }
 
 /// Read what the socket has into `buf` (allocating only now): bytes read, 0 at EOF.
+/// Waits on the socket's read readiness directly (the task's waker kept in the socket,
+/// as [`Conn::poll_watch`] does), not by `readable()`, which links a waiter into the
+/// socket's list and unlinks it again on every wait.
 async fn read_more(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
-        tcp.readable().await?;
+        poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }

@@ -482,15 +482,19 @@ impl Body {
         let Some(stream) = &self.stream else {
             return Ok(0);
         };
+        // The socket's read readiness is awaited directly (the task's waker kept in the
+        // socket), not by `readable()`, which links a waiter into the socket's list and
+        // unlinks it again on every wait.
+        let readable = || std::future::poll_fn(|cx| stream.poll_read_ready(cx));
         loop {
             if self.buf.is_empty() {
                 // An empty slice may still hold the last read's buffer.
                 self.buf = Bytes::new();
-                stream.readable().await?;
-            } else if futures_util::FutureExt::now_or_never(stream.readable()).is_none() {
+                readable().await?;
+            } else if futures_util::FutureExt::now_or_never(readable()).is_none() {
                 // A partial line kept over a wait: not the whole read buffer with it.
                 self.buf = Bytes::copy_from_slice(&self.buf);
-                stream.readable().await?;
+                readable().await?;
             }
             let mut read = BytesMut::with_capacity(self.buf.len() + self.read_size);
             read.extend_from_slice(&self.buf);

@@ -190,11 +190,11 @@ pub(crate) fn push_json_str_contents(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let b = s.as_bytes();
     let mut start = 0;
-    for (i, &c) in b.iter().enumerate() {
+    // The bytes to escape are [`scan::stop_at`]'s stops: plain runs are skipped a word
+    // (in a long string, a block) at a time.
+    while let Some(i) = scan::stop_at(b, start) {
+        let c = b[i];
         let esc = ESCAPE[usize::from(c)];
-        if esc == 0 {
-            continue;
-        }
         out.extend_from_slice(&b[start..i]);
         if esc == b'u' {
             out.extend_from_slice(b"\\u00");
@@ -292,6 +292,17 @@ mod tests {
             let mut out = Vec::new();
             push_u64(&mut out, n);
             prop_assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+
+        /// Long strings (a prompt, an answer: runs of plain text past the block scan's
+        /// threshold, escapes here and there) too.
+        #[test]
+        fn long_json_strings_are_serde_json_s(
+            s in "([ -!#-\\[\\]-~\\x7f\u{e9}\u{20ac}\u{1d11e}]{0,90}[\\x00-\\x1f\"\\\\]?){0,6}",
+        ) {
+            let mut out = Vec::new();
+            push_json_str(&mut out, &s);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
         }
     }
 

@@ -28,8 +28,34 @@ static STOPS: [bool; 256] = {
 /// The position of the first quote, backslash or control character at or after `pos`
 /// (`None` when there is none). Eight bytes at a time while eight are left: a word
 /// with none of them is skipped in a dozen instructions (the classic has-zero-byte
-/// test, whose lowest flagged byte is always exact), the tail a byte at a time.
-fn stop_at(b: &[u8], mut pos: usize) -> Option<usize> {
+/// test, whose lowest flagged byte is always exact), the tail a byte at a time. Past
+/// two plain words (a long string: a prompt, an answer), [`long_stop_at`] goes on.
+#[inline(always)]
+pub(crate) fn stop_at(b: &[u8], mut pos: usize) -> Option<usize> {
+    for _ in 0..2 {
+        let Some(word) = b.get(pos..pos + 8) else {
+            return tail_stop_at(b, pos);
+        };
+        let stops = word_stops(word)?;
+        if stops != 0 {
+            return Some(pos + (stops.trailing_zeros() / 8) as usize);
+        }
+        pos += 8;
+    }
+    long_stop_at(b, pos)
+}
+
+/// [`stop_at`] in a long string: blocks of [`BLOCK`] bytes without a stop are skipped
+/// first, a few vector instructions each ([`block_has_stop`]), then words find the stop
+/// in the block that has one.
+#[inline(never)]
+fn long_stop_at(b: &[u8], mut pos: usize) -> Option<usize> {
+    while let Some(block) = b.get(pos..pos + BLOCK).and_then(|s| s.try_into().ok()) {
+        if block_has_stop(block) {
+            break;
+        }
+        pos += BLOCK;
+    }
     while let Some(word) = b.get(pos..pos + 8) {
         let stops = word_stops(word)?;
         if stops != 0 {
@@ -37,8 +63,30 @@ fn stop_at(b: &[u8], mut pos: usize) -> Option<usize> {
         }
         pos += 8;
     }
+    tail_stop_at(b, pos)
+}
+
+/// [`stop_at`] in the last bytes (fewer than eight), a byte at a time.
+fn tail_stop_at(b: &[u8], pos: usize) -> Option<usize> {
     let n = b.get(pos..)?.iter().position(|&c| STOPS[usize::from(c)])?;
     Some(pos + n)
+}
+
+/// The bytes [`stop_at`] tests at once in a long string.
+const BLOCK: usize = 32;
+
+/// Whether a block has a quote, backslash or control character. Written for the
+/// compiler's vectorizer (SSE2, no branches): a byte is a stop exactly when the least
+/// of `c ^ '"'`, `c ^ '\\'` and `c - 0x1f` (saturating) is 0, so the block has one
+/// exactly when the least over all its bytes is 0 (a vector minimum, then a horizontal
+/// one; other shapes of this loop, such as a lane-wise minimum tested lane by lane,
+/// were compiled to a byte at a time).
+#[inline(always)]
+fn block_has_stop(block: &[u8; BLOCK]) -> bool {
+    let least = block.iter().fold(u8::MAX, |least, &c| {
+        least.min((c ^ b'"').min(c ^ b'\\').min(c.saturating_sub(0x1f)))
+    });
+    least == 0
 }
 
 /// The stop bytes of an eight-byte word, each flagged by its high bit (the lowest
@@ -1096,6 +1144,49 @@ mod tests {
     fn skips(s: &str) -> bool {
         let mut c = Cursor::new(s);
         c.skip().and_then(|()| c.end()).is_some()
+    }
+
+    #[test]
+    fn a_block_has_a_stop_exactly_when_one_of_its_bytes_is_one() {
+        let fills = [
+            b' ', b'!', b'#', b'[', b']', b'a', 0x7f, 0x80, 0xa2, 0xdc, 0xff,
+        ];
+        for &fill in &fills {
+            assert!(!block_has_stop(&[fill; BLOCK]));
+            for at in 0..BLOCK {
+                for c in 0..=u8::MAX {
+                    let mut block = [fill; BLOCK];
+                    block[at] = c;
+                    assert_eq!(
+                        block_has_stop(&block),
+                        STOPS[usize::from(c)],
+                        "fill {fill:#x}, {c:#x} at {at}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Long runs (past the two words after which blocks are skipped) stop where a
+        /// byte walk does, with stops anywhere (in a block, at its edges, in the tail).
+        #[test]
+        fn long_runs_stop_where_a_byte_walk_does(
+            fill in proptest::sample::select(vec![b' ', b'#', b']', b'a', 0x7f, 0x80, 0xdc, 0xff]),
+            len in 0usize..200,
+            stops in proptest::collection::vec((0usize..200, proptest::sample::select(vec![b'"', b'\\', 0x00, 0x0a, 0x1f])), 0..3),
+            from in 0usize..20,
+        ) {
+            let mut b = vec![fill; len];
+            for (at, c) in stops {
+                if at < len {
+                    b[at] = c;
+                }
+            }
+            let from = from.min(len);
+            let want = b[from..].iter().position(|&c| STOPS[usize::from(c)]).map(|n| n + from);
+            proptest::prop_assert_eq!(stop_at(&b, from), want);
+        }
     }
 
     #[test]
