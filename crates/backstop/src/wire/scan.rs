@@ -1486,12 +1486,22 @@ mod tests {
     }
 
     fn keys_by_object(s: &str) -> Option<Vec<(&str, bool)>> {
+        keys_read(s, None)
+    }
+
+    /// The keys of the object `s` (raw, escaped) as `Cursor::object` reads them, or
+    /// with `expecting`, as `Cursor::object_expecting` does.
+    fn keys_read<'a>(s: &'a str, expecting: Option<&[Key]>) -> Option<Vec<(&'a str, bool)>> {
         let mut c = Cursor::new(s);
         let mut out = Vec::new();
-        c.object(|c, key| {
+        let field = |c: &mut Cursor<'a>, key: RawStr<'a>| {
             out.push((key.raw, key.escaped));
             c.skip()
-        })?;
+        };
+        match expecting {
+            None => c.object(field)?,
+            Some(keys) => c.object_expecting(keys, field)?,
+        }
         c.end()?;
         Some(out)
     }
@@ -1558,14 +1568,7 @@ mod tests {
     }
 
     fn keys_by_object_expecting<'a>(s: &'a str, keys: &[Key]) -> Option<Vec<(&'a str, bool)>> {
-        let mut c = Cursor::new(s);
-        let mut out = Vec::new();
-        c.object_expecting(keys, |c, key| {
-            out.push((key.raw, key.escaped));
-            c.skip()
-        })?;
-        c.end()?;
-        Some(out)
+        keys_read(s, Some(keys))
     }
 
     /// Expected keys for the key test: some of [`KEYS`] (one, two, three and four words
