@@ -421,41 +421,25 @@ impl<'a> Cursor<'a> {
         Some(RawStr { raw, escaped })
     }
 
-    /// An object's key and the colon after it. Keys are short and plain: one whose
-    /// closing quote is the first stop byte within three words is read here, inline
-    /// (the same word test as [`stop_at`], so it ends where [`string_end`] would);
-    /// any other (escapes, control characters, longer keys, whitespace before it)
-    /// takes [`Cursor::string`].
+    /// An object's key and the colon after it. Keys are short and plain: one right at
+    /// the cursor is read here with [`inline_string_end`] (a closing quote within
+    /// three words found inline, any other string as [`string_end`] reads it); one
+    /// after whitespace takes [`Cursor::string`].
     #[inline(always)]
     fn key(&mut self) -> Option<RawStr<'a>> {
         let b = self.bytes();
         if b.get(self.pos) == Some(&b'"') {
             let start = self.pos + 1;
-            let mut at = start;
-            while at < start + 24
-                && let Some(word) = b.get(at..at + 8)
-            {
-                let stops = word_stops(word)?;
-                if stops != 0 {
-                    let end = at + (stops.trailing_zeros() / 8) as usize;
-                    if b[end] != b'"' {
-                        break;
-                    }
-                    // Both ends are ASCII quotes, so the slice is on char boundaries.
-                    let raw = self.src.get(start..end)?;
-                    self.pos = end + 1;
-                    if b.get(self.pos) == Some(&b':') {
-                        self.pos += 1;
-                    } else {
-                        self.eat(b':')?;
-                    }
-                    return Some(RawStr {
-                        raw,
-                        escaped: false,
-                    });
-                }
-                at += 8;
+            let (end, escaped) = inline_string_end(b, start)?;
+            // Both ends are ASCII quotes, so the slice is on char boundaries.
+            let raw = self.src.get(start..end)?;
+            self.pos = end + 1;
+            if b.get(self.pos) == Some(&b':') {
+                self.pos += 1;
+            } else {
+                self.eat(b':')?;
             }
+            return Some(RawStr { raw, escaped });
         }
         let key = self.string()?;
         self.eat(b':')?;
