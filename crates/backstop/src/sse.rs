@@ -177,7 +177,7 @@ impl SseParser {
         if !self.at_data_frame() {
             return false;
         }
-        let from = if self.buf.get(5) == Some(&b' ') { 6 } else { 5 };
+        let from = self.data_value_start();
         let Some(line) = self.buf.get(from..) else {
             return false;
         };
@@ -196,6 +196,13 @@ impl SseParser {
         self.buf.advance(end);
         self.search_from = 0;
         true
+    }
+
+    /// Where the value of the `data:` line at the buffer's start begins: after the field
+    /// name and the one space that may follow it (a line ending there has its end
+    /// after that space, so the value is never past it).
+    fn data_value_start(&self) -> usize {
+        if self.buf.get(5) == Some(&b' ') { 6 } else { 5 }
     }
 
     /// At the start of a frame whose first line is a `data:` line (the stream's first
@@ -251,12 +258,7 @@ impl SseParser {
         let from = self.search_from.max(5);
         let term = from + memchr::memchr2(b'\n', b'\r', self.buf.get(from..)?)?;
         let end = self.frame_end(term)?;
-        let value = if self.buf.get(5) == Some(&b' ') && term > 5 {
-            6..term
-        } else {
-            5..term
-        };
-        Some((value, end))
+        Some((self.data_value_start()..term, end))
     }
 
     /// The stream ended: returns a final event if one was pending without its

@@ -981,13 +981,12 @@ impl<'a> TextRun<'a> {
             return;
         }
         self.flush();
-        let text = if at.escaped {
-            std::str::from_utf8(raw)
-                .ok()
-                .and_then(|raw| RawStr { raw, escaped: true }.text())
-        } else {
-            std::str::from_utf8(raw).ok().map(Cow::Borrowed)
-        };
+        let text = TextHole {
+            raw,
+            escaped: at.escaped,
+            at: at.start,
+        }
+        .text();
         debug_assert!(text.is_some(), "text_line found it valid");
         if let Some(text) = text {
             self.out.push_str(&text);

@@ -1344,7 +1344,8 @@ impl StreamDecoder {
         self.push_chunk_into(ev, None)
     }
 
-    /// The template of the text chunks like the last one (`UpstreamDecoder::append_text`).
+    /// The template of the text chunks like the last one (`UpstreamStream::absorb_text`
+    /// matches a read's text chunks with it).
     pub(crate) fn template(&self) -> &Template {
         &self.repeat
     }
